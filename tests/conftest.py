@@ -1,0 +1,78 @@
+"""Tiny models built in code (no downloads), shared by the tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+
+def tiny_unet_config(cross_attention_dim: int = 32) -> dict:
+    return dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8)
+
+
+def tiny_unet(seed: int = 0, **kw):
+    from diffusers import UNet2DConditionModel
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config(**kw))
+    with torch.no_grad():  # diffusers zero-initialises some layers; make every weight informative
+        for p in unet.parameters():
+            p.normal_(0, 0.05)
+    return unet.eval()
+
+
+def tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=8, layers_per_block=1).eval()
+
+
+def tiny_text_encoder(seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(seed)
+    return CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                        num_hidden_layers=2, vocab_size=100, max_position_embeddings=16)).eval()
+
+
+class MLP(nn.Module):
+    def __init__(self, sizes=(9, 6, 5), conv=False):
+        super().__init__()
+        self.a = nn.Linear(sizes[0], sizes[1])
+        self.b = nn.Linear(sizes[1], sizes[2])
+        self.conv = nn.Conv2d(3, 4, 3) if conv else None
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def randomize(params, seed=1, std=0.5):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.fixture
+def unet():
+    return tiny_unet()
+
+
+@pytest.fixture
+def pipeline_dir(tmp_path):
+    """A minimal diffusers pipeline folder (unet, vae, text_encoder) written with save_pretrained."""
+    root = tmp_path / "base"
+    root.mkdir()
+    tiny_unet().save_pretrained(root / "unet")
+    tiny_vae().save_pretrained(root / "vae")
+    tiny_text_encoder().save_pretrained(root / "text_encoder")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"]}))
+    return root

@@ -1,0 +1,77 @@
+"""Model families: the reference architectures of the paper and how to recognise a family.
+
+The family is written into every adapter file so that an adapter trained on SD2.1 is refused
+by an SD1.5 model with a message instead of a shape error deep inside a forward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+
+def sd15_unet() -> nn.Module:
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+
+
+def sd21_unet() -> nn.Module:
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                                use_linear_projection=True, upcast_attention=True)
+
+
+def pixart_alpha_transformer() -> nn.Module:
+    from diffusers import PixArtTransformer2DModel
+    return PixArtTransformer2DModel(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        cross_attention_dim=1152, sample_size=64, patch_size=2, caption_channels=4096,
+        norm_type="ada_norm_single", use_additional_conditions=False, attention_bias=True)
+
+
+# family -> (builder, presets that apply, paper ranks per preset)
+REFERENCE_ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], dict[str, tuple[int, ...]]]] = {
+    "sd15": (sd15_unet, {"unet-student": (64, 128, 256, 512), "unet-fake": (16, 32, 64)}),
+    "sd21": (sd21_unet, {"unet-student": (256,), "unet-fake": (32,)}),
+    "pixart-alpha": (pixart_alpha_transformer, {"dit-student": (128,), "dit-fake": (32,)}),
+}
+
+
+def build_on_meta(family: str) -> nn.Module:
+    """A full-size reference model with no memory behind its weights."""
+    builder, _ = REFERENCE_ARCHITECTURES[family]
+    with torch.device("meta"):
+        return builder()
+
+
+def family_from_weight_shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """Guess the family from ``{diffusers weight name: shape}`` of a UNet or DiT.
+
+    Returns one of the known family names, or ``"unknown"``.
+    """
+    k = shapes.get("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    if k is not None:
+        if tuple(k) == (320, 768):
+            return "sd15"
+        if tuple(k) == (320, 1024):
+            return "sd21"
+        return "unknown"
+    k = shapes.get("transformer_blocks.0.attn2.to_k.weight")
+    if k is not None and tuple(k) == (1152, 1152) and "caption_projection.linear_1.weight" in shapes:
+        return "pixart-alpha"
+    return "unknown"
+
+
+def family_of_model(model: nn.Module) -> str:
+    family = getattr(model, "wadi_family", None)  # set by our loaders for the embedded world
+    if family:
+        return family
+    return family_from_weight_shapes({n: tuple(p.shape) for n, p in model.named_parameters()})
+
+
+def model_kind(model_or_class_name) -> str:
+    """``"transformer"`` for DiT backbones, ``"unet"`` otherwise (used for key prefixes)."""
+    name = model_or_class_name if isinstance(model_or_class_name, str) else type(model_or_class_name).__name__
+    return "transformer" if "Transformer" in name else "unet"

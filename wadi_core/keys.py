@@ -1,0 +1,168 @@
+"""Weight names: diffusers <-> original LDM ("single-file", as ComfyUI and A1111 load them).
+
+The UNet mapping is derived from the block layout (layers per block, which blocks have
+attention), so it covers SD1.x, SD2.x and any smaller UNet of the same shape, such as the
+embedded default. Attention internals have the same names on both sides; only the block
+containers and the ResNet sub-layers are renamed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+
+LDM_UNET = "model.diffusion_model."
+LDM_VAE = "first_stage_model."
+LDM_CLIP = "cond_stage_model.transformer."
+
+_RESNET_UNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_RESNET_VAE = {"conv_shortcut": "nin_shortcut"}
+_ATTN_VAE = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+class KeyConversionError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class UNetLayout:
+    """What the block names depend on: resnets per down block and where attention is."""
+
+    layers_per_block: int
+    down_attention: tuple[bool, ...]
+    up_attention: tuple[bool, ...]
+
+    @classmethod
+    def from_diffusers_keys(cls, keys: Iterable[str]) -> "UNetLayout":
+        keys = list(keys)
+        resnets = [int(m.group(1)) for k in keys if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", k))]
+        downs = {int(m.group(1)) for k in keys if (m := re.match(r"down_blocks\.(\d+)\.", k))}
+        if not resnets or not downs:
+            raise KeyConversionError("these weights have no diffusers UNet down_blocks; not a diffusers UNet")
+        n = max(downs) + 1
+        return cls(max(resnets) + 1,
+                   tuple(any(k.startswith(f"down_blocks.{i}.attentions.") for k in keys) for i in range(n)),
+                   tuple(any(k.startswith(f"up_blocks.{i}.attentions.") for k in keys) for i in range(n)))
+
+    @classmethod
+    def from_ldm_keys(cls, keys: Iterable[str]) -> "UNetLayout":
+        keys = [k[len(LDM_UNET):] if k.startswith(LDM_UNET) else k for k in keys]
+        inputs = {int(m.group(1)) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.", k))}
+        ops = sorted({int(m.group(1)) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.0\.op\.", k))})
+        if not inputs:
+            raise KeyConversionError("these weights have no LDM input_blocks; not an original-layout SD UNet")
+        step = ops[0] if ops else max(inputs) + 1  # = layers_per_block + 1
+        n = len(ops) + 1
+        return cls(step - 1,
+                   tuple(any(k.startswith(f"input_blocks.{1 + i * step}.1.") for k in keys) for i in range(n)),
+                   tuple(any(k.startswith(f"output_blocks.{i * step}.1.") for k in keys) for i in range(n)))
+
+    def module_pairs(self) -> list[tuple[str, str, dict[str, str]]]:
+        """``(diffusers prefix, LDM prefix, sub-layer renames)`` for every block of the UNet."""
+        step = self.layers_per_block + 1
+        pairs = [("time_embedding.linear_1", "time_embed.0", {}), ("time_embedding.linear_2", "time_embed.2", {}),
+                 ("class_embedding.linear_1", "label_emb.0.0", {}), ("class_embedding.linear_2", "label_emb.0.2", {}),
+                 ("conv_in", "input_blocks.0.0", {}), ("conv_norm_out", "out.0", {}), ("conv_out", "out.2", {}),
+                 ("mid_block.resnets.0", "middle_block.0", _RESNET_UNET),
+                 ("mid_block.attentions.0", "middle_block.1", {}),
+                 ("mid_block.resnets.1", "middle_block.2", _RESNET_UNET)]
+        n = len(self.down_attention)
+        for i in range(n):
+            for j in range(self.layers_per_block):
+                pairs.append((f"down_blocks.{i}.resnets.{j}", f"input_blocks.{1 + i * step + j}.0", _RESNET_UNET))
+                pairs.append((f"down_blocks.{i}.attentions.{j}", f"input_blocks.{1 + i * step + j}.1", {}))
+            if i < n - 1:
+                pairs.append((f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{(i + 1) * step}.0.op", {}))
+            for j in range(step):
+                pairs.append((f"up_blocks.{i}.resnets.{j}", f"output_blocks.{i * step + j}.0", _RESNET_UNET))
+                pairs.append((f"up_blocks.{i}.attentions.{j}", f"output_blocks.{i * step + j}.1", {}))
+            if i < n - 1:
+                slot = 2 if self.up_attention[i] else 1
+                pairs.append((f"up_blocks.{i}.upsamplers.0.conv", f"output_blocks.{i * step + step - 1}.{slot}.conv", {}))
+        return pairs
+
+
+def _convert(name: str, pairs, forward: bool) -> str | None:
+    # Longest prefix first: "output_blocks.2.1.conv" (an upsampler) before "output_blocks.2.1".
+    for d_prefix, l_prefix, renames in sorted(pairs, key=lambda p: -len(p[0 if forward else 1])):
+        src, dst = (d_prefix, l_prefix) if forward else (l_prefix, d_prefix)
+        if not name.startswith(src + "."):
+            continue
+        rest = name[len(src) + 1:]
+        for a, b in renames.items():
+            s, t = (a, b) if forward else (b, a)
+            if rest.startswith(s + "."):
+                rest = t + rest[len(s):]
+                break
+        return f"{dst}.{rest}"
+    return None
+
+
+def unet_to_ldm(name: str, layout: UNetLayout) -> str:
+    """``down_blocks.0.resnets.0.conv1.weight`` -> ``input_blocks.1.0.in_layers.2.weight``."""
+    out = _convert(name, layout.module_pairs(), forward=True)
+    if out is None:
+        raise KeyConversionError(f"no original-LDM name for UNet weight '{name}'")
+    return out
+
+
+def unet_from_ldm(name: str, layout: UNetLayout) -> str:
+    out = _convert(name, layout.module_pairs(), forward=False)
+    if out is None:
+        raise KeyConversionError(f"no diffusers name for LDM UNet weight '{name}'")
+    return out
+
+
+def unet_name_map(diffusers_keys: Iterable[str]) -> dict[str, str]:
+    """``{diffusers key: LDM key (without the model.diffusion_model. prefix)}`` for a UNet."""
+    keys = list(diffusers_keys)
+    layout = UNetLayout.from_diffusers_keys(keys)
+    mapping = {k: unet_to_ldm(k, layout) for k in keys}
+    if len(set(mapping.values())) != len(mapping):
+        raise KeyConversionError("two UNet weights map to the same LDM name; the layout is not SD-like")
+    return mapping
+
+
+# --- VAE --------------------------------------------------------------------------------------
+
+def _vae_pairs(num_blocks: int, layers_per_block: int) -> list[tuple[str, str, dict[str, str]]]:
+    pairs = [("encoder.conv_norm_out", "encoder.norm_out", {}), ("decoder.conv_norm_out", "decoder.norm_out", {})]
+    for side in ("encoder", "decoder"):
+        pairs += [(f"{side}.mid_block.resnets.0", f"{side}.mid.block_1", _RESNET_VAE),
+                  (f"{side}.mid_block.resnets.1", f"{side}.mid.block_2", _RESNET_VAE),
+                  (f"{side}.mid_block.attentions.0", f"{side}.mid.attn_1", _ATTN_VAE)]
+    for i in range(num_blocks):
+        up = num_blocks - 1 - i  # LDM numbers decoder blocks from the highest resolution
+        for j in range(layers_per_block + 1):
+            pairs.append((f"encoder.down_blocks.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}", _RESNET_VAE))
+            pairs.append((f"decoder.up_blocks.{i}.resnets.{j}", f"decoder.up.{up}.block.{j}", _RESNET_VAE))
+        pairs.append((f"encoder.down_blocks.{i}.downsamplers.0.conv", f"encoder.down.{i}.downsample.conv", {}))
+        pairs.append((f"decoder.up_blocks.{i}.upsamplers.0.conv", f"decoder.up.{up}.upsample.conv", {}))
+    return pairs
+
+
+def vae_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers ``AutoencoderKL`` state dict in LDM names (mid attention as 1x1 convs)."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))}
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))}
+    pairs = _vae_pairs(max(blocks) + 1, max(layers))
+    out = {}
+    for name, tensor in state.items():
+        new = _convert(name, pairs, forward=True) or name
+        if ".mid.attn_1." in new and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]
+        out[new] = tensor
+    return out
+
+
+def clip_l_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SD1.x text encoder (Hugging Face CLIPTextModel): LDM only adds a prefix."""
+    return {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in state.items()}
+
+
+def add_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in state.items()}

@@ -1,0 +1,134 @@
+"""LoRaD as pure tensor math (no nn.Module), see shared/LORAD_SPEC.md section 1.
+
+A LoRaD adapter on a weight ``W`` of shape ``[out, in]`` (or a conv kernel, flattened to
+``[out, in*kh*kw]``) rotates the entries of every row in adjacent pairs ``(2j, 2j+1)`` by the
+angle ``strength * (up @ down)[row, j]``. Rotations of the same pairs commute, so several
+adapters compose by adding their angles, and strength ``-1`` undoes strength ``1`` exactly.
+
+Angles, cos and sin are float32 (float64 for float64 inputs); the result is cast back to the weight's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+__all__ = [
+    "angles",
+    "summed_angles",
+    "rotate",
+    "rotate_by_angles",
+    "merge",
+    "unmerge",
+    "delta",
+    "flat_in_features",
+    "adapter_shapes",
+    "rotation_angle_grad",
+]
+
+
+def flat_in_features(weight_shape: Sequence[int]) -> int:
+    """Input size of a weight once flattened to ``[out, in*kh*kw]``."""
+    n = 1
+    for d in weight_shape[1:]:
+        n *= int(d)
+    return n
+
+
+def adapter_shapes(weight_shape: Sequence[int], rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of ``(up, down)`` for a weight of ``weight_shape`` at ``rank``."""
+    return (int(weight_shape[0]), rank), (rank, flat_in_features(weight_shape) // 2)
+
+
+def math_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32 for half/bfloat16/float32 inputs; float64 stays float64 (e.g. for gradcheck)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def angles(up: torch.Tensor, down: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """The angle matrix ``strength * up @ down`` (at least float32), shape ``[out, in//2]``."""
+    dtype = math_dtype(up, down)
+    theta = up.to(dtype) @ down.to(dtype)
+    return theta if strength == 1.0 else theta * strength
+
+
+def summed_angles(adapters: Iterable[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor | None:
+    """Sum of the angle matrices of several ``(up, down, strength)`` adapters on one layer."""
+    total = None
+    for up, down, strength in adapters:
+        if strength == 0.0:
+            continue
+        theta = angles(up, down, strength)
+        total = theta if total is None else total + theta
+    return total
+
+
+def _pairs(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    half = flat.shape[1] // 2
+    return flat[:, 0 : 2 * half : 2], flat[:, 1 : 2 * half : 2], half
+
+
+def _interleave(even: torch.Tensor, odd: torch.Tensor, tail: torch.Tensor | None) -> torch.Tensor:
+    out = torch.stack((even, odd), dim=-1).flatten(1)
+    return out if tail is None else torch.cat((out, tail), dim=1)
+
+
+def rotate_by_angles(weight: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """Rotate the input-pairs of every row of ``weight`` by ``theta`` ``[out, in//2]``.
+
+    Returns a new tensor of ``weight``'s shape and dtype; ``weight`` is not modified. An odd
+    (flattened) input size leaves the last column unrotated.
+    """
+    if theta is None:
+        return weight.clone()
+    flat = weight.reshape(weight.shape[0], -1)
+    even, odd, half = _pairs(flat)
+    if theta.shape != (flat.shape[0], half):
+        raise ValueError(
+            f"angle matrix has shape {tuple(theta.shape)} but a weight of shape {tuple(weight.shape)} "
+            f"needs {(flat.shape[0], half)}"
+        )
+    dtype = math_dtype(weight, theta)
+    theta = theta.to(dtype)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    even, odd = even.to(dtype), odd.to(dtype)
+    new_even = even * cos - odd * sin
+    new_odd = even * sin + odd * cos
+    tail = flat[:, 2 * half :].to(dtype) if flat.shape[1] % 2 else None
+    return _interleave(new_even, new_odd, tail).to(weight.dtype).reshape(weight.shape)
+
+
+def rotate(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """``W'`` of the spec: ``weight`` rotated by ``strength * up @ down``."""
+    if strength == 0.0:
+        return weight.clone()
+    return rotate_by_angles(weight, angles(up, down, strength))
+
+
+def merge(weight: torch.Tensor, adapters: Iterable[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+    """Bake several ``(up, down, strength)`` adapters into ``weight`` (angles add)."""
+    return rotate_by_angles(weight, summed_angles(adapters))
+
+
+def unmerge(weight: torch.Tensor, adapters: Iterable[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+    """Undo :func:`merge`: rotate back by the negated summed angles."""
+    total = summed_angles(adapters)
+    return rotate_by_angles(weight, None if total is None else -total)
+
+
+def delta(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Additive form ``W' - W`` in float32, e.g. for an SVD export to a plain LoRA."""
+    dtype = math_dtype(weight)
+    return rotate(weight.to(dtype), up, down, strength) - weight.to(dtype)
+
+
+def rotation_angle_grad(rotated: torch.Tensor, grad_rotated: torch.Tensor) -> torch.Tensor:
+    """``dL/dphi`` for ``phi`` the applied angles, from ``W'`` and ``G = dL/dW'`` (at least float32).
+
+    ``dW'_e/dphi = -W'_o`` and ``dW'_o/dphi = W'_e`` give ``W'_e * G_o - W'_o * G_e``.
+    """
+    r_even, r_odd, _ = _pairs(rotated.reshape(rotated.shape[0], -1))
+    g_even, g_odd, _ = _pairs(grad_rotated.reshape(grad_rotated.shape[0], -1))
+    dtype = math_dtype(rotated, grad_rotated)
+    return r_even.to(dtype) * g_odd.to(dtype) - r_odd.to(dtype) * g_even.to(dtype)

@@ -1,0 +1,233 @@
+"""Bake LoRaD adapters into a checkpoint, or export them as a plain LoRA.
+
+Everything is validated (every adapter key and shape against the base) before anything is
+written, and outputs are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import fileio, keys
+from .families import build_on_meta
+from .lorad import functional as LF
+from .lorad.io import AdapterFile, encode_name, match_layers, read_adapter
+from .models import WEIGHTS, Checkpoint, CheckpointError, open_checkpoint
+
+
+def parse_adapter_spec(spec: str) -> tuple[Path, float]:
+    """``"A.safetensors:0.8"`` -> ``(Path("A.safetensors"), 0.8)``; no suffix means strength 1."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass  # a colon that belongs to the path (C:\\...)
+    return Path(spec), 1.0
+
+
+@dataclass
+class MergePlan:
+    """The validated angles to apply: ``{layer name: [(up, down, strength), ...]}``."""
+
+    checkpoint: Checkpoint
+    adapters: list[tuple[AdapterFile, float]]
+    layers: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]]
+
+    def theta(self, layer: str) -> torch.Tensor | None:
+        return LF.summed_angles(self.layers[layer])
+
+
+def plan_merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[tuple[str | os.PathLike, float]]) -> MergePlan:
+    if not adapters:
+        raise ValueError("no adapter given; pass at least one --adapter FILE[:strength]")
+    ckpt = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    shapes = ckpt.layer_shapes
+    layers: dict[str, list] = {}
+    files = []
+    for path, strength in adapters:
+        file = read_adapter(path)
+        for name, (up, down) in match_layers(file, shapes, ckpt.backbone, ckpt.family).items():
+            layers.setdefault(name, []).append((up, down, float(strength)))
+        files.append((file, float(strength)))
+    return MergePlan(ckpt, files, layers)
+
+
+def _rotated_backbone(plan: MergePlan, progress: bool) -> dict[str, torch.Tensor]:
+    """Every backbone tensor under its diffusers name, the adapted weights rotated."""
+    ckpt = plan.checkpoint
+    out = {}
+    for name in tqdm(list(ckpt.stored), desc="merging", unit="tensor", disable=not progress):
+        tensor = ckpt.read(name)
+        layer = name[: -len(".weight")] if name.endswith(".weight") else None
+        if layer in plan.layers:
+            tensor = LF.rotate_by_angles(tensor, plan.theta(layer))
+        out[name] = tensor
+    return out
+
+
+def resolve_format(out: Path, requested: str) -> str:
+    if requested == "auto":
+        return "single-file" if out.suffix == ".safetensors" else "diffusers"
+    if requested == "single-file" and out.suffix != ".safetensors":
+        raise ValueError(f"a single-file checkpoint is written to a .safetensors path, not {out}")
+    if requested == "diffusers" and out.suffix == ".safetensors":
+        raise ValueError(f"a diffusers model is a folder; give a folder path instead of {out}")
+    if requested not in ("single-file", "diffusers"):
+        raise ValueError(f"unknown output format '{requested}'; use auto, diffusers or single-file")
+    return requested
+
+
+def merge_checkpoint(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathLike, float]],
+                     out: str | os.PathLike, out_format: str = "auto", overwrite: bool = False,
+                     progress: bool = True) -> Path:
+    """Rotate ``base``'s backbone by the adapters (angles add) and write it to ``out``.
+
+    ``out_format`` is ``diffusers`` (a folder), ``single-file`` (one .safetensors in the
+    original LDM layout that ComfyUI and A1111 load) or ``auto`` (by the ``out`` suffix).
+    """
+    out = Path(out)
+    fmt = resolve_format(out, out_format)
+    fileio.check_output(out, overwrite)
+    plan = plan_merge(base, adapters)
+    ckpt = plan.checkpoint
+    _check_convertible(ckpt, fmt)
+    backbone = _rotated_backbone(plan, progress)
+    if fmt == "single-file":
+        return _write_single_file(ckpt, backbone, out, overwrite)
+    return _write_diffusers(ckpt, backbone, out, overwrite)
+
+
+def _check_convertible(ckpt: Checkpoint, fmt: str) -> None:
+    """Refuse conversions we cannot do before any work is spent."""
+    if fmt == "single-file" and ckpt.kind != "single-file":
+        if ckpt.backbone != "unet":
+            raise CheckpointError("single-file export exists only for SD-style UNets; write a diffusers folder "
+                                  "for DiT models")
+        if ckpt.kind == "diffusers-pipeline":
+            config = ckpt.path / "text_encoder" / "config.json"
+            if config.is_file() and json.loads(config.read_text()).get("hidden_size", 768) != 768:
+                raise CheckpointError(
+                    f"{ckpt.path} has an OpenCLIP-sized text encoder (SD2.x); its single-file layout is not "
+                    "written by wadi yet. Write a diffusers folder, or merge into the original SD2.x .safetensors")
+    if fmt == "diffusers" and ckpt.kind == "single-file" and ckpt.family not in _REFERENCE_CONFIGS:
+        raise CheckpointError(f"{ckpt.path}: cannot tell which UNet config this single-file checkpoint needs "
+                              "(family unknown); write a single-file output instead")
+
+
+def _write_single_file(ckpt: Checkpoint, backbone: dict[str, torch.Tensor], out: Path, overwrite: bool) -> Path:
+    from safetensors import safe_open
+    if ckpt.kind == "single-file":
+        # Keep every other tensor (VAE, text encoder, EMA ...) and the file's metadata as they are.
+        (file,) = ckpt.files()
+        with safe_open(str(file), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        for name, tensor in backbone.items():
+            tensors[ckpt.stored[name][1]] = tensor
+        return fileio.save_safetensors(tensors, out, metadata, overwrite)
+    names = keys.unet_name_map(backbone)
+    tensors = {keys.LDM_UNET + names[k]: v for k, v in backbone.items()}
+    if ckpt.kind == "diffusers-pipeline":
+        tensors.update(keys.add_prefix(keys.vae_to_ldm(_read_folder(ckpt.path / "vae")), keys.LDM_VAE))
+        text = ckpt.path / "text_encoder"
+        if text.is_dir():
+            tensors.update(keys.add_prefix(keys.clip_l_to_ldm(_read_folder(text)), keys.LDM_CLIP))
+    return fileio.save_safetensors(tensors, out, {"wadi.merged_from": str(ckpt.path)}, overwrite)
+
+
+def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder} has no .safetensors weights; the pipeline folder is incomplete")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _write_diffusers(ckpt: Checkpoint, backbone: dict[str, torch.Tensor], out: Path, overwrite: bool) -> Path:
+    from safetensors.torch import save_file
+    with fileio.atomic_dir(out, overwrite) as tmp:
+        if ckpt.kind == "diffusers-pipeline":
+            model_dir = tmp / ckpt.backbone
+            shutil.copytree(ckpt.path, tmp, dirs_exist_ok=True,
+                            ignore=lambda d, names: [n for n in names if Path(d) == ckpt.model_dir
+                                                     and n.startswith(WEIGHTS)])
+        elif ckpt.kind == "diffusers-model":
+            model_dir = tmp
+            shutil.copytree(ckpt.path, tmp, dirs_exist_ok=True,
+                            ignore=lambda d, names: [n for n in names if n.startswith(WEIGHTS)])
+        else:
+            model_dir = tmp
+            build_on_meta(ckpt.family).save_config(str(tmp))
+        save_file({k: v.contiguous() for k, v in backbone.items()}, str(model_dir / f"{WEIGHTS}.safetensors"))
+    return out
+
+
+# Families whose UNet config wadi knows, for writing a diffusers folder from a single file.
+_REFERENCE_CONFIGS = ("sd15", "sd21")
+
+
+# --- export to a plain LoRA -------------------------------------------------------------------
+
+@dataclass
+class LoraExport:
+    path: Path
+    layers: int
+    rank: int
+    relative_error: float  # ||delta - lora||_F / ||delta||_F over all layers
+    worst_layer: str
+    worst_error: float
+
+
+def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathLike, float]], out: str | os.PathLike,
+                rank: int, dtype: torch.dtype = torch.float16, overwrite: bool = False,
+                progress: bool = True) -> LoraExport:
+    """Approximate the rotation delta ``W' - W`` of each layer by its best rank-``rank`` SVD.
+
+    Writes a kohya-style LoRA (``lora_up.weight``, ``lora_down.weight``, ``alpha = rank``) that
+    ComfyUI, A1111 and diffusers load as an ordinary LoRA, and reports the approximation error.
+    """
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
+    fileio.check_output(out, overwrite)
+    plan = plan_merge(base, adapters)
+    prefix = {"unet": "lora_unet", "transformer": "lora_transformer"}[plan.checkpoint.backbone]
+    tensors: dict[str, torch.Tensor] = {}
+    err_sq = total_sq = 0.0
+    worst = ("", 0.0)
+    for layer in tqdm(sorted(plan.layers), desc="export-lora (SVD)", unit="layer", disable=not progress):
+        weight = plan.checkpoint.read(layer + ".weight").float()
+        d = (LF.rotate_by_angles(weight, plan.theta(layer)) - weight).reshape(weight.shape[0], -1)
+        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        r = min(rank, s.numel())
+        root = s[:r].sqrt()
+        up, down = u[:, :r] * root, root[:, None] * vh[:r]
+        if weight.ndim > 2:
+            down = down.reshape(r, *weight.shape[1:])
+            up = up.reshape(*up.shape, *([1] * (weight.ndim - 2)))
+        layer_err, layer_total = float((s[r:] ** 2).sum()), float((s ** 2).sum())
+        err_sq, total_sq = err_sq + layer_err, total_sq + layer_total
+        rel = math.sqrt(layer_err / layer_total) if layer_total > 0 else 0.0
+        if rel >= worst[1]:
+            worst = (layer, rel)
+        key = encode_name(prefix, layer)
+        tensors[f"{key}.lora_up.weight"] = up.to(dtype)
+        tensors[f"{key}.lora_down.weight"] = down.to(dtype)
+        tensors[f"{key}.alpha"] = torch.tensor(float(r), dtype=dtype)
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
+            "wadi.exported_from": "lorad", "wadi.base": plan.checkpoint.family}
+    path = fileio.save_safetensors(tensors, out, meta, overwrite)
+    relative = math.sqrt(err_sq / total_sq) if total_sq > 0 else 0.0
+    return LoraExport(path, len(plan.layers), rank, relative, worst[0], worst[1])
