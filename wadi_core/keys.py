@@ -137,7 +137,7 @@ def _vae_pairs(num_blocks: int, layers_per_block: int) -> list[tuple[str, str, d
                   (f"{side}.mid_block.attentions.0", f"{side}.mid.attn_1", _ATTN_VAE)]
     for i in range(num_blocks):
         up = num_blocks - 1 - i  # LDM numbers decoder blocks from the highest resolution
-        for j in range(layers_per_block + 1):
+        for j in range(layers_per_block + 1):  # decoder blocks have one resnet more than encoder blocks
             pairs.append((f"encoder.down_blocks.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}", _RESNET_VAE))
             pairs.append((f"decoder.up_blocks.{i}.resnets.{j}", f"decoder.up.{up}.block.{j}", _RESNET_VAE))
         pairs.append((f"encoder.down_blocks.{i}.downsamplers.0.conv", f"encoder.down.{i}.downsample.conv", {}))
@@ -149,7 +149,7 @@ def vae_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A diffusers ``AutoencoderKL`` state dict in LDM names (mid attention as 1x1 convs)."""
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))}
     layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))}
-    pairs = _vae_pairs(max(blocks) + 1, max(layers))
+    pairs = _vae_pairs(max(blocks) + 1, max(layers) + 1)
     out = {}
     for name, tensor in state.items():
         new = _convert(name, pairs, forward=True) or name

@@ -115,7 +115,8 @@ def _check_convertible(ckpt: Checkpoint, fmt: str) -> None:
                                   "for DiT models")
         if ckpt.kind == "diffusers-pipeline":
             config = ckpt.path / "text_encoder" / "config.json"
-            if config.is_file() and json.loads(config.read_text()).get("hidden_size", 768) != 768:
+            openclip = config.is_file() and json.loads(config.read_text()).get("hidden_size") == 1024
+            if openclip or ckpt.family == "sd21":
                 raise CheckpointError(
                     f"{ckpt.path} has an OpenCLIP-sized text encoder (SD2.x); its single-file layout is not "
                     "written by wadi yet. Write a diffusers folder, or merge into the original SD2.x .safetensors")

@@ -1,0 +1,69 @@
+"""The paper's parameter counts (LORAD_SPEC section 2), exact, on meta-device models."""
+
+import pytest
+import torch
+
+from wadi_core import lorad
+from wadi_core.families import build_on_meta, family_from_weight_shapes
+
+SPEC = [  # family, preset, rank, layers, parameters
+    ("sd15", "unet-student", 256, 182, 83_795_968),
+    ("sd21", "unet-student", 256, 214, 94_429_184),
+    ("sd15", "unet-fake", 32, 160, 9_378_816),
+    ("pixart-alpha", "dit-student", 128, 283, 81_219_584),
+    ("pixart-alpha", "dit-fake", 32, 280, 20_127_744),
+]
+PAPER_TABLE3 = [("unet-student", 64, 20.95e6), ("unet-student", 128, 41.90e6), ("unet-student", 512, 167.59e6),
+                ("unet-fake", 16, 4.69e6), ("unet-fake", 64, 18.76e6)]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {f: build_on_meta(f) for f in ("sd15", "sd21", "pixart-alpha")}
+
+
+@pytest.mark.parametrize("family,preset,rank,layers,params", SPEC)
+def test_preset_counts_match_the_spec(models, family, preset, rank, layers, params):
+    assert lorad.preset_parameter_count(models[family], preset, rank) == (layers, params)
+
+
+@pytest.mark.parametrize("family,preset,rank,layers,params", SPEC)
+def test_attaching_on_meta_gives_the_same_count(family, preset, rank, layers, params):
+    model = build_on_meta(family)  # fresh: attach mutates
+    assert len(lorad.attach(model, rank=rank, preset=preset)) == layers
+    assert lorad.count_parameters(model) == params
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == params
+
+
+@pytest.mark.parametrize("preset,rank,paper", PAPER_TABLE3)
+def test_paper_table3_cross_checks(models, preset, rank, paper):
+    _, params = lorad.preset_parameter_count(models["sd15"], preset, rank)
+    assert round(params / 1e6, 2) == pytest.approx(paper / 1e6, abs=0.005)
+
+
+@pytest.mark.parametrize("family,preset,rank,share", [("sd15", "unet-student", 256, 9.74),
+                                                       ("sd21", "unet-student", 256, 10.92),
+                                                       ("pixart-alpha", "dit-student", 128, 13.30)])
+def test_trainable_share_matches_the_paper(models, family, preset, rank, share):
+    model = models[family]
+    _, params = lorad.preset_parameter_count(model, preset, rank)
+    assert 100 * params / sum(p.numel() for p in model.parameters()) == pytest.approx(share, abs=0.02)
+
+
+def test_families_are_recognised_from_shapes(models):
+    for family, model in models.items():
+        assert family_from_weight_shapes({n: tuple(p.shape) for n, p in model.named_parameters()}) == family
+    assert family_from_weight_shapes({"x.weight": (1, 2)}) == "unknown"
+
+
+def test_unknown_preset_names_the_choices(models):
+    with pytest.raises(ValueError, match="unknown preset 'unet'.*unet-student"):
+        lorad.select_targets(models["sd15"], preset="unet")
+
+
+def test_presets_command_prints_exact_counts(capsys):
+    from training.cli import main
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for value in ("83,795,968", "94,429,184", "9,378,816", "81,219,584", "20,127,744"):
+        assert value in out
