@@ -64,26 +64,35 @@ def summed_angles(adapters: Iterable[tuple[torch.Tensor, torch.Tensor, float]]) 
     return total
 
 
-def _pairs(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _as_complex(flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """View the input pairs ``(2j, 2j+1)`` of a ``[out, in]`` matrix as ``[out, in//2]`` complex
+    numbers ``W[:, 2j] + i W[:, 2j+1]`` (a copy only when a cast or an odd size needs one)."""
     half = flat.shape[1] // 2
-    return flat[:, 0 : 2 * half : 2], flat[:, 1 : 2 * half : 2], half
+    pairs = flat[:, : 2 * half].to(dtype)
+    if not pairs.is_contiguous():
+        pairs = pairs.contiguous()
+    return torch.view_as_complex(pairs.view(flat.shape[0], half, 2))
 
 
-def _interleave(even: torch.Tensor, odd: torch.Tensor, tail: torch.Tensor | None) -> torch.Tensor:
-    out = torch.stack((even, odd), dim=-1).flatten(1)
-    return out if tail is None else torch.cat((out, tail), dim=1)
+def _from_complex(z: torch.Tensor, flat: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out = torch.view_as_real(z).reshape(flat.shape[0], -1)
+    if flat.shape[1] % 2:  # odd input size: the last column is not rotated
+        out = torch.cat((out, flat[:, -1:].to(out.dtype)), dim=1)
+    return out.to(dtype)
 
 
 def rotate_by_angles(weight: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
     """Rotate the input-pairs of every row of ``weight`` by ``theta`` ``[out, in//2]``.
 
+    A pair ``(e, o)`` rotated by ``t`` is the complex product ``(e + i o) * exp(i t)``, which is
+    exactly the spec's ``(e cos t - o sin t, e sin t + o cos t)`` in one fused kernel.
     Returns a new tensor of ``weight``'s shape and dtype; ``weight`` is not modified. An odd
     (flattened) input size leaves the last column unrotated.
     """
     if theta is None:
         return weight.clone()
     flat = weight.reshape(weight.shape[0], -1)
-    even, odd, half = _pairs(flat)
+    half = flat.shape[1] // 2
     if theta.shape != (flat.shape[0], half):
         raise ValueError(
             f"angle matrix has shape {tuple(theta.shape)} but a weight of shape {tuple(weight.shape)} "
@@ -91,12 +100,8 @@ def rotate_by_angles(weight: torch.Tensor, theta: torch.Tensor | None) -> torch.
         )
     dtype = math_dtype(weight, theta)
     theta = theta.to(dtype)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    even, odd = even.to(dtype), odd.to(dtype)
-    new_even = even * cos - odd * sin
-    new_odd = even * sin + odd * cos
-    tail = flat[:, 2 * half :].to(dtype) if flat.shape[1] % 2 else None
-    return _interleave(new_even, new_odd, tail).to(weight.dtype).reshape(weight.shape)
+    turn = torch.polar(torch.ones((), dtype=dtype, device=theta.device).expand_as(theta), theta)  # exp(i theta)
+    return _from_complex(_as_complex(flat, dtype) * turn, flat, weight.dtype).reshape(weight.shape)
 
 
 def rotate(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
@@ -126,9 +131,10 @@ def delta(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor, strength: 
 def rotation_angle_grad(rotated: torch.Tensor, grad_rotated: torch.Tensor) -> torch.Tensor:
     """``dL/dphi`` for ``phi`` the applied angles, from ``W'`` and ``G = dL/dW'`` (at least float32).
 
-    ``dW'_e/dphi = -W'_o`` and ``dW'_o/dphi = W'_e`` give ``W'_e * G_o - W'_o * G_e``.
+    ``dW'_e/dphi = -W'_o`` and ``dW'_o/dphi = W'_e`` give ``W'_e * G_o - W'_o * G_e``, which is
+    the imaginary part of ``conj(W') * G`` in the complex pair view.
     """
-    r_even, r_odd, _ = _pairs(rotated.reshape(rotated.shape[0], -1))
-    g_even, g_odd, _ = _pairs(grad_rotated.reshape(grad_rotated.shape[0], -1))
     dtype = math_dtype(rotated, grad_rotated)
-    return r_even.to(dtype) * g_odd.to(dtype) - r_odd.to(dtype) * g_even.to(dtype)
+    flat_r = rotated.reshape(rotated.shape[0], -1)
+    flat_g = grad_rotated.reshape(grad_rotated.shape[0], -1)
+    return (_as_complex(flat_r, dtype).conj() * _as_complex(flat_g, dtype)).imag
