@@ -7,15 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${WADI_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-[ -d /opt/wheels ] && pip+=(--find-links /opt/wheels)  # local torch wheel on the project's machines
+install=("$venv/bin/python" -m pip --disable-pip-version-check install -q)
+[ -d /opt/wheels ] && install+=(--find-links /opt/wheels)  # local torch wheel on the project's machines
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   echo "installing ${WADI_TORCH:-torch==2.13.0} ..."
   # shellcheck disable=SC2086
-  "${pip[@]}" install -q ${WADI_TORCH:-torch==2.13.0}
+  "${install[@]}" ${WADI_TORCH:-torch==2.13.0}
 fi
 target="."
 [ "${1:-}" = "--test" ] && target=".[test]"
 echo "installing wadi and its dependencies ..."
-"${pip[@]}" install -q -c constraints.txt -e "$target"
+"${install[@]}" -c constraints.txt -e "$target"
 echo "ready: $venv/bin/wadi"
