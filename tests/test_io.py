@@ -24,10 +24,21 @@ def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def assert_untouched(model, before):
-    after = model.state_dict()
+def assert_refused(adapter, match):
+    """Loading ``adapter`` into a fresh tiny UNet fails with ``match`` and changes nothing."""
+    target = tiny_unet()
+    before = state(target)
+    with pytest.raises(AdapterError, match=match):
+        lorad.load_adapter(target, adapter)
+    after = target.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
-    assert not lorad.adapter_names(model)
+    assert not lorad.adapter_names(target)
+
+
+def read_tensors(path):
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
 def test_save_load_round_trip(tmp_path):
@@ -57,15 +68,11 @@ def test_loaded_adapter_is_frozen_unless_asked_and_strength_applies(tmp_path):
 
 def test_adapter_for_another_base_is_refused(tmp_path):
     _, path = trained_unet_adapter(tmp_path, cross_attention_dim=48)
-    target = tiny_unet()
-    before = state(target)
-    with pytest.raises(AdapterError, match="attn2.to_k.*another base model"):
-        lorad.load_adapter(target, path)
-    assert_untouched(target, before)
+    assert_refused(path, "attn2.to_k.*another base model")
 
 
 def test_family_mismatch_is_named(tmp_path):
-    unet, path = trained_unet_adapter(tmp_path)
+    _, path = trained_unet_adapter(tmp_path)
     file = read_adapter(path)
     file.metadata["wadi.base"] = "sd21"
     fresh = tiny_unet()
@@ -78,19 +85,12 @@ def test_unknown_key_is_named(tmp_path):
     model = MLP()
     lorad.attach(model, rank=2, targets=["*"])
     path = lorad.save_adapter(model, tmp_path / "mlp.safetensors")
-    unet = tiny_unet()
-    before = state(unet)
-    with pytest.raises(AdapterError, match="key 'lora_unet_a' names no layer"):
-        lorad.load_adapter(unet, path)
-    assert_untouched(unet, before)
+    assert_refused(path, "key 'lora_unet_a' names no layer")
 
 
 def test_missing_half_of_a_pair(tmp_path):
     _, path = trained_unet_adapter(tmp_path)
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata()
+    tensors, meta = read_tensors(path)
     dropped = sorted(k for k in tensors if k.endswith(".lorad_down"))[3]
     del tensors[dropped]
     save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=meta)
@@ -101,18 +101,10 @@ def test_missing_half_of_a_pair(tmp_path):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_values(tmp_path, bad):
     _, path = trained_unet_adapter(tmp_path)
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata()
-    key = sorted(tensors)[0]
-    tensors[key][0, 0] = bad
+    tensors, meta = read_tensors(path)
+    tensors[sorted(tensors)[0]][0, 0] = bad
     save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
-    target = tiny_unet()
-    before = state(target)
-    with pytest.raises(AdapterError, match="NaN or Inf"):
-        lorad.load_adapter(target, tmp_path / "nan.safetensors")
-    assert_untouched(target, before)
+    assert_refused(tmp_path / "nan.safetensors", "NaN or Inf")
 
 
 def test_truncated_and_non_safetensors_files(tmp_path):
@@ -121,11 +113,7 @@ def test_truncated_and_non_safetensors_files(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.safetensors").write_text("hello, I am not a tensor file")
     for name in ("cut.safetensors", "text.safetensors"):
-        target = tiny_unet()
-        before = state(target)
-        with pytest.raises(AdapterError, match="not a readable safetensors file"):
-            lorad.load_adapter(target, tmp_path / name)
-        assert_untouched(target, before)
+        assert_refused(tmp_path / name, "not a readable safetensors file")
     with pytest.raises(AdapterError, match="does not exist"):
         read_adapter(tmp_path / "nope.safetensors")
 
