@@ -9,9 +9,9 @@ import sys
 
 from wadi_core import __version__
 
-from . import inspect_cmd, merge_cmd, presets_cmd
+from . import eval_cmd, generate_cmd, inspect_cmd, merge_cmd, presets_cmd
 
-COMMANDS = (presets_cmd, inspect_cmd, merge_cmd)
+COMMANDS = (generate_cmd, eval_cmd, merge_cmd, inspect_cmd, presets_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from wadi_core.keys import KeyConversionError
     from wadi_core.lorad.io import AdapterError
     from wadi_core.models import CheckpointError
-    return (AdapterError, CheckpointError, KeyConversionError, ValueError, FileNotFoundError, FileExistsError)
+    from wadi_core.prompts import PromptFileError
+    from wadi_core.shapes.components import ModelFolderError
+    return (AdapterError, CheckpointError, KeyConversionError, PromptFileError, ModelFolderError, ValueError,
+            FileNotFoundError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,8 @@ def family_from_weight_shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
             return "sd15"
         if tuple(k) == (320, 1024):
             return "sd21"
+        if tuple(k) == (64, 64) and tuple(shapes.get("conv_in.weight", ())) == (64, 4, 3, 3):
+            return "shapes"  # the embedded default (wadi_core/shapes/components.py)
         return "unknown"
     k = shapes.get("transformer_blocks.0.attn2.to_k.weight")
     if k is not None and tuple(k) == (1152, 1152) and "caption_projection.linear_1.weight" in shapes:

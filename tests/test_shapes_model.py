@@ -1,0 +1,125 @@
+"""The embedded model's components, its training script, sampling, `wadi generate` and `wadi eval`.
+
+Tests build untrained components of the real architecture (fast on CPU); the shipped, trained
+model is checked separately when it is present."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.cli import main
+from wadi_core.families import family_of_model
+from wadi_core.sampling import sample
+from wadi_core.shapes import components as C
+from wadi_core.shapes.dataset import all_prompts
+from wadi_core.shapes.world import vocabulary
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes") / "model"
+    C.save_model_folder(C.new_components(seed=0), folder)
+    return folder
+
+
+def test_tokenizer_makes_every_world_word_one_token(tmp_path):
+    from transformers import CLIPTokenizer
+    tok = CLIPTokenizer.from_pretrained(str(C.write_tokenizer(tmp_path / "tok")))
+    for word in vocabulary():
+        assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
+    longest = max((p.caption() for k in ("single", "relation") for p in all_prompts(k)), key=lambda c: len(c.split()))
+    assert len(tok(longest).input_ids) <= C.MAX_TOKENS
+    pieces = tok("<R>", add_special_tokens=False).input_ids
+    assert len(pieces) > 1 and tok.unk_token_id not in pieces  # new words fall back to characters
+
+
+def test_model_folder_loads_like_stable_diffusion(model_dir):
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    out = pipe(["a red circle"], num_inference_steps=2, output_type="np")
+    assert out.images.shape == (1, 32, 32, 3)
+    c = C.load_components(model_dir)
+    assert c.unet.dtype == torch.float32 and family_of_model(c.unet) == "shapes"
+    total = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    assert total < 20 * 2**20
+
+
+def test_partial_model_folder_names_the_missing_file(model_dir, tmp_path, capsys):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(C.ModelFolderError, match="vae/diffusion_pytorch_model.safetensors is missing"):
+        C.load_components(broken)
+    assert main(["generate", "--model", str(broken), "--prompt", "a red circle", "--out", str(tmp_path / "o")]) == 2
+    assert "is missing" in capsys.readouterr().err
+
+
+def test_sampling_is_seeded_per_image(model_dir):
+    c = C.load_components(model_dir)
+    prompts = ["a red circle", "a blue square", "a green triangle left of a yellow circle"]
+    a = sample(c, prompts, [5, 6, 7], steps=3, batch_size=3, progress=False)
+    b = sample(c, prompts[1:], [6, 7], steps=3, batch_size=1, progress=False)
+    assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
+    assert np.abs(a[1:].astype(int) - b.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="no prompts"):
+        sample(c, [], steps=3)
+
+
+def test_v_prediction_models_are_refused(model_dir):
+    c = C.load_components(model_dir)
+    c.scheduler = type(c.scheduler).from_config(c.scheduler.config, prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="eps-prediction models only"):
+        sample(c, ["a red circle"], steps=2, progress=False)
+
+
+def test_generate_command(model_dir, tmp_path, capsys):
+    out = tmp_path / "gen"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\na small blue square at the top left\n")
+    assert main(["generate", "--model", str(model_dir), "--prompts", str(prompts), "--num-per-prompt", "2",
+                 "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    assert len(list(out.glob("*.png"))) == 5 and (out / "grid.png").is_file()
+    assert "images/s" in capsys.readouterr().out
+    assert main(["generate", "--model", str(model_dir), "--prompt", "x", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["generate", "--model", str(model_dir), "--prompts", str(empty), "--out", str(tmp_path / "e")]) == 2
+    assert "holds no prompts" in capsys.readouterr().err
+
+
+def test_training_script_resumes_exactly(tmp_path):
+    from training import train_shapes_teacher as T
+    common = ["--vae-steps", "3", "--unet-steps", "3", "--batch", "4", "--vae-batch", "4", "--checkpoint-every", "2"]
+    assert T.main(["--work", str(tmp_path / "a"), "--export", str(tmp_path / "a_model"), *common]) == 0
+    assert T.main(["--work", str(tmp_path / "b"), "--stop-after", "4", *common]) == 0
+    state = torch.load(tmp_path / "b" / "state.pt", weights_only=False)
+    assert state["stage"] == "unet" and state["step"] == 1
+    with pytest.raises(ValueError, match="other settings \\(batch\\)"):
+        T.main(["--work", str(tmp_path / "b"), "--resume", *common[:4], "--batch", "8", *common[6:]])
+    assert T.main(["--work", str(tmp_path / "b"), "--resume", "--export", str(tmp_path / "b_model"), *common]) == 0
+    from safetensors.torch import load_file
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors"):
+        a, b = load_file(tmp_path / "a_model" / part), load_file(tmp_path / "b_model" / part)
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    with pytest.raises(FileExistsError, match="--resume"):
+        T.main(["--work", str(tmp_path / "a"), *common])
+    C.load_components(tmp_path / "b_model")
+
+
+def test_eval_command_writes_metrics(model_dir, tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from wadi_core.shapes.features import WEIGHTS
+    if not WEIGHTS.is_file():
+        pytest.skip("the shapes feature network is not built yet")
+    out = tmp_path / "m.json"
+    assert main(["eval", "--model", str(model_dir), "--num-prompts", "12", "--steps", "2", "--floor",
+                 "--out", str(out), "--grid", str(tmp_path / "g.png"), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    result = report["model_result"]
+    assert result["prompt_accuracy"]["judged"] == 12 and result["fid"] > report["render_floor_fid"] >= 0
+    assert result["images_per_second"] > 0 and (tmp_path / "g.png").is_file()

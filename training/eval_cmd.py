@@ -1,0 +1,86 @@
+"""``wadi eval``: prompt accuracy, domain FID and speed of a model on held-out prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from wadi_core import fileio
+from wadi_core.evaluate import evaluate_images, render_floor, timed
+from wadi_core.images import labelled_grid
+from wadi_core.prompts import read_prompts
+from wadi_core.sampling import sample
+from wadi_core.shapes import sample_prompts
+from wadi_core.shapes.components import load_components
+
+from .generate_cmd import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: prompt accuracy, domain FID, images/s")
+    p.add_argument("--prompts", help="a prompt file (default: held-out prompts of the shapes world)")
+    p.add_argument("--num-prompts", type=int, default=512)
+    p.add_argument("--split", default="heldout", choices=("heldout", "train"))
+    p.add_argument("--floor", action="store_true", help="also report the FID of a second set of renders")
+    p.add_argument("--untrained", action="store_true",
+                   help="also evaluate the same architecture with an untrained UNet (the FID ceiling)")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--grid", help="write a labelled grid of the first 64 images here (PNG)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    add_model_args(p)
+    p.set_defaults(run=run)
+
+
+def _summary(name: str, result: dict) -> str:
+    acc = result["prompt_accuracy"]
+    parts = [f"{name}:"]
+    for key in ("single/color", "single/shape", "single/size", "single/position", "relation/relation", "all"):
+        if key in acc:
+            parts.append(f"{key} {acc[key]:.1%}")
+    if "fid" in result:
+        parts.append(f"FID {result['fid']:.2f}")
+    if "images_per_second" in result:
+        parts.append(f"{result['images_per_second']:.1f} img/s")
+    return "  ".join(parts)
+
+
+def run(args) -> int:
+    for path in (args.out, args.grid):
+        if path:
+            fileio.check_output(path, args.overwrite)
+    prompts = read_prompts(args.prompts) if args.prompts else \
+        [p.caption() for p in sample_prompts(args.num_prompts, args.split, seed=args.seed)]
+    components = load_components(args.model)
+    seeds = [args.seed + i for i in range(len(prompts))]
+
+    def generate(c):
+        return sample(c, prompts, seeds, args.steps, args.guidance, args.sampler, args.batch_size,
+                      progress=not args.quiet)
+
+    images, seconds = timed(lambda: generate(components))
+    report = {"model": str(args.model), "prompts": len(prompts), "steps": args.steps, "guidance": args.guidance,
+              "sampler": args.sampler, "seed": args.seed,
+              "model_result": dict(evaluate_images(images, prompts, args.seed), seconds=seconds,
+                                   images_per_second=len(prompts) / seconds)}
+    print(_summary("model", report["model_result"]))
+    if args.floor:
+        report["render_floor_fid"] = render_floor(prompts, args.seed)
+        print(f"renders vs renders (floor): FID {report['render_floor_fid']:.2f}")
+    if args.untrained:
+        from diffusers import UNet2DConditionModel
+        torch.manual_seed(args.seed)
+        untrained = type(components)(**{**components.__dict__,
+                                        "unet": UNet2DConditionModel.from_config(components.unet.config).eval()})
+        report["untrained_result"] = evaluate_images(generate(untrained), prompts, args.seed)
+        print(_summary("untrained UNet (ceiling)", report["untrained_result"]))
+    if args.grid:
+        with fileio.atomic_file(args.grid, args.overwrite) as tmp:
+            labelled_grid(images[:64], prompts[:64]).save(tmp, format="PNG")
+    if args.out:
+        with fileio.atomic_file(args.out, args.overwrite) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,242 @@
+"""Train the embedded default model from the shapes renderer: the VAE, then the text encoder
+and the UNet together, and export them as a diffusers StableDiffusionPipeline folder.
+
+    python -m training.train_shapes_teacher --work runs/teacher --export wadi_core/shapes/model
+
+Reproducible from --seed (each step's batch and noise derive from the seed and the step), and
+resumable: a checkpoint is written atomically every --checkpoint-every steps and at the end of
+each stage; --resume continues from it. The exported UNet holds the EMA weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from wadi_core import fileio
+from wadi_core.shapes import components as C
+from wadi_core.shapes.dataset import render_batch, sample_scenes
+
+STATE = "state.pt"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", required=True, help="folder for checkpoints and logs")
+    p.add_argument("--export", default=None, help="write the finished model folder here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --export folder")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--unet-steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty captions (for CFG)")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--relation-share", type=float, default=0.5)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop (with a checkpoint) after this many steps of the whole run, VAE and UNet "
+                        "counted together; --resume continues")
+    return p.parse_args(argv)
+
+
+class Interrupted(Exception):
+    """Raised at --stop-after, after the checkpoint is written."""
+
+
+def _maybe_stop(args, state: dict, work: Path, stage_offset: int, step: int, save) -> None:
+    if args.stop_after is not None and stage_offset + step + 1 >= args.stop_after:
+        save()
+        raise Interrupted
+
+
+def images_for_step(seed: int, stage: str, step: int, batch: int, relation_share: float):
+    """The batch of a given step (deterministic, so a resumed run sees the same data)."""
+    scenes = sample_scenes(batch, "train", seed=seed * 1_000_003 + step * 2 + (stage == "unet"),
+                           relation_share=relation_share)
+    images = torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images, [s.caption for s in scenes]
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+class EMA:
+    """Exponential moving average of parameters (with the usual warm-up of the decay)."""
+
+    def __init__(self, params, decay):
+        self.params = list(params)
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step):
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, params):
+        for s, p in zip(self.shadow, params):
+            p.copy_(s)
+
+
+def save_state(work: Path, state: dict) -> None:
+    with fileio.atomic_file(work / STATE, overwrite=True) as tmp:
+        torch.save(state, tmp)
+
+
+def train_vae(c: C.Components, args, state: dict, work: Path) -> None:
+    vae = c.vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    if state.get("vae_opt"):
+        opt.load_state_dict(state["vae_opt"])
+    start = state["step"]
+    bar = tqdm(range(start, args.vae_steps), desc="VAE", initial=start, total=args.vae_steps)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = args.vae_lr * cosine_lr(step, args.vae_steps, 50)
+        images, _ = images_for_step(args.seed, "vae", step, args.vae_batch, args.relation_share)
+        torch.manual_seed(args.seed * 7919 + step)
+        posterior = vae.encode(images).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        loss = rec + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(recon=f"{rec.item():.4f}")
+        state["log"].append({"stage": "vae", "step": step, "loss": rec.item()})
+        def save():
+            state.update(step=step + 1, vae=vae.state_dict(), vae_opt=opt.state_dict())
+            save_state(work, state)
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vae_steps:
+            save()
+        _maybe_stop(args, state, work, 0, step, save)
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # SD's latent scaling: unit variance latents for the UNet
+        images, _ = images_for_step(args.seed, "scale", 0, 512, args.relation_share)
+        std = vae.encode(images).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    state.update(stage="unet", step=0, vae=vae.state_dict(), vae_config=dict(vae.config), vae_opt=None)
+    save_state(work, state)
+
+
+def train_unet(c: C.Components, args, state: dict, work: Path) -> None:
+    unet, text = c.unet.train().requires_grad_(True), c.text_encoder.train().requires_grad_(True)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ema = EMA(params, args.ema)
+    if state.get("unet_opt"):
+        opt.load_state_dict(state["unet_opt"])
+        for s, saved in zip(ema.shadow, state["ema"]):
+            s.copy_(saved)
+    sf = c.vae.config.scaling_factor
+    abar = c.scheduler.alphas_cumprod
+    start = state["step"]
+    bar = tqdm(range(start, args.unet_steps), desc="UNet", initial=start, total=args.unet_steps)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = args.lr * cosine_lr(step, args.unet_steps, args.warmup)
+        images, captions = images_for_step(args.seed, "unet", step, args.batch, args.relation_share)
+        gen = torch.Generator().manual_seed(args.seed * 104729 + step)
+        drop = torch.rand(len(captions), generator=gen) < args.caption_dropout
+        captions = ["" if d else cap for d, cap in zip(drop.tolist(), captions)]
+        with torch.no_grad():
+            latents = c.vae.encode(images).latent_dist.sample(gen) * sf
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, len(abar), (len(captions),), generator=gen)
+        noisy = c.scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, c.encode_prompts(captions)).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        state["log"].append({"stage": "unet", "step": step, "loss": loss.item()})
+        def save():
+            state.update(step=step + 1, unet=unet.state_dict(), text_encoder=text.state_dict(),
+                         unet_opt=opt.state_dict(), ema=[s.clone() for s in ema.shadow])
+            save_state(work, state)
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.unet_steps:
+            save()
+        _maybe_stop(args, state, work, args.vae_steps, step, save)
+    ema.copy_to(params)
+    unet.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
+    state.update(stage="done", unet=unet.state_dict(), text_encoder=text.state_dict(), unet_opt=None)
+    save_state(work, state)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.export:
+        fileio.check_output(args.export, args.overwrite)
+    tokenizer_dir = C.write_tokenizer(work / "tokenizer")
+    c = C.new_components(args.seed, tokenizer_dir)
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("resume", "export", "overwrite", "work", "stop_after")}
+    if (work / STATE).exists() and not args.resume:
+        raise FileExistsError(f"{work} already holds a training state; pass --resume to continue it "
+                              "or choose another --work folder")
+    if args.resume:
+        if not (work / STATE).exists():
+            raise FileNotFoundError(f"nothing to resume: {work / STATE} does not exist")
+        state = torch.load(work / STATE, weights_only=False)
+        if state["settings"] != settings:
+            changed = [k for k in settings if state["settings"].get(k) != settings[k]]
+            raise ValueError(f"cannot resume {work}: it was started with other settings ({', '.join(changed)})")
+        c.vae.load_state_dict(state["vae"])
+        if state["stage"] != "vae":
+            c.vae.register_to_config(scaling_factor=state["vae_config"]["scaling_factor"])
+        if state.get("unet"):
+            c.unet.load_state_dict(state["unet"])
+            c.text_encoder.load_state_dict(state["text_encoder"])
+    else:
+        state = {"settings": settings, "stage": "vae", "step": 0, "log": [], "vae": c.vae.state_dict(),
+                 "seconds": 0.0}
+    started = time.time()
+    try:
+        if state["stage"] == "vae":
+            train_vae(c, args, state, work)
+        if state["stage"] == "unet":
+            train_unet(c, args, state, work)
+    except Interrupted:
+        state["seconds"] += time.time() - started
+        save_state(work, state)
+        print(f"stopped after step {args.stop_after}; continue with --resume")
+        return 0
+    state["seconds"] += time.time() - started
+    save_state(work, state)
+    (work / "log.json").write_text(json.dumps({"seconds": state["seconds"], "log": state["log"]}))
+    if args.export:
+        with fileio.atomic_dir(args.export, args.overwrite) as tmp:
+            C.save_model_folder(c, tmp)
+        print(f"exported the model to {args.export} (training took {state['seconds'] / 60:.1f} min in total)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Writing images people look at: numbered PNGs and labelled grids."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "image"
+
+
+def save_pngs(images: np.ndarray, prompts: Sequence[str], folder: Path, seeds: Sequence[int]) -> list[Path]:
+    paths = []
+    for i, (image, prompt, seed) in enumerate(zip(images, prompts, seeds)):
+        path = folder / f"{i:04d}_{slug(prompt)}_s{seed}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def labelled_grid(images: np.ndarray, labels: Sequence[str], columns: int = 8, cell: int = 128,
+                  label_lines: int = 3) -> Image.Image:
+    """Images upscaled to ``cell`` pixels (nearest, so small images stay crisp) with captions."""
+    font = ImageFont.load_default()
+    line_h = 11
+    rows = (len(images) + columns - 1) // columns
+    height = cell + label_lines * line_h + 4
+    grid = Image.new("RGB", (columns * cell, rows * height), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        x, y = (i % columns) * cell, (i // columns) * height
+        grid.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (x, y))
+        for j, line in enumerate(textwrap.wrap(label, width=max(8, cell // 6))[:label_lines]):
+            draw.text((x + 2, y + cell + 2 + j * line_h), line, fill="black", font=font)
+    return grid
+
+
+def side_by_side(columns: dict[str, np.ndarray], labels: Sequence[str], cell: int = 96) -> Image.Image:
+    """One row per prompt, one column per named image set (e.g. teacher 25 steps | student 1 step)."""
+    font = ImageFont.load_default()
+    names = list(columns)
+    label_w, head_h = 220, 16
+    n = len(labels)
+    grid = Image.new("RGB", (label_w + cell * len(names), head_h + n * cell), "white")
+    draw = ImageDraw.Draw(grid)
+    for k, name in enumerate(names):
+        draw.text((label_w + k * cell + 4, 2), name, fill="black", font=font)
+    for i, label in enumerate(labels):
+        y = head_h + i * cell
+        for j, line in enumerate(textwrap.wrap(label, width=34)[:4]):
+            draw.text((4, y + 4 + j * 11), line, fill="black", font=font)
+        for k, name in enumerate(names):
+            grid.paste(Image.fromarray(columns[name][i]).resize((cell, cell), Image.NEAREST), (label_w + k * cell, y))
+    return grid

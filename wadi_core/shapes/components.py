@@ -1,0 +1,169 @@
+"""The embedded default model: Stable Diffusion's architecture at the size of the shapes world.
+
+Same classes and folder layout as a real SD checkpoint (CLIPTokenizer, CLIPTextModel,
+AutoencoderKL, UNet2DConditionModel, SD's scaled-linear 1000-step schedule), so every command
+runs the same code on it as on SD. The tokenizer's files are generated here, not downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .world import IMAGE_SIZE, vocabulary
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+FAMILY = "shapes"
+MAX_TOKENS = 16  # BOS + the longest caption (9 words) + EOS, padded
+LATENT_SIZE = IMAGE_SIZE // 4
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789<>-'.,!?"
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+
+
+class ModelFolderError(ValueError):
+    """A model folder with a missing or unreadable part; the message names the file."""
+
+
+def write_tokenizer(folder: str | os.PathLike) -> Path:
+    """CLIP BPE files whose vocabulary makes every word of the world a single token.
+
+    Other words fall back to characters, which keeps new tokens (textual inversion,
+    ReVersion's ``<R>``) possible through ``tokenizer.add_tokens``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    merges: list[str] = []
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for char in _CHARS:
+        add(char)
+    for char in _CHARS:
+        add(char + "</w>")
+    for word in vocabulary():
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        current = pieces[0]
+        for piece in pieces[1:]:
+            if f"{current} {piece}" not in merges:
+                merges.append(f"{current} {piece}")
+            current += piece
+            add(current)
+    add(BOS)
+    add(EOS)
+    (folder / "vocab.json").write_text(json.dumps(vocab, indent=0))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "bos_token": BOS,
+        "eos_token": EOS, "pad_token": EOS, "unk_token": EOS, "do_lower_case": True}, indent=1))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS}, indent=1))
+    return folder
+
+
+def text_encoder_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                          num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=64,
+                          bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+
+
+VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
+                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                  layers_per_block=1, norm_num_groups=32, sample_size=IMAGE_SIZE)
+UNET_CONFIG = dict(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
+                   block_out_channels=(64, 96, 128), down_block_types=("CrossAttnDownBlock2D",) * 3,
+                   up_block_types=("CrossAttnUpBlock2D",) * 3, cross_attention_dim=64, attention_head_dim=8,
+                   norm_num_groups=32)
+SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+@dataclass
+class Components:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: object
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """``[n, MAX_TOKENS, hidden]`` text embeddings, as SD pipelines compute them."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+
+def new_components(seed: int = 0, tokenizer_dir: str | os.PathLike | None = None) -> Components:
+    """Freshly initialised components (for training the teacher from scratch)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(tokenizer_dir) if tokenizer_dir else write_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_encoder_config(len(tokenizer)))
+    vae = AutoencoderKL(**VAE_CONFIG)
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    return Components(tokenizer, text_encoder, vae, unet, DDPMScheduler.from_config(SCHEDULER_CONFIG))
+
+
+def save_model_folder(c: Components, folder: str | os.PathLike, unet_dtype: torch.dtype = torch.float16) -> Path:
+    """Write the components as a diffusers ``StableDiffusionPipeline`` folder."""
+    import diffusers
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c.tokenizer.save_pretrained(folder / "tokenizer")
+    c.text_encoder.save_pretrained(folder / "text_encoder")
+    c.vae.save_pretrained(folder / "vae")
+    # The UNet is stored in half precision to keep the shipped model small; loading upcasts it.
+    from safetensors.torch import save_file
+    c.unet.save_config(folder / "unet")
+    save_file({k: v.to(unet_dtype).contiguous() for k, v in c.unet.state_dict().items()},
+              str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    c.scheduler.save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
+        "image_encoder": [None, None], "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
+    return folder
+
+
+REQUIRED_FILES = ("model_index.json", "tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/config.json",
+                  "text_encoder/model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                  "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
+
+
+def check_model_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist")
+    for name in REQUIRED_FILES:
+        if not (folder / name).is_file():
+            raise ModelFolderError(f"model folder {folder} is incomplete: {folder / name} is missing")
+    return folder
+
+
+def load_components(folder: str | os.PathLike = MODEL_DIR, dtype: torch.dtype = torch.float32) -> Components:
+    """Load a diffusers SD-style folder (the embedded default or a real SD1.x/2.x checkpoint)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = check_model_folder(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=dtype)
+    scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
+    for module in (text_encoder, vae, unet):
+        module.eval().requires_grad_(False)
+    return Components(tokenizer, text_encoder, vae, unet, scheduler)
