@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from wadi_core import fileio
-from wadi_core.evaluate import evaluate_images, render_floor, timed
+from wadi_core.evaluate import evaluate_images, load_image_folder, render_floor, timed
+from wadi_core.metrics import load_feature_network
 from wadi_core.images import labelled_grid
 from wadi_core.prompts import read_prompts
 from wadi_core.sampling import sample
@@ -26,6 +27,10 @@ def register(sub) -> None:
     p.add_argument("--floor", action="store_true", help="also report the FID of a second set of renders")
     p.add_argument("--untrained", action="store_true",
                    help="also evaluate the same architecture with an untrained UNet (the FID ceiling)")
+    p.add_argument("--fid-features", help="feature network for FID on real models (.pt2 from torch.export, "
+                                          "e.g. an Inception); default: the shapes feature net")
+    p.add_argument("--reference", help="folder of real images to compute FID against (real models)")
+    p.add_argument("--clip", help="a CLIP folder (transformers CLIPModel) to report CLIP score")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--grid", help="write a labelled grid of the first 64 images here (PNG)")
     p.add_argument("--overwrite", action="store_true")
@@ -42,6 +47,8 @@ def _summary(name: str, result: dict) -> str:
             parts.append(f"{key} {acc[key]:.1%}")
     if "fid" in result:
         parts.append(f"FID {result['fid']:.2f}")
+    if "clip_score" in result:
+        parts.append(f"CLIP score {result['clip_score']:.2f}")
     if "images_per_second" in result:
         parts.append(f"{result['images_per_second']:.1f} img/s")
     return "  ".join(parts)
@@ -55,6 +62,14 @@ def run(args) -> int:
         [p.caption() for p in sample_prompts(args.num_prompts, args.split, seed=args.seed)]
     components = load_components(args.model)
     seeds = [args.seed + i for i in range(len(prompts))]
+    feature_net = load_feature_network(args.fid_features) if args.fid_features else None
+    reference = None
+    if args.reference:
+        reference = load_image_folder(args.reference, components.unet.config.sample_size *
+                                      2 ** (len(components.vae.config.block_out_channels) - 1))
+
+    def measure(images):
+        return evaluate_images(images, prompts, args.seed, feature_net, reference, args.clip)
 
     def generate(c):
         return sample(c, prompts, seeds, args.steps, args.guidance, args.sampler, args.batch_size,
@@ -63,8 +78,7 @@ def run(args) -> int:
     images, seconds = timed(lambda: generate(components))
     report = {"model": str(args.model), "prompts": len(prompts), "steps": args.steps, "guidance": args.guidance,
               "sampler": args.sampler, "seed": args.seed,
-              "model_result": dict(evaluate_images(images, prompts, args.seed), seconds=seconds,
-                                   images_per_second=len(prompts) / seconds)}
+              "model_result": dict(measure(images), seconds=seconds, images_per_second=len(prompts) / seconds)}
     print(_summary("model", report["model_result"]))
     if args.floor:
         report["render_floor_fid"] = render_floor(prompts, args.seed)
@@ -74,7 +88,7 @@ def run(args) -> int:
         torch.manual_seed(args.seed)
         untrained = type(components)(**{**components.__dict__,
                                         "unet": UNet2DConditionModel.from_config(components.unet.config).eval()})
-        report["untrained_result"] = evaluate_images(generate(untrained), prompts, args.seed)
+        report["untrained_result"] = measure(generate(untrained))
         print(_summary("untrained UNet (ceiling)", report["untrained_result"]))
     if args.grid:
         with fileio.atomic_file(args.grid, args.overwrite) as tmp:

@@ -1,6 +1,6 @@
 """Train the shapes world's feature network (for the domain FID) on renders.
 
-    python -m training.train_shapes_features --out wadi_core/shapes/model/features.safetensors
+    python -m training.train_shapes_features --out wadi_core/shapes/features.safetensors
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     target = labels(scenes)
     accuracy = {k: float((out[k].argmax(1) == target[k]).float().mean()) for k in out}
     print("held-out accuracy per head:", {k: round(v, 3) for k, v in accuracy.items()})
-    fileio.save_safetensors(net.state_dict(), args.out, {"wadi.kind": "shapes-features",
+    fileio.save_safetensors({k: v.half() for k, v in net.state_dict().items()}, args.out, {"wadi.kind": "shapes-features",
                                                           "wadi.steps": str(args.steps)}, args.overwrite)
     print(f"wrote {args.out} in {(time.time() - started) / 60:.1f} min")
     return 0

@@ -30,16 +30,41 @@ def judgeable(prompts: Sequence[str]) -> bool:
 
 
 def evaluate_images(images: np.ndarray, prompts: Sequence[str], seed: int = 0, feature_net=None,
-                    reference: np.ndarray | None = None) -> dict:
-    """Metrics of generated ``images`` for ``prompts`` (shapes world)."""
+                    reference: np.ndarray | None = None, clip_dir=None) -> dict:
+    """Metrics of generated ``images`` for ``prompts``.
+
+    In the shapes world the judge gives prompt accuracy and the shipped feature net a domain FID
+    against renders of the same prompts. Elsewhere FID needs a ``feature_net`` and ``reference``
+    images from the user, and CLIP score a CLIP folder (``clip_dir``).
+    """
     result = {"prompt_accuracy": accuracy_report(images, prompts)}
-    if judgeable(prompts):
+    shapes_world = judgeable(prompts)
+    if reference is not None or shapes_world:
         net = feature_net or load_feature_net()
         real = reference if reference is not None else reference_renders(prompts, seed)
         f_real, f_fake = metrics.features(net, real), metrics.features(net, images)
         result["fid"] = metrics.frechet_distance(f_real, f_fake)
         result.update(metrics.precision_recall(f_real, f_fake, k=3))
+    if clip_dir is not None:
+        result["clip_score"] = metrics.clip_score(images, prompts, clip_dir)
     return result
+
+
+def load_image_folder(folder, size: int) -> np.ndarray:
+    """Every PNG/JPEG in ``folder`` as ``uint8 [n, size, size, 3]`` (centre-cropped and resized)."""
+    from pathlib import Path
+
+    from PIL import Image
+    files = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if len(files) < 2:
+        raise ValueError(f"reference folder {folder} needs at least two images (PNG or JPEG)")
+    out = []
+    for path in files:
+        image = Image.open(path).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        out.append(np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
+    return np.stack(out)
 
 
 def timed(generate: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:

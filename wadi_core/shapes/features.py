@@ -18,7 +18,7 @@ from torch import nn
 
 from .world import COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene, parse_prompt
 
-WEIGHTS = Path(__file__).resolve().parent / "model" / "features.safetensors"
+WEIGHTS = Path(__file__).resolve().parent / "features.safetensors"
 FEATURES = 128
 HEADS = {  # label -> number of classes ("none" last where a second object may be absent)
     "color1": len(COLORS), "shape1": len(SHAPES), "cell1": len(POSITIONS), "size1": len(SIZES),
@@ -47,20 +47,28 @@ class FeatureNet(nn.Module):
         return {name: head(h) for name, head in self.heads.items()}
 
 
+_INVERSE = {"right of": "left of", "below": "above"}
+
+
 def labels(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+    """Class targets of each scene. "B right of A" shows the same picture as "A left of B", so
+    relations are canonicalised to left of / above, with the objects in that order."""
     colors, shapes, cells, sizes = list(COLORS), list(SHAPES), list(POSITIONS.values()), list(SIZES)
     out = {name: [] for name in HEADS}
     for scene in scenes:
         a = scene.shapes[0]
+        relation = parse_prompt(scene.caption).relation if len(scene.shapes) > 1 else None
+        if relation in _INVERSE:
+            a, relation = scene.shapes[1], _INVERSE[relation]
         out["color1"].append(colors.index(a.color))
         out["shape1"].append(shapes.index(a.kind))
         out["cell1"].append(cells.index((min(2, int(a.cx * 3 / 32)), min(2, int(a.cy * 3 / 32)))))
         out["size1"].append(sizes.index(a.size))
-        if len(scene.shapes) > 1:
-            b = scene.shapes[1]
+        if relation:
+            b = scene.shapes[0] if a is scene.shapes[1] else scene.shapes[1]
             out["color2"].append(colors.index(b.color))
             out["shape2"].append(shapes.index(b.kind))
-            out["relation"].append(list(RELATIONS).index(parse_prompt(scene.caption).relation))
+            out["relation"].append(list(RELATIONS).index(relation))
         else:
             out["color2"].append(len(colors))
             out["shape2"].append(len(shapes))
@@ -92,7 +100,7 @@ def load_feature_net(path: str | os.PathLike = WEIGHTS) -> FeatureNet:
         raise FileNotFoundError(f"the shapes feature network {path} is missing; run "
                                 "`python -m training.train_shapes_features` to make it")
     net = FeatureNet()
-    net.load_state_dict(load_file(str(path)))
+    net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})  # stored as fp16
     return net.eval().requires_grad_(False)
 
 
