@@ -1,0 +1,74 @@
+"""VSD losses and one-step prediction, against their defining formulas."""
+
+import numpy as np
+import pytest
+import torch
+
+from wadi_core import vsd
+from wadi_core.onestep import generate, predict_x0
+
+
+def test_x0_formula_inverts_add_noise():
+    from diffusers import DDPMScheduler
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([20, 500, 999])
+    x_t = sched.add_noise(x0, noise, t)
+    assert torch.allclose(vsd.x0_from_eps(x_t, noise, sched.alphas_cumprod[t]), x0, atol=1e-3)
+    assert float(sched.alphas_cumprod[999]) == pytest.approx(0.0047, abs=1e-4)
+
+
+def test_generator_loss_gradient_is_the_score_gradient():
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(2, 4, 3, 3, generator=g, requires_grad=True)
+    x_t, e_real, e_fake = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
+    abar = torch.tensor([0.9, 0.2])
+    grad = vsd.score_gradient(x0.detach(), x_t, e_real, e_fake, abar, "wadi")
+    assert torch.allclose(grad, (1 - abar).view(-1, 1, 1, 1) * (e_real - e_fake))
+    vsd.generator_loss(x0, grad).backward()
+    assert torch.allclose(x0.grad, grad / x0.numel(), atol=1e-7)
+
+
+def test_dmd2_gradient_is_normalised_per_sample_and_finite():
+    g = torch.Generator().manual_seed(2)
+    x0, x_t, e_real, e_fake = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(4))
+    abar = torch.tensor([0.5, 0.5])
+    grad = vsd.score_gradient(x0, x_t, e_real, e_fake, abar, "dmd2")
+    x0_real = vsd.x0_from_eps(x_t, e_real, abar)
+    x0_fake = vsd.x0_from_eps(x_t, e_fake, abar)
+    want = (x0_fake - x0_real) / (x0 - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(grad, want, atol=1e-5)
+    e_real[0, 0, 0, 0] = float("nan")
+    assert torch.isfinite(vsd.score_gradient(x0, x_t, e_real, e_fake, abar, "wadi")).all()
+    with pytest.raises(ValueError, match="unknown gradient mode"):
+        vsd.score_gradient(x0, x_t, e_real, e_fake, abar, "sds")
+
+
+def test_fake_loss_weights_by_alpha_bar_and_timestep_ranges():
+    pred, noise = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    assert vsd.fake_model_loss(pred, noise, torch.tensor([1.0, 0.0])) == pytest.approx(0.5)
+    g = torch.Generator().manual_seed(0)
+    t = vsd.sample_generator_timesteps(20000, g)
+    assert int(t.min()) == 20 and int(t.max()) == 980
+    t = vsd.sample_fake_timesteps(20000, generator=g)
+    assert int(t.min()) == 0 and int(t.max()) == 999
+    assert torch.equal(vsd.guided(torch.zeros(1), torch.ones(1), 1.5), torch.tensor([1.5]))
+
+
+def test_one_step_generation_uses_t999_and_the_x0_formula():
+    from wadi_core.shapes import components as C
+    c = C.new_components(seed=0)
+    calls = []
+    original = c.unet.forward
+    c.unet.forward = lambda x, t, ctx, **kw: calls.append(t.clone()) or original(x, t, ctx, **kw)
+    images = generate(c, ["a red circle", "a blue square"], seeds=[1, 2], progress=False)
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    assert all(int(t.unique()) == 999 for t in calls) and len(calls) == 1
+    noise = torch.randn(1, 4, 8, 8)
+    text = c.encode_prompts(["a red circle"])
+    with torch.no_grad():
+        eps = original(noise, torch.tensor([999]), text).sample
+        abar = c.scheduler.alphas_cumprod[999]
+        assert torch.allclose(predict_x0(original.__self__, c.scheduler, noise, text),
+                              (noise - (1 - abar).sqrt() * eps) / abar.sqrt(), atol=1e-5)

@@ -1,0 +1,52 @@
+"""One-step generation: one UNet call at t = T-1 on pure noise, then the x0 formula and the VAE.
+
+``x0 = (z - sqrt(1 - abar_T) * eps) / sqrt(abar_T)`` with the scheduler's own ``abar_T``
+(for SD's schedule abar_999 = 0.0047). No classifier-free guidance: the student was distilled
+with the teacher's guidance baked in.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .sampling import check_eps_prediction, decode, initial_latents, latent_shape
+from .vsd import x0_from_eps
+
+
+def final_timestep(scheduler) -> int:
+    return scheduler.config.num_train_timesteps - 1
+
+
+def predict_x0(unet, scheduler, noise: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+    """The student's one-step latent ``x0`` from ``noise`` (differentiable, for training too)."""
+    t = final_timestep(scheduler)
+    timesteps = torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long)
+    eps = unet(noise, timesteps, text_embeddings).sample
+    abar = scheduler.alphas_cumprod[t].expand(noise.shape[0])
+    return x0_from_eps(noise, eps, abar)
+
+
+@torch.no_grad()
+def generate(components, prompts: Sequence[str], seeds: Sequence[int] | None = None, batch_size: int = 64,
+             progress: bool = True) -> np.ndarray:
+    """One-step images (``uint8 [n, H, W, 3]``) from a student UNet: with LoRaD adapters attached,
+    merged, or any one-step UNet."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to generate; give at least one prompt")
+    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    check_eps_prediction(components.scheduler.config)
+    unet = components.unet
+    out = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="one-step", disable=not progress):
+        chunk = prompts[start:start + batch_size]
+        noise = initial_latents(seeds[start:start + batch_size], latent_shape(components)).to(unet.device, unet.dtype)
+        text = components.encode_prompts(chunk).to(unet.device, unet.dtype)
+        out.append(decode(components, predict_x0(unet, components.scheduler, noise, text)))
+    return np.concatenate(out)
