@@ -1,6 +1,5 @@
 """Adapter files: round trip and every bad input, each refused with the model untouched."""
 
-import json
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """The paper's parameter counts (LORAD_SPEC section 2), exact, on meta-device models."""
 
 import pytest
-import torch
 
 from wadi_core import lorad
 from wadi_core.families import build_on_meta, family_from_weight_shapes
