@@ -30,7 +30,40 @@ class ModelFolderError(ValueError):
     """A model folder with a missing or unreadable part; the message names the file."""
 
 
-def write_tokenizer(folder: str | os.PathLike) -> Path:
+def _world_vocab() -> dict:
+    folder = write_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
+    return json.loads((folder / "vocab.json").read_text())
+
+
+def _learned_merges() -> tuple[list[str], list[str]]:
+    """BPE merges learned on the world's words: repeatedly merge the most frequent adjacent pair
+    (ties broken alphabetically, so every run gives the same ids) until each word is one token.
+
+    Learned merges, unlike hand-built per-word chains, cannot interfere across words: an early
+    `r i` from "right" would otherwise split "triangle"."""
+    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in vocabulary()]
+    merges: list[str] = []
+    while any(len(w) > 1 for w in words):
+        counts: dict[tuple[str, str], int] = {}
+        for w in words:
+            for pair in zip(w, w[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(" ".join(best))
+        for k, w in enumerate(words):
+            merged, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    merged.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    merged.append(w[i])
+                    i += 1
+            words[k] = merged
+    return [m.replace(" ", "") for m in merges], merges
+
+
+def write_tokenizer(folder: str | os.PathLike, config: bool = True) -> Path:
     """CLIP BPE files whose vocabulary makes every word of the world a single token.
 
     Other words fall back to characters, which keeps new tokens (textual inversion,
@@ -38,28 +71,14 @@ def write_tokenizer(folder: str | os.PathLike) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    tokens, merges = _learned_merges()
     vocab: dict[str, int] = {}
-    merges: list[str] = []
-
-    def add(token: str) -> None:
+    for token in [*_CHARS, *(c + "</w>" for c in _CHARS), *tokens, BOS, EOS]:  # BOS, EOS are the last ids
         vocab.setdefault(token, len(vocab))
-
-    for char in _CHARS:
-        add(char)
-    for char in _CHARS:
-        add(char + "</w>")
-    for word in vocabulary():
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        current = pieces[0]
-        for piece in pieces[1:]:
-            if f"{current} {piece}" not in merges:
-                merges.append(f"{current} {piece}")
-            current += piece
-            add(current)
-    add(BOS)
-    add(EOS)
     (folder / "vocab.json").write_text(json.dumps(vocab, indent=0))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    if not config:
+        return folder
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "bos_token": BOS,
         "eos_token": EOS, "pad_token": EOS, "unk_token": EOS, "do_lower_case": True}, indent=1))
@@ -121,6 +140,8 @@ def save_model_folder(c: Components, folder: str | os.PathLike, unet_dtype: torc
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c.tokenizer.save_pretrained(folder / "tokenizer")
+    if len(c.tokenizer) == len(_world_vocab()):  # our own tokenizer: also keep the BPE files SD folders have
+        write_tokenizer(folder / "tokenizer", config=False)
     c.text_encoder.save_pretrained(folder / "text_encoder")
     c.vae.save_pretrained(folder / "vae")
     # The UNet is stored in half precision to keep the shipped model small; loading upcasts it.
@@ -138,7 +159,7 @@ def save_model_folder(c: Components, folder: str | os.PathLike, unet_dtype: torc
     return folder
 
 
-REQUIRED_FILES = ("model_index.json", "tokenizer/vocab.json", "tokenizer/merges.txt", "text_encoder/config.json",
+REQUIRED_FILES = ("model_index.json", "text_encoder/config.json",
                   "text_encoder/model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
                   "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
 
@@ -150,6 +171,10 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
     for name in REQUIRED_FILES:
         if not (folder / name).is_file():
             raise ModelFolderError(f"model folder {folder} is incomplete: {folder / name} is missing")
+    tokenizer = folder / "tokenizer"
+    if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "vocab.json").is_file():
+        raise ModelFolderError(f"model folder {folder} is incomplete: {tokenizer / 'vocab.json'} (or tokenizer.json) "
+                               "is missing")
     return folder
 
 
