@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from wadi_core import fileio
 from wadi_core.shapes.dataset import render_batch, sample_scenes
-from wadi_core.shapes.features import FeatureNet, degrade, labels, to_tensor
+from wadi_core.images import to_tensor
+from wadi_core.shapes.features import FeatureNet, degrade, labels
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wadi_core import fileio
+from wadi_core.images import to_tensor
 from wadi_core.shapes import components as C
 from wadi_core.shapes.dataset import render_batch, sample_scenes
 
@@ -55,7 +56,7 @@ class Interrupted(Exception):
     """Raised at --stop-after, after the checkpoint is written."""
 
 
-def _maybe_stop(args, state: dict, work: Path, stage_offset: int, step: int, save) -> None:
+def _maybe_stop(args, stage_offset: int, step: int, save) -> None:
     if args.stop_after is not None and stage_offset + step + 1 >= args.stop_after:
         save()
         raise Interrupted
@@ -65,8 +66,7 @@ def images_for_step(seed: int, stage: str, step: int, batch: int, relation_share
     """The batch of a given step (deterministic, so a resumed run sees the same data)."""
     scenes = sample_scenes(batch, "train", seed=seed * 1_000_003 + step * 2 + (stage == "unet"),
                            relation_share=relation_share)
-    images = torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return images, [s.caption for s in scenes]
+    return to_tensor(render_batch(scenes)), [s.caption for s in scenes]
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -127,7 +127,7 @@ def train_vae(c: C.Components, args, state: dict, work: Path) -> None:
             save_state(work, state)
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vae_steps:
             save()
-        _maybe_stop(args, state, work, 0, step, save)
+        _maybe_stop(args, 0, step, save)
     vae.eval().requires_grad_(False)
     with torch.no_grad():  # SD's latent scaling: unit variance latents for the UNet
         images, _ = images_for_step(args.seed, "scale", 0, 512, args.relation_share)
@@ -177,7 +177,7 @@ def train_unet(c: C.Components, args, state: dict, work: Path) -> None:
             save_state(work, state)
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.unet_steps:
             save()
-        _maybe_stop(args, state, work, args.vae_steps, step, save)
+        _maybe_stop(args, args.vae_steps, step, save)
     ema.copy_to(params)
     unet.eval().requires_grad_(False)
     text.eval().requires_grad_(False)

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``uint8 [n, H, W, 3]`` -> float ``[n, 3, H, W]`` in [-1, 1], the range SD models use."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -23,10 +23,11 @@ def features(module: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray,
     """Run ``module`` over ``uint8 [n, H, W, 3]`` images (NCHW float input), float64 features."""
     if len(images) == 0:
         raise ValueError("no images to compute features of")
+    from .images import to_tensor
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2).float()
-        x = x / 127.5 - 1 if input_range == "minus_one_one" else x / 255 if input_range == "zero_one" else x
+        x = to_tensor(images[start:start + batch_size])  # [-1, 1]
+        x = (x + 1) / 2 if input_range == "zero_one" else (x + 1) * 127.5 if input_range == "uint8" else x
         out.append(module(x).flatten(1).double())
     return torch.cat(out)
 

@@ -30,9 +30,6 @@ class ModelFolderError(ValueError):
     """A model folder with a missing or unreadable part; the message names the file."""
 
 
-def _world_vocab() -> dict:
-    folder = write_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer")
-    return json.loads((folder / "vocab.json").read_text())
 
 
 def _learned_merges() -> tuple[list[str], list[str]]:
@@ -63,6 +60,15 @@ def _learned_merges() -> tuple[list[str], list[str]]:
     return [m.replace(" ", "") for m in merges], merges
 
 
+def _world_vocab() -> tuple[dict[str, int], list[str]]:
+    """``({token: id}, merges)`` of the world's tokenizer; BOS and EOS take the last two ids."""
+    tokens, merges = _learned_merges()
+    vocab: dict[str, int] = {}
+    for token in [*_CHARS, *(c + "</w>" for c in _CHARS), *tokens, BOS, EOS]:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
 def write_tokenizer(folder: str | os.PathLike, config: bool = True) -> Path:
     """CLIP BPE files whose vocabulary makes every word of the world a single token.
 
@@ -71,10 +77,7 @@ def write_tokenizer(folder: str | os.PathLike, config: bool = True) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokens, merges = _learned_merges()
-    vocab: dict[str, int] = {}
-    for token in [*_CHARS, *(c + "</w>" for c in _CHARS), *tokens, BOS, EOS]:  # BOS, EOS are the last ids
-        vocab.setdefault(token, len(vocab))
+    vocab, merges = _world_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab, indent=0))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     if not config:
@@ -140,7 +143,7 @@ def save_model_folder(c: Components, folder: str | os.PathLike, unet_dtype: torc
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c.tokenizer.save_pretrained(folder / "tokenizer")
-    if len(c.tokenizer) == len(_world_vocab()):  # our own tokenizer: also keep the BPE files SD folders have
+    if len(c.tokenizer) == len(_world_vocab()[0]):  # our own tokenizer: also keep the BPE files SD folders have
         write_tokenizer(folder / "tokenizer", config=False)
     c.text_encoder.save_pretrained(folder / "text_encoder")
     c.vae.save_pretrained(folder / "vae")

@@ -1,5 +1,5 @@
 """Seeded data of the shapes world: prompts split into train / held-out compositions, and
-rendered (image, caption) batches.
+rendered scenes.
 
 A composition is a prompt's full attribute set (its canonical caption). About 10% of all
 compositions are held out by a fixed hash, so no held-out prompt is ever a training caption;
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from itertools import product
-from typing import Iterator
 
 import numpy as np
 
@@ -66,11 +65,3 @@ def sample_scenes(n: int, split: str = "train", seed: int = 0, relation_share: f
 def render_batch(scenes: list[Scene]) -> np.ndarray:
     """``uint8 [n, H, W, 3]`` images of the scenes."""
     return np.stack([to_array(render(s)) for s in scenes])
-
-
-def batches(batch_size: int, split: str = "train", seed: int = 0,
-            relation_share: float = 0.5) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """An endless, reproducible stream of (images, captions) batches for training."""
-    for index in range(2**62):
-        scenes = sample_scenes(batch_size, split, seed=seed * 1_000_003 + index, relation_share=relation_share)
-        yield render_batch(scenes), [s.caption for s in scenes]
