@@ -76,3 +76,28 @@ def pipeline_dir(tmp_path):
         "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"]}))
     return root
+
+
+def write_sd_folder(root, prediction_type: str = "epsilon"):
+    """A complete tiny SD folder (tokenizer, text encoder, VAE, UNet, scheduler) that
+    ``load_components`` and diffusers' ``StableDiffusionPipeline`` load."""
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    from wadi_core.shapes import components as C
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(C.write_tokenizer(root.parent / f"{root.name}-tokenizer")))
+    torch.manual_seed(0)
+    from transformers import CLIPTextModel
+    config = C.text_encoder_config(len(tokenizer))
+    config.hidden_size, config.intermediate_size, config.num_hidden_layers = 32, 64, 2
+    text = CLIPTextModel(config).eval()
+    scheduler = DDPMScheduler.from_config({**C.SCHEDULER_CONFIG, "prediction_type": prediction_type})
+    c = C.Components(tokenizer, text, tiny_vae(), tiny_unet(), scheduler)
+    C.save_model_folder(c, root, unet_dtype=torch.float32)
+    return root
+
+
+@pytest.fixture
+def sd_dir(tmp_path):
+    return write_sd_folder(tmp_path / "sd")

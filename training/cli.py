@@ -9,9 +9,9 @@ import sys
 
 from wadi_core import __version__
 
-from . import eval_cmd, generate_cmd, inspect_cmd, merge_cmd, presets_cmd
+from . import demo_cmd, distill, eval_cmd, generate_cmd, inspect_cmd, merge_cmd, presets_cmd
 
-COMMANDS = (generate_cmd, eval_cmd, merge_cmd, inspect_cmd, presets_cmd)
+COMMANDS = (demo_cmd, distill, generate_cmd, eval_cmd, merge_cmd, inspect_cmd, presets_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from wadi_core.models import CheckpointError
     from wadi_core.prompts import PromptFileError
     from wadi_core.shapes.components import ModelFolderError
-    return (AdapterError, CheckpointError, KeyConversionError, PromptFileError, ModelFolderError, ValueError,
+    from .distill import Diverged
+    return (Diverged, AdapterError, CheckpointError, KeyConversionError, PromptFileError, ModelFolderError, ValueError,
             FileNotFoundError, FileExistsError)
 
 

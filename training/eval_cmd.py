@@ -14,9 +14,8 @@ from wadi_core.images import labelled_grid
 from wadi_core.prompts import read_prompts
 from wadi_core.sampling import sample
 from wadi_core.shapes import sample_prompts
-from wadi_core.shapes.components import load_components
 
-from .generate_cmd import add_model_args
+from .generate_cmd import add_model_args, is_one_step, load_generator
 
 
 def register(sub) -> None:
@@ -55,12 +54,14 @@ def _summary(name: str, result: dict) -> str:
 
 
 def run(args) -> int:
+    if args.untrained and is_one_step(args):
+        raise ValueError("--untrained compares against the multi-step sampler; leave out --student/--one-step")
     for path in (args.out, args.grid):
         if path:
             fileio.check_output(path, args.overwrite)
     prompts = read_prompts(args.prompts) if args.prompts else \
         [p.caption() for p in sample_prompts(args.num_prompts, args.split, seed=args.seed)]
-    components = load_components(args.model)
+    components, generate_images, description = load_generator(args)
     seeds = [args.seed + i for i in range(len(prompts))]
     feature_net = load_feature_network(args.fid_features) if args.fid_features else None
     reference = None
@@ -71,13 +72,9 @@ def run(args) -> int:
     def measure(images):
         return evaluate_images(images, prompts, args.seed, feature_net, reference, args.clip)
 
-    def generate(c):
-        return sample(c, prompts, seeds, args.steps, args.guidance, args.sampler, args.batch_size,
-                      progress=not args.quiet)
-
-    images, seconds = timed(lambda: generate(components))
-    report = {"model": str(args.model), "prompts": len(prompts), "steps": args.steps, "guidance": args.guidance,
-              "sampler": args.sampler, "seed": args.seed,
+    images, seconds = timed(lambda: generate_images(prompts, seeds, not args.quiet))
+    report = {"model": str(args.model), "students": list(args.student), "sampling": description,
+              "prompts": len(prompts), "seed": args.seed,
               "model_result": dict(measure(images), seconds=seconds, images_per_second=len(prompts) / seconds)}
     print(_summary("model", report["model_result"]))
     if args.floor:
@@ -88,7 +85,8 @@ def run(args) -> int:
         torch.manual_seed(args.seed)
         untrained = type(components)(**{**components.__dict__,
                                         "unet": UNet2DConditionModel.from_config(components.unet.config).eval()})
-        report["untrained_result"] = measure(generate(untrained))
+        report["untrained_result"] = measure(sample(untrained, prompts, seeds, args.steps, args.guidance, args.sampler,
+                                                    args.batch_size, progress=not args.quiet))
         print(_summary("untrained UNet (ceiling)", report["untrained_result"]))
     if args.grid:
         with fileio.atomic_file(args.grid, args.overwrite) as tmp:

@@ -1,12 +1,18 @@
-"""``wadi generate``: images from a model (the embedded default unless --model is given)."""
+"""``wadi generate``: images from a model (the embedded default unless --model is given): multi-step
+sampling with CFG, or one step with a distilled student (``--student ADAPTER`` or ``--one-step``
+for a merged student folder)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
-from wadi_core import fileio
+import numpy as np
+
+from wadi_core import fileio, onestep, students
 from wadi_core.images import labelled_grid, save_pngs
+from wadi_core.merge import parse_adapter_spec
 from wadi_core.prompts import read_prompts
 from wadi_core.sampling import SAMPLERS, sample
 from wadi_core.shapes.components import MODEL_DIR, load_components
@@ -15,15 +21,41 @@ from wadi_core.shapes.components import MODEL_DIR, load_components
 def add_model_args(p) -> None:
     p.add_argument("--model", default=str(MODEL_DIR),
                    help="a diffusers SD folder (default: the embedded shapes model)")
-    p.add_argument("--steps", type=int, default=25, help="sampler steps (default 25)")
+    p.add_argument("--student", action="append", default=[], metavar="ADAPTER[:STRENGTH]",
+                   help="a distilled student (student.safetensors from wadi distill, or any LoRaD file) on --model: "
+                        "one-step sampling. Repeat to stack LoRaD adapters")
+    p.add_argument("--one-step", action="store_true",
+                   help="sample --model in one step (a merged student, e.g. from wadi distill --export-merged)")
+    p.add_argument("--steps", type=int, default=25, help="sampler steps of multi-step sampling (default 25)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="image i gets seed SEED + i")
 
 
+def is_one_step(args) -> bool:
+    return bool(args.student) or args.one_step
+
+
+def load_generator(args) -> tuple[object, Callable[[list[str], list[int], bool], np.ndarray], str]:
+    """``(components, generate(prompts, seeds, progress), description)`` for the model the arguments name."""
+    components = load_components(args.model)
+    if not is_one_step(args):
+        def multi_step(prompts, seeds, progress):
+            return sample(components, prompts, seeds, args.steps, args.guidance, args.sampler, args.batch_size,
+                          progress=progress)
+        return components, multi_step, f"{args.sampler}, {args.steps} steps, guidance {args.guidance}"
+    for i, spec in enumerate(args.student):
+        path, strength = parse_adapter_spec(spec)
+        students.apply_adapter_file(components.unet, path, name=f"student{i}", strength=strength)
+
+    def one_step(prompts, seeds, progress):
+        return onestep.generate(components, prompts, seeds, args.batch_size, progress=progress)
+    return components, one_step, "one step" + (f" with {', '.join(args.student)}" if args.student else "")
+
+
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate images (multi-step sampling with CFG)")
+    p = sub.add_parser("generate", help="generate images (multi-step with CFG, or one step with a student)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts", help="a prompt file (one per line, or JSONL with a caption field)")
     p.add_argument("--num-per-prompt", type=int, default=1)
@@ -46,15 +78,15 @@ def collect_prompts(args) -> list[str]:
 def run(args) -> int:
     prompts = collect_prompts(args)
     out = Path(args.out)
-    components = load_components(args.model)
+    fileio.check_output(out, args.overwrite)
+    _, generate, description = load_generator(args)
     seeds = [args.seed + i for i in range(len(prompts))]
     start = time.perf_counter()
-    images = sample(components, prompts, seeds, args.steps, args.guidance, args.sampler, args.batch_size,
-                    progress=not args.quiet)
+    images = generate(prompts, seeds, not args.quiet)
     seconds = time.perf_counter() - start
     with fileio.atomic_dir(out, args.overwrite) as tmp:
         save_pngs(images, prompts, tmp, seeds)
         labelled_grid(images, [f"{p} (seed {s})" for p, s in zip(prompts, seeds)]).save(tmp / "grid.png")
     print(f"wrote {len(images)} images and grid.png to {out}: {seconds:.1f} s, "
-          f"{len(images) / seconds:.1f} images/s ({args.sampler}, {args.steps} steps, guidance {args.guidance})")
+          f"{len(images) / seconds:.1f} images/s ({description})")
     return 0

@@ -79,3 +79,32 @@ def render_floor(prompts: Sequence[str], seed: int, feature_net=None) -> float:
     a = metrics.features(net, reference_renders(prompts, seed))
     b = metrics.features(net, reference_renders(prompts, seed + 1))
     return metrics.frechet_distance(a, b)
+
+
+def evaluate_teacher(model_dir, prompts: Sequence[str], seed: int = 0, steps: int = 25, guidance: float = 3.0,
+                     progress: bool = False) -> tuple[dict, np.ndarray]:
+    """Metrics and images of a model sampled with ``steps`` DDIM steps and CFG."""
+    from .sampling import sample
+    from .shapes.components import load_components
+
+    components = load_components(model_dir)
+    seeds = [seed + i for i in range(len(prompts))]
+    images, seconds = timed(lambda: sample(components, prompts, seeds, steps=steps, guidance=guidance,
+                                           progress=progress))
+    return dict(evaluate_images(images, prompts, seed), seconds=seconds,
+                images_per_second=len(prompts) / seconds), images
+
+
+def evaluate_student(model_dir, adapter, prompts: Sequence[str], seed: int = 0,
+                     progress: bool = False) -> tuple[dict, np.ndarray]:
+    """Metrics and images of one-step sampling with a student adapter on ``model_dir``."""
+    from . import onestep, students
+    from .shapes.components import load_components
+
+    components = load_components(model_dir)
+    students.apply_adapter_file(components.unet, adapter)
+    seeds = [seed + i for i in range(len(prompts))]
+    onestep.generate(components, prompts[:8], seeds[:8], progress=False)  # warm-up: builds the rotated weights
+    images, seconds = timed(lambda: onestep.generate(components, prompts, seeds, progress=progress))
+    return dict(evaluate_images(images, prompts, seed), seconds=seconds,
+                images_per_second=len(prompts) / seconds), images

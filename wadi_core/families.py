@@ -70,7 +70,9 @@ def family_of_model(model: nn.Module) -> str:
     family = getattr(model, "wadi_family", None)  # set by our loaders for the embedded world
     if family:
         return family
-    return family_from_weight_shapes({n: tuple(p.shape) for n, p in model.named_parameters()})
+    # PEFT moves a wrapped layer's weight to "<layer>.base_layer.weight"
+    return family_from_weight_shapes({n.replace(".base_layer.", "."): tuple(p.shape)
+                                      for n, p in model.named_parameters()})
 
 
 def model_kind(model_or_class_name) -> str:

@@ -1,0 +1,111 @@
+"""The paper's Table 2 in miniature: the same WaDi distillation budget with the student trained
+as LoRaD, LoRA, DoRA (PEFT) or full fine-tuning, several seeds each, on the embedded world.
+
+    python benchmarks/ablation.py --out runs/ablation --steps 300 --seeds 0 1 2
+
+For every run: held-out prompt accuracy and domain FID of the one-step student, trainable
+parameters, seconds per training step, and the mean row norm / direction change of the student's
+weights against the teacher (wadi_core.weight_change). Writes ``results.json`` and ``table.md``
+in --out; each run's folder keeps its student (``full/seed0/student.safetensors`` etc.).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from training.distill import DistillConfig, Distiller
+from wadi_core import students
+from wadi_core.evaluate import evaluate_student
+from wadi_core.lorad.presets import select_targets
+from wadi_core.shapes import sample_prompts
+from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.weight_change import DIRECTION_DEFINITION, NORM_DEFINITION, mean_changes
+
+# Ranks chosen so that LoRaD, LoRA and DoRA train about the same number of parameters
+# (LoRaD needs r * (out + in/2) per layer, LoRA r * (out + in)).
+DEFAULT_RANKS = {"lorad": 24, "lora": 18, "dora": 18, "full": 0}
+SHOWN = ("single/color", "single/shape", "relation/relation")
+
+
+def weight_changes(adapter: Path) -> dict[str, float]:
+    teacher = load_components(MODEL_DIR).unet
+    student = load_components(MODEL_DIR).unet
+    students.apply_adapter_file(student, adapter)
+    layers = [name for name, _ in select_targets(teacher, preset="unet-student")]
+    return mean_changes(teacher, students.plain_model(student), layers)
+
+
+def run_one(kind: str, seed: int, args) -> dict:
+    folder = Path(args.out) / kind / f"seed{seed}"
+    config = DistillConfig(out=str(folder), student=kind, student_rank=args.ranks[kind], steps=args.steps,
+                           batch_size=args.batch_size, seed=seed, report_to="none", checkpoint_every=args.steps,
+                           sample_every=args.steps, overwrite=True)
+    distiller = Distiller(config, progress=not args.quiet)
+    trainable = sum(p.numel() for p in distiller.student_params)
+    adapter = distiller.run()
+    prompts = [p.caption() for p in sample_prompts(args.num_prompts, "heldout", seed=1000)]
+    metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
+    step_seconds = statistics.median(r["seconds"] for r in distiller.history)
+    return {"kind": kind, "seed": seed, "steps": args.steps, "rank": args.ranks[kind], "trainable": trainable,
+            "step_seconds": step_seconds, "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"],
+            **weight_changes(adapter)}
+
+
+def summarise(rows: list[dict]) -> str:
+    def mean_std(values):
+        values = list(values)
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.mean(values), sd
+
+    lines = ["| student | trainable | s/step | FID | " + " | ".join(SHOWN) + " | norm change | direction change |",
+             "|---|---|---|---|" + "---|" * len(SHOWN) + "---|---|"]
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        group = [r for r in rows if r["kind"] == kind]
+        fid = mean_std(r["fid"] for r in group)
+        acc = [mean_std(r["accuracy"][k] for r in group) for k in SHOWN]
+        label = "full fine-tuning" if kind == "full" else f"{kind} r{group[0]['rank']}"
+        lines.append(f"| {label} | {group[0]['trainable']:,} | {statistics.mean(r['step_seconds'] for r in group):.2f}"
+                     f" | {fid[0]:.0f} ± {fid[1]:.0f} | "
+                     + " | ".join(f"{m:.1%} ± {s:.1%}" for m, s in acc)
+                     + f" | {statistics.mean(r['norm_change'] for r in group):.2e}"
+                     f" | {statistics.mean(r['direction_change'] for r in group):.2e} |")
+    lines += ["", f"{len(rows) // max(1, len({r['kind'] for r in rows}))} seeds per row (mean ± standard deviation). "
+              f"Norm change: {NORM_DEFINITION}; direction change: {DIRECTION_DEFINITION}; both over the "
+              "unet-student layers."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--kinds", nargs="+", default=list(DEFAULT_RANKS), choices=students.KINDS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    args.ranks = DEFAULT_RANKS
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.json"
+    rows = json.loads(results.read_text()) if results.exists() else []  # finished runs are kept
+    rows = [r for r in rows if r["steps"] == args.steps]  # runs of another budget are not comparable
+    done = {(r["kind"], r["seed"]) for r in rows}
+    for kind in args.kinds:
+        for seed in args.seeds:
+            if (kind, seed) in done:
+                continue
+            rows.append(run_one(kind, seed, args))
+            results.write_text(json.dumps(rows, indent=1))
+            print(summarise(rows))
+    (out / "table.md").write_text(summarise(rows) + "\n")
+    print(summarise(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""``wadi distill``: the training loop, checkpoints, exact resume, bad input, student files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_sd_folder
+from training.cli import main
+from training.distill import DistillConfig, Distiller, Diverged, ResumeMismatch
+from wadi_core import onestep, students, vsd
+from wadi_core.prompts import PromptFileError
+from wadi_core.shapes.components import load_components
+
+PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+def config(tmp_path, sd_dir, prompt_file, name="run", **kw):
+    base = dict(out=str(tmp_path / name), teacher=str(sd_dir), prompts=str(prompt_file), steps=4, batch_size=2,
+                student_rank=4, fake_rank=2, lr_student=1e-2, lr_fake=1e-2, guidance=1.5, checkpoint_every=2,
+                sample_every=100, report_to="none")
+    return DistillConfig(**{**base, **kw})
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, sd_dir, prompt_file):
+    whole = Distiller(config(tmp_path, sd_dir, prompt_file, "whole"), progress=False)
+    whole.run()
+    first = Distiller(config(tmp_path, sd_dir, prompt_file, "parts"), progress=False)
+    assert first.run(should_stop=lambda: first.step == 2) is None  # stopped with a checkpoint
+    assert (tmp_path / "parts" / "checkpoint" / "state.pt").is_file()
+    second = Distiller(config(tmp_path, sd_dir, prompt_file, "parts", resume=True), progress=False)
+    assert second.step == 2
+    second.run()
+    a = load_file(tmp_path / "whole" / "student.safetensors")
+    b = load_file(tmp_path / "parts" / "student.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert any(v.abs().max() > 0 for k, v in a.items() if k.endswith("lorad_up"))  # the student did train
+    history = json.loads((tmp_path / "parts" / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    for name in ("loss.png", "samples/latest.png"):
+        assert (tmp_path / "parts" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, sd_dir, prompt_file):
+    Distiller(config(tmp_path, sd_dir, prompt_file, steps=2), progress=False).run()
+    with pytest.raises(ResumeMismatch, match="student_rank=4.*student_rank=8"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, student_rank=8, resume=True), progress=False)
+    with pytest.raises(ResumeMismatch, match="student='lorad'.*student='lora'"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, student="lora", resume=True), progress=False)
+
+
+def test_a_non_empty_output_folder_is_not_reused_silently(tmp_path, sd_dir, prompt_file):
+    Distiller(config(tmp_path, sd_dir, prompt_file, steps=1), progress=False).run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, steps=1), progress=False)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, sd_dir, prompt_file, monkeypatch):
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=10, max_bad_steps=3), progress=False)
+    good_loss = vsd.generator_loss
+    monkeypatch.setattr(vsd, "generator_loss",
+                        lambda x0, grad: good_loss(x0, grad) * (float("nan") if run.step >= 2 else 1.0))
+    with pytest.raises(Diverged, match="3 steps in a row"):
+        run.run()
+    saved = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
+    assert saved["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["student"].values())
+
+
+def test_v_prediction_teacher_is_refused(tmp_path, prompt_file):
+    teacher = write_sd_folder(tmp_path / "vpred", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="predicts 'v_prediction'.*eps-prediction"):
+        Distiller(config(tmp_path, teacher, prompt_file), progress=False)
+
+
+def test_empty_or_missing_prompt_file(tmp_path, sd_dir):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    with pytest.raises(PromptFileError):
+        Distiller(config(tmp_path, sd_dir, empty), progress=False)
+    assert main(["distill", "--out", str(tmp_path / "x"), "--teacher", str(sd_dir), "--prompts",
+                 str(tmp_path / "missing.txt")]) == 2
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "full"])
+def test_other_student_types_train_and_reload(tmp_path, sd_dir, prompt_file, kind):
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=2, student=kind, fake=kind if kind != "full" else
+                           "lorad"), progress=False)
+    path = run.run()
+    assert students.read_spec(path).kind == kind
+    expected = run.student_images(PROMPTS[:2], [0, 1])
+    teacher = load_components(sd_dir)
+    students.apply_adapter_file(teacher.unet, path)
+    got = onestep.generate(teacher, PROMPTS[:2], [0, 1], progress=False)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_student_file_loads_for_generation_and_merged_export_matches(tmp_path, sd_dir, prompt_file):
+    merged = tmp_path / "merged"
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, export_merged=str(merged)), progress=False)
+    path = run.run()
+    out = tmp_path / "gen"
+    assert main(["generate", "--model", str(sd_dir), "--student", str(path), "--prompt", PROMPTS[0],
+                 "--out", str(out), "--quiet"]) == 0
+    out_merged = tmp_path / "gen-merged"
+    assert main(["generate", "--model", str(merged), "--one-step", "--prompt", PROMPTS[0],
+                 "--out", str(out_merged), "--quiet"]) == 0
+    from PIL import Image
+    a = np.asarray(Image.open(next(out.glob("0000_*.png")))).astype(int)
+    b = np.asarray(Image.open(next(out_merged.glob("0000_*.png")))).astype(int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_a_lora_student_cannot_be_loaded_on_another_base(tmp_path, sd_dir, prompt_file):
+    path = Distiller(config(tmp_path, sd_dir, prompt_file, steps=1), progress=False).run()
+    other = load_components()  # the embedded shapes model: another architecture
+    with pytest.raises(students.AdapterError):
+        students.apply_adapter_file(other.unet, path)

@@ -1,0 +1,594 @@
+"""``wadi distill``: WaDi distillation of a multi-step teacher into a one-step student
+(shared/LORAD_SPEC.md section 4), on one CPU or under ``accelerate launch`` on many GPUs.
+
+Three networks share the teacher's architecture: the frozen teacher, the student (teacher +
+a trainable adapter, LoRaD by default) and the fake score model (teacher + its own adapter).
+Each step trains the student on the VSD gradient, then the fake model on the student's images.
+
+The :class:`Distiller` is used by the CLI, ``wadi demo`` and the web UI alike. Every step's
+prompts and noise derive from (seed, step, process), so a run resumed from a checkpoint retraces
+the uninterrupted one exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wadi_core import fileio, students, vsd
+from wadi_core.families import family_of_model
+from wadi_core.images import side_by_side
+from wadi_core.onestep import predict_x0
+from wadi_core.plots import loss_curves
+from wadi_core.prompts import read_prompts
+from wadi_core.sampling import check_eps_prediction, decode, initial_latents, latent_shape, sample
+from wadi_core.shapes import prompts_of
+from wadi_core.shapes.components import MODEL_DIR, load_components
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "state.pt"
+SAMPLE_PROMPTS = ("a red circle", "a large blue square", "a small green triangle at the top left",
+                  "a yellow circle on the right", "a purple square left of an orange circle",
+                  "a blue triangle above a red square", "an orange triangle", "a green circle below a yellow square")
+
+# Paper defaults (SD1.5 / SD2.1) and the smaller ones of the embedded world. None in a config means
+# "the default for this teacher".
+PAPER_DEFAULTS = dict(student_rank=256, fake_rank=32, lr_student=1e-4, lr_fake=1e-2, guidance=1.5, batch_size=128,
+                      steps=20000, sample_guidance=7.5)
+EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=1e-3, lr_fake=1e-2, guidance=3.0, batch_size=32,
+                         steps=400, sample_guidance=3.0)
+# Settings that must match to resume a checkpoint (the rest, like --steps, may change).
+RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
+               "lr_student", "lr_fake", "guidance", "gradient_mode", "batch_size", "grad_accum", "seed", "ema",
+               "mixed_precision", "null_prompt_share")
+
+
+@dataclass
+class DistillConfig:
+    out: str
+    teacher: str = str(MODEL_DIR)
+    prompts: str | None = None  # None: the training prompts of the embedded world
+    student: str = "lorad"
+    student_rank: int | None = None
+    student_preset: str = "unet-student"
+    fake: str = "lorad"
+    fake_rank: int | None = None
+    fake_preset: str = "unet-fake"
+    steps: int | None = None
+    batch_size: int | None = None
+    grad_accum: int = 1
+    lr_student: float | None = None
+    lr_fake: float | None = None
+    guidance: float | None = None  # CFG on teacher and fake inside the VSD gradient
+    gradient_mode: str = "wadi"
+    null_prompt_share: float = 0.1  # empty prompts in the fake model's loss
+    ema: float = 0.0  # 0 = off; else the decay of an EMA of the student's trainable weights
+    seed: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100
+    sample_every: int = 100
+    sample_guidance: float | None = None  # the teacher's CFG in the sample grid
+    max_bad_steps: int = 10  # stop after this many consecutive non-finite losses
+    export_merged: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    report_to: str = "tensorboard"  # or "none"
+
+    def resolved(self, embedded: bool) -> "DistillConfig":
+        """A copy with every None replaced by the default for this teacher."""
+        defaults = EMBEDDED_DEFAULTS if embedded else PAPER_DEFAULTS
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, value in defaults.items():
+            if values[key] is None:
+                values[key] = value
+        values["teacher"] = str(Path(values["teacher"]).expanduser().resolve())
+        if values["prompts"]:
+            values["prompts"] = str(Path(values["prompts"]).expanduser().resolve())
+        return DistillConfig(**values)
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("--batch-size and --grad-accum must be at least 1")
+        if self.gradient_mode not in vsd.GRADIENT_MODES:
+            raise ValueError(f"unknown --gradient-mode '{self.gradient_mode}'; choose one of: "
+                             f"{', '.join(vsd.GRADIENT_MODES)}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be no, fp16 or bf16, not '{self.mixed_precision}'")
+        for name in ("lr_student", "lr_fake"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {self.ema}")
+        students.AdapterSpec(self.student, self.student_rank, self.student_preset)
+        students.AdapterSpec(self.fake, self.fake_rank, self.fake_preset)
+
+    def student_spec(self) -> students.AdapterSpec:
+        return students.AdapterSpec(self.student, self.student_rank, self.student_preset)
+
+    def fake_spec(self) -> students.AdapterSpec:
+        return students.AdapterSpec(self.fake, self.fake_rank, self.fake_preset)
+
+
+class Diverged(RuntimeError):
+    """Raised after ``max_bad_steps`` consecutive non-finite losses; the last good checkpoint stays."""
+
+
+class ResumeMismatch(ValueError):
+    pass
+
+
+def is_embedded(teacher: str) -> bool:
+    return Path(teacher).expanduser().resolve() == MODEL_DIR.resolve()
+
+
+def load_prompt_list(config: DistillConfig) -> list[str]:
+    if config.prompts:
+        return read_prompts(config.prompts)
+    if not is_embedded(config.teacher):
+        raise ValueError("a prompt file is needed for this teacher: pass --prompts FILE (one prompt per line, "
+                         "or JSONL with a 'caption' field)")
+    return [p.caption() for kind in ("single", "relation") for p in prompts_of("train", kind)]
+
+
+class EMA:
+    def __init__(self, params, decay: float):
+        self.params, self.decay = list(params), decay
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - self.decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange live and averaged weights (call twice to undo)."""
+        for s, p in zip(self.shadow, self.params):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
+
+
+class Distiller:
+    """One distillation run: setup, ``step()``, checkpoints, samples and the final files."""
+
+    def __init__(self, config: DistillConfig, progress: bool = True, log: Callable[[str], None] = print):
+        from accelerate import Accelerator
+
+        self.config = config = config.resolved(is_embedded(config.teacher))
+        config.check()
+        self.out = Path(config.out)
+        self.log = log
+        self.progress = progress
+        self._prepare_output()
+        self.prompts = load_prompt_list(config)
+
+        trackers = self._trackers()
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                                       gradient_accumulation_steps=config.grad_accum,
+                                       log_with=trackers or None, project_dir=str(self.out))
+        device = self.accelerator.device
+        self.teacher = load_components(config.teacher)
+        check_eps_prediction(self.teacher.scheduler.config)
+        self.family = family_of_model(self.teacher.unet)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        for module in (self.teacher.unet, self.teacher.text_encoder, self.teacher.vae):
+            module.to(device)
+        if weight_dtype != torch.float32:
+            self.teacher.unet.to(weight_dtype)
+
+        # Student and fake start as copies of the teacher; their base weights stay frozen (except "full").
+        torch.manual_seed(config.seed)  # adapter initialisation
+        self.student = self._trainable_copy(config.student_spec(), weight_dtype)
+        self.fake = self._trainable_copy(config.fake_spec(), weight_dtype)
+        self.student_params = [p for p in self.student.parameters() if p.requires_grad]
+        self.fake_params = [p for p in self.fake.parameters() if p.requires_grad]
+        self.opt_student = torch.optim.AdamW(self.student_params, lr=config.lr_student, weight_decay=0.0)
+        self.opt_fake = torch.optim.AdamW(self.fake_params, lr=config.lr_fake, weight_decay=0.0)
+        self.student, self.fake, self.opt_student, self.opt_fake = self.accelerator.prepare(
+            self.student, self.fake, self.opt_student, self.opt_fake)
+        self.ema = EMA(self.student_params, config.ema) if config.ema else None
+
+        self.abar = self.teacher.scheduler.alphas_cumprod.to(device)
+        self.final_t = self.teacher.scheduler.config.num_train_timesteps - 1
+        self.shape = latent_shape(self.teacher)
+        self._embeddings = self._precompute_embeddings()
+        self.step = 0
+        self.history: list[dict] = []
+        self.bad_steps = 0
+        self.seconds = 0.0
+        self._teacher_samples = None
+        if config.resume:
+            self._load_checkpoint()
+        if trackers and self.accelerator.is_main_process:
+            self.accelerator.init_trackers("wadi-distill", config={k: v for k, v in asdict(config).items()
+                                                                   if isinstance(v, (int, float, str, bool))})
+
+    # ----- setup helpers
+
+    def _prepare_output(self) -> None:
+        c = self.config
+        if c.resume:
+            if not (self.out / CHECKPOINT / STATE_FILE).is_file():
+                raise FileNotFoundError(f"nothing to resume: {self.out / CHECKPOINT / STATE_FILE} does not exist")
+        elif self.out.exists() and any(self.out.iterdir()):
+            if not c.overwrite:
+                raise FileExistsError(f"{self.out} is not empty; pass --resume to continue the run in it, "
+                                      "--overwrite to start again there, or choose another --out")
+        if not self.out.parent.exists():
+            raise FileNotFoundError(f"the folder {self.out.parent} for --out does not exist; create it first")
+        self.out.mkdir(exist_ok=True)
+        (self.out / "samples").mkdir(exist_ok=True)
+
+    def _trackers(self) -> list[str]:
+        if self.config.report_to == "none":
+            return []
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            self.log("tensorboard is not installed; losses go to history.json only (pip install tensorboard)")
+            return []
+        return ["tensorboard"]
+
+    def _trainable_copy(self, spec: students.AdapterSpec, weight_dtype) -> torch.nn.Module:
+        model = copy.deepcopy(self.teacher.unet)
+        if spec.kind != "full" and weight_dtype != torch.float32:
+            model.to(weight_dtype)  # frozen base weights in half precision; adapters stay float32
+        students.add_adapter(model, spec)
+        if self.config.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        return model.train()
+
+    @torch.no_grad()
+    def _precompute_embeddings(self) -> dict[str, torch.Tensor] | None:
+        """Text embeddings of every prompt, computed once (the text encoder is frozen)."""
+        self.null = self.teacher.encode_prompts([""]).to(self.accelerator.device)
+        if len(self.prompts) > 20000:
+            return None  # too many to keep: encode per batch instead
+        out = {}
+        for start in range(0, len(self.prompts), 256):
+            chunk = self.prompts[start:start + 256]
+            for prompt, emb in zip(chunk, self.teacher.encode_prompts(chunk)):
+                out[prompt] = emb
+        return out
+
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        if self._embeddings is not None:
+            return torch.stack([self._embeddings[p] for p in prompts])
+        with torch.no_grad():
+            return self.teacher.encode_prompts(prompts).to(self.accelerator.device)
+
+    # ----- training
+
+    def _batch(self, micro: int):
+        """Prompts and a generator for one micro-batch, fixed by (seed, step, micro-batch, process)."""
+        c = self.config
+        key = [c.seed, self.step, micro, self.accelerator.process_index]
+        rng = np.random.default_rng(key)
+        prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=c.batch_size)]
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        return prompts, gen
+
+    def _eps(self, model, x_t, t, cond_pos, scale):
+        """Guided eps of ``model`` (CFG ``scale``); one batched call for both halves."""
+        n = x_t.shape[0]
+        x = torch.cat([x_t, x_t])
+        cond = torch.cat([self.null.expand(n, -1, -1), cond_pos]).to(x.dtype)
+        with self.accelerator.autocast():
+            eps = model(x.to(next(model.parameters()).dtype), torch.cat([t, t]), cond).sample.float()
+        uncond, pos = eps.chunk(2)
+        return vsd.guided(uncond, pos, scale)
+
+    def _micro_step(self, micro: int) -> dict[str, float]:
+        c, acc, device = self.config, self.accelerator, self.accelerator.device
+        prompts, gen = self._batch(micro)
+        cond = self.embed(prompts)
+        n = len(prompts)
+        z = torch.randn((n, *self.shape), generator=gen).to(device)
+
+        # 1-4: the student's one-step x0 and its VSD gradient
+        with acc.accumulate(self.student):
+            with acc.autocast():
+                x0 = predict_x0(self.student, self.teacher.scheduler, z, cond).float()
+            t = vsd.sample_generator_timesteps(n, gen, device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
+            with torch.no_grad():
+                eps_real = self._eps(self.teacher.unet, x_t, t, cond, c.guidance)
+                eps_fake = self._eps(self.fake, x_t, t, cond, c.guidance)
+            grad = vsd.score_gradient(x0.detach(), x_t, eps_real, eps_fake, self.abar[t], c.gradient_mode)
+            loss_g = vsd.generator_loss(x0, grad)
+            finite = bool(torch.isfinite(loss_g)) and bool(torch.isfinite(x0).all())
+            if finite:
+                acc.backward(loss_g)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.student_params, 1.0)
+            self.opt_student.step() if finite else None
+            self.opt_student.zero_grad(set_to_none=True)
+
+        # 5: the fake model learns the student's current distribution
+        with acc.accumulate(self.fake):
+            t2 = vsd.sample_fake_timesteps(n, len(self.abar), gen, device)
+            noise2 = torch.randn(x0.shape, generator=gen).to(device)
+            x_t2 = self.teacher.scheduler.add_noise(x0.detach(), noise2, t2.cpu()).to(device)
+            drop = (torch.rand(n, generator=gen) < c.null_prompt_share).to(device)
+            cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
+            with acc.autocast():
+                dtype = next(self.fake.parameters()).dtype
+                pred = self.fake(x_t2.to(dtype), t2, cond_f.to(dtype)).sample
+            loss_f = vsd.fake_model_loss(pred, noise2, self.abar[t2])
+            finite_f = bool(torch.isfinite(loss_f))
+            if finite_f:
+                acc.backward(loss_f)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.fake_params, 1.0)
+                self.opt_fake.step()
+            self.opt_fake.zero_grad(set_to_none=True)
+        return {"loss_student": loss_g.item(), "loss_fake": loss_f.item(), "finite": finite and finite_f,
+                "grad_norm": grad.norm().item() / math.sqrt(n)}
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step (``grad_accum`` micro-batches) on both networks; returns its losses."""
+        started = time.perf_counter()
+        results = [self._micro_step(m) for m in range(self.config.grad_accum)]
+        finite = all(r["finite"] for r in results)
+        if finite:
+            self.bad_steps = 0
+            if self.ema:
+                self.ema.update()
+        else:
+            self.bad_steps += 1
+            if self.bad_steps >= self.config.max_bad_steps:
+                raise Diverged(f"the losses were NaN/Inf for {self.bad_steps} steps in a row (up to step "
+                               f"{self.step + 1}); stopped. The last good checkpoint is in {self.out / CHECKPOINT}; "
+                               "lower the learning rates or use --mixed-precision no, then --resume")
+        record = {"step": self.step + 1,
+                  **{k: float(np.mean([r[k] for r in results])) for k in ("loss_student", "loss_fake", "grad_norm")},
+                  "skipped": not finite, "seconds": time.perf_counter() - started}
+        self.history.append(record)
+        self.seconds += record["seconds"]
+        self.step += 1
+        self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=self.step)
+        return record
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False,
+            on_step: Callable[[dict], None] | None = None) -> Path | None:
+        """Train to ``config.steps`` with checkpoints and sample grids; returns the final adapter
+        (None if ``should_stop`` ended the run early, after writing a checkpoint)."""
+        c = self.config
+        bar = tqdm(total=c.steps, initial=self.step, desc="distilling", disable=not self.progress)
+        if self.step == 0:
+            self.write_samples()
+        try:
+            while self.step < c.steps:
+                record = self.train_step()
+                bar.update(1)
+                bar.set_postfix(student=f"{record['loss_student']:.3g}", fake=f"{record['loss_fake']:.3g}")
+                if on_step:
+                    on_step(record)
+                if self.step % c.checkpoint_every == 0 and self.step < c.steps and not record["skipped"]:
+                    self.save_checkpoint()
+                if self.step % c.sample_every == 0 or self.step == c.steps:
+                    self.write_samples()
+                if should_stop() and self.step < c.steps:
+                    self.save_checkpoint()
+                    self.log(f"stopped at step {self.step}; continue with --resume")
+                    return None
+        finally:
+            bar.close()
+        return self.finish()
+
+    # ----- outputs
+
+    def unwrapped_student(self):
+        return self.accelerator.unwrap_model(self.student)
+
+    @torch.no_grad()
+    def student_images(self, prompts, seeds) -> np.ndarray:
+        student = self.unwrapped_student()
+        student.eval()
+        if self.ema:
+            self.ema.swap()
+        try:
+            z = initial_latents(seeds, self.shape).to(self.accelerator.device)
+            cond = self.embed(list(prompts)) if all(p in (self._embeddings or {}) for p in prompts) else \
+                self.teacher.encode_prompts(list(prompts)).to(self.accelerator.device)
+            dtype = next(student.parameters()).dtype
+            with self.accelerator.autocast():
+                x0 = predict_x0(student, self.teacher.scheduler, z.to(dtype), cond.to(dtype))
+            return decode(self.teacher, x0.float())
+        finally:
+            if self.ema:
+                self.ema.swap()
+            student.train()
+
+    def write_samples(self) -> Path | None:
+        """Teacher (multi-step CFG) vs student (one step) on fixed prompts and seeds."""
+        if not self.accelerator.is_main_process:
+            return None
+        prompts = list(SAMPLE_PROMPTS) if is_embedded(self.config.teacher) else self.prompts[:8]
+        seeds = list(range(len(prompts)))
+        if self._teacher_samples is None:
+            self._teacher_samples = sample(self.teacher, prompts, seeds, steps=25, guidance=self.config.sample_guidance,
+                                           progress=False)
+        grid = side_by_side({"teacher 25 steps": self._teacher_samples,
+                             f"student, step {self.step}": self.student_images(prompts, seeds)}, prompts)
+        path = self.out / "samples" / f"step_{self.step:06d}.png"
+        grid.save(path)
+        grid.save(self.out / "samples" / "latest.png")
+        return path
+
+    def write_loss_plot(self) -> Path:
+        path = self.out / "loss.png"
+        loss_curves({"student (generator) loss": [r["loss_student"] for r in self.history],
+                     "fake score model loss": [r["loss_fake"] for r in self.history]}, path,
+                    title=f"WaDi distillation ({self.config.student} student, {self.config.fake} fake)")
+        (self.out / "history.json").write_text(json.dumps(self.history))
+        return path
+
+    def save_checkpoint(self) -> Path | None:
+        """Adapter weights, optimiser and EMA states, step and history, written atomically."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        state = {
+            "config": {k: getattr(self.config, k) for k in RESUME_KEYS},
+            "step": self.step, "history": self.history, "seconds": self.seconds,
+            "student": students.trainable_state(self.unwrapped_student(), self.config.student_spec()),
+            "fake": students.trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec()),
+            "opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
+            "ema": self.ema.shadow if self.ema else None,
+            "torch_rng": torch.get_rng_state(),
+        }
+        with fileio.atomic_dir(self.out / CHECKPOINT, overwrite=True) as tmp:
+            torch.save(state, tmp / STATE_FILE)
+        self.write_loss_plot()
+        return self.out / CHECKPOINT
+
+    def _load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT / STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"cannot read the checkpoint {path} ({err}); it is damaged — start again with "
+                             "--overwrite") from None
+        for key in RESUME_KEYS:
+            saved, now = state["config"].get(key), getattr(self.config, key)
+            if saved != now:
+                raise ResumeMismatch(f"cannot resume {self.out}: its checkpoint was made with {key}={saved!r} but "
+                                     f"this run asks for {key}={now!r}; use the same settings or another --out")
+        students.load_trainable_state(self.unwrapped_student(), self.config.student_spec(), state["student"])
+        students.load_trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec(), state["fake"])
+        self.opt_student.load_state_dict(state["opt_student"])
+        self.opt_fake.load_state_dict(state["opt_fake"])
+        if self.ema and state["ema"] is not None:
+            for s, saved in zip(self.ema.shadow, state["ema"]):
+                s.copy_(saved)
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.history, self.seconds = state["step"], state["history"], state["seconds"]
+        self.log(f"resumed {self.out} at step {self.step}")
+
+    def finish(self) -> Path:
+        """The final ``student.safetensors`` (EMA weights if EMA is on), loss plot, optional merged model."""
+        self.accelerator.wait_for_everyone()
+        path = self.out / "student.safetensors"
+        if self.accelerator.is_main_process:
+            self.save_checkpoint()
+            if self.ema:
+                self.ema.swap()
+            extra = {"wadi.teacher": self.config.teacher, "wadi.steps": str(self.step),
+                     "wadi.one_step_t": str(self.final_t)}
+            students.save_adapter_file(self.unwrapped_student(), self.config.student_spec(), path, extra=extra,
+                                       overwrite=True)
+            if self.config.export_merged:
+                export_merged(self.config.teacher, path, self.config.export_merged, overwrite=self.config.overwrite)
+            if self.ema:
+                self.ema.swap()
+        self.accelerator.end_training()
+        return path
+
+
+def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """A copy of the teacher's diffusers folder whose UNet has the student baked in."""
+    import shutil
+
+    components = load_components(teacher)
+    students.apply_adapter_file(components.unet, adapter)
+    unet = students.plain_model(components.unet)
+    with fileio.atomic_dir(out, overwrite) as tmp:
+        shutil.copytree(teacher, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
+        unet.save_pretrained(tmp / "unet")
+    return Path(out)
+
+
+def trainable_share(config: DistillConfig) -> dict[str, float]:
+    """Trainable parameters of student and fake, and their share of the teacher's UNet."""
+    config = config.resolved(is_embedded(config.teacher))
+    unet = load_components(config.teacher).unet
+    total = sum(p.numel() for p in unet.parameters())
+    out = {"unet_parameters": total}
+    for role, spec in (("student", config.student_spec()), ("fake", config.fake_spec())):
+        model = copy.deepcopy(unet)
+        params = students.add_adapter(model, spec)
+        out[f"{role}_trainable"] = sum(p.numel() for p in params)
+        out[f"{role}_share"] = out[f"{role}_trainable"] / total
+    return out
+
+
+# ----- command line
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = DistillConfig(out="")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, samples, student.safetensors)")
+    p.add_argument("--teacher", default=d.teacher, help="a diffusers SD folder (default: the embedded shapes model)")
+    p.add_argument("--prompts", help="prompt file: one per line, or JSONL with a 'caption' field "
+                                     "(default for the embedded model: its training prompts)")
+    p.add_argument("--student", default=d.student, choices=students.KINDS, help="student adapter type")
+    p.add_argument("--student-rank", type=int, help="student rank (paper 256; embedded default 24)")
+    p.add_argument("--student-preset", default=d.student_preset)
+    p.add_argument("--fake", default=d.fake, choices=students.KINDS, help="fake score model adapter type")
+    p.add_argument("--fake-rank", type=int, help="fake rank (paper 32; embedded default 8)")
+    p.add_argument("--fake-preset", default=d.fake_preset)
+    p.add_argument("--steps", type=int, help="optimiser steps (embedded default 400)")
+    p.add_argument("--batch-size", type=int, help="prompts per micro-batch and process (paper 128; embedded 32)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--lr-student", type=float, help="student learning rate (paper 1e-4; embedded 1e-3)")
+    p.add_argument("--lr-fake", type=float, help="fake model learning rate (paper 1e-2)")
+    p.add_argument("--guidance", type=float, help="CFG of teacher and fake in the VSD gradient (paper 1.5; "
+                                                  "embedded 3)")
+    p.add_argument("--gradient-mode", default=d.gradient_mode, choices=vsd.GRADIENT_MODES)
+    p.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the student adapter (0 = off; paper 0.999)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "fp16", "bf16"))
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--sample-every", type=int, default=d.sample_every)
+    p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
+                   help="stop after this many consecutive NaN/Inf steps")
+    p.add_argument("--export-merged", help="also write the teacher folder with the student merged into its UNet")
+    p.add_argument("--report-to", default=d.report_to, choices=("tensorboard", "none"))
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again in a non-empty --out")
+    p.add_argument("--quiet", action="store_true")
+
+
+def config_from_args(args) -> DistillConfig:
+    names = {f.name for f in fields(DistillConfig)}
+    return DistillConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def register(sub) -> None:
+    p = sub.add_parser("distill", help="distil a multi-step teacher into a one-step student (WaDi)")
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    distiller = Distiller(config_from_args(args), progress=not args.quiet)
+    path = distiller.run()
+    if path is not None:
+        distiller.log(f"wrote {path} ({distiller.step} steps, {distiller.seconds / 60:.1f} min of training); "
+                      f"samples in {distiller.out / 'samples'}, losses in {distiller.out / 'loss.png'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+    return cli_main(["distill", *(argv or [])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
