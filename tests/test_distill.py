@@ -129,3 +129,32 @@ def test_a_lora_student_cannot_be_loaded_on_another_base(tmp_path, sd_dir, promp
     other = load_components()  # the embedded shapes model: another architecture
     with pytest.raises(students.AdapterError):
         students.apply_adapter_file(other.unet, path)
+
+
+def test_bf16_mixed_precision_with_gradient_checkpointing_and_accumulation(tmp_path, sd_dir, prompt_file):
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=2, mixed_precision="bf16", gradient_checkpointing=True,
+                           grad_accum=2, ema=0.9), progress=False)
+    run.run()
+    assert all(not r["skipped"] and np.isfinite(r["loss_student"]) for r in run.history)
+    assert run.teacher.unet.dtype == torch.bfloat16  # frozen weights in half precision, adapters in float32
+    assert all(p.dtype == torch.float32 for p in run.student_params)
+
+
+def test_one_step_matches_diffusers_pipeline_with_lcm_scheduler_at_999(sd_dir):
+    """Other tools reach the same one-step image: diffusers' pipeline with LCMScheduler, timesteps=[999]."""
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    components = load_components(sd_dir)
+    ours = onestep.generate(components, [PROMPTS[0]], [3], progress=False)
+    pipe = StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
+                                   tokenizer=components.tokenizer, unet=components.unet,
+                                   scheduler=LCMScheduler.from_config(components.scheduler.config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    size = components.unet.config.sample_size * pipe.vae_scale_factor
+    latents = torch.randn((1, 4, components.unet.config.sample_size, components.unet.config.sample_size),
+                          generator=torch.Generator().manual_seed(3))
+    theirs = pipe(PROMPTS[0], height=size, width=size, timesteps=[999], guidance_scale=1.0, latents=latents,
+                  output_type="np").images
+    theirs = (theirs * 255).round().astype(np.uint8)
+    assert np.abs(theirs.astype(int) - ours.astype(int)).max() <= 2

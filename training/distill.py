@@ -45,8 +45,8 @@ SAMPLE_PROMPTS = ("a red circle", "a large blue square", "a small green triangle
 # "the default for this teacher".
 PAPER_DEFAULTS = dict(student_rank=256, fake_rank=32, lr_student=1e-4, lr_fake=1e-2, guidance=1.5, batch_size=128,
                       steps=20000, sample_guidance=7.5)
-EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=1e-3, lr_fake=1e-2, guidance=3.0, batch_size=32,
-                         steps=400, sample_guidance=3.0)
+EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=5e-3, lr_fake=1e-2, guidance=3.0, batch_size=16,
+                         steps=900, sample_guidance=3.0)
 # Settings that must match to resume a checkpoint (the rest, like --steps, may change).
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
                "lr_student", "lr_fake", "guidance", "gradient_mode", "batch_size", "grad_accum", "seed", "ema",
@@ -162,6 +162,19 @@ class EMA:
             s.copy_(tmp)
 
 
+def _reset_single_process_state() -> None:
+    """accelerate keeps one global state per process; a process that runs several distillations one
+    after another (tests, the web UI) must be able to change e.g. the mixed precision between them.
+    Only done outside distributed launches, where the state belongs to the launcher."""
+    import os
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
 class Distiller:
     """One distillation run: setup, ``step()``, checkpoints, samples and the final files."""
 
@@ -177,6 +190,7 @@ class Distiller:
         self.prompts = load_prompt_list(config)
 
         trackers = self._trackers()
+        _reset_single_process_state()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.grad_accum,
                                        log_with=trackers or None, project_dir=str(self.out))
@@ -542,10 +556,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fake", default=d.fake, choices=students.KINDS, help="fake score model adapter type")
     p.add_argument("--fake-rank", type=int, help="fake rank (paper 32; embedded default 8)")
     p.add_argument("--fake-preset", default=d.fake_preset)
-    p.add_argument("--steps", type=int, help="optimiser steps (embedded default 400)")
-    p.add_argument("--batch-size", type=int, help="prompts per micro-batch and process (paper 128; embedded 32)")
+    p.add_argument("--steps", type=int, help="optimiser steps (embedded default 900)")
+    p.add_argument("--batch-size", type=int, help="prompts per micro-batch and process (paper 128; embedded 16)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr-student", type=float, help="student learning rate (paper 1e-4; embedded 1e-3)")
+    p.add_argument("--lr-student", type=float, help="student learning rate (paper 1e-4; embedded 5e-3)")
     p.add_argument("--lr-fake", type=float, help="fake model learning rate (paper 1e-2)")
     p.add_argument("--guidance", type=float, help="CFG of teacher and fake in the VSD gradient (paper 1.5; "
                                                   "embedded 3)")
@@ -586,8 +600,11 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    """``python -m training.distill ...`` / ``accelerate launch -m training.distill ...``."""
+    import sys
+
     from .cli import main as cli_main
-    return cli_main(["distill", *(argv or [])])
+    return cli_main(["distill", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
