@@ -27,6 +27,9 @@ from wadi_core.weight_change import DIRECTION_DEFINITION, NORM_DEFINITION, mean_
 # Ranks chosen so that LoRaD, LoRA and DoRA train about the same number of parameters
 # (LoRaD needs r * (out + in/2) per layer, LoRA r * (out + in)).
 DEFAULT_RANKS = {"lorad": 24, "lora": 18, "dora": 18, "full": 0}
+# Student learning rates per kind: LoRaD's angles take the embedded default; additive LoRA/DoRA
+# factors and raw weights need smaller steps (not tuned beyond this; see docs/results.md).
+DEFAULT_LRS = {"lorad": 5e-3, "lora": 1e-3, "dora": 1e-3, "full": 1e-4}
 SHOWN = ("single/color", "single/shape", "relation/relation")
 
 
@@ -40,7 +43,9 @@ def weight_changes(adapter: Path) -> dict[str, float]:
 
 def run_one(kind: str, seed: int, args) -> dict:
     folder = Path(args.out) / kind / f"seed{seed}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
     config = DistillConfig(out=str(folder), student=kind, student_rank=args.ranks[kind], steps=args.steps,
+                           lr_student=DEFAULT_LRS[kind],
                            batch_size=args.batch_size, seed=seed, report_to="none", checkpoint_every=args.steps,
                            sample_every=args.steps, overwrite=True)
     distiller = Distiller(config, progress=not args.quiet)
@@ -49,7 +54,7 @@ def run_one(kind: str, seed: int, args) -> dict:
     prompts = [p.caption() for p in sample_prompts(args.num_prompts, "heldout", seed=1000)]
     metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
     step_seconds = statistics.median(r["seconds"] for r in distiller.history)
-    return {"kind": kind, "seed": seed, "steps": args.steps, "rank": args.ranks[kind], "trainable": trainable,
+    return {"kind": kind, "seed": seed, "steps": args.steps, "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind], "trainable": trainable,
             "step_seconds": step_seconds, "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"],
             **weight_changes(adapter)}
 
@@ -66,7 +71,7 @@ def summarise(rows: list[dict]) -> str:
         group = [r for r in rows if r["kind"] == kind]
         fid = mean_std(r["fid"] for r in group)
         acc = [mean_std(r["accuracy"][k] for r in group) for k in SHOWN]
-        label = "full fine-tuning" if kind == "full" else f"{kind} r{group[0]['rank']}"
+        label = ("full fine-tuning" if kind == "full" else f"{kind} r{group[0]['rank']}") + f", lr {group[0]['lr']:g}"
         lines.append(f"| {label} | {group[0]['trainable']:,} | {statistics.mean(r['step_seconds'] for r in group):.2f}"
                      f" | {fid[0]:.0f} ± {fid[1]:.0f} | "
                      + " | ".join(f"{m:.1%} ± {s:.1%}" for m, s in acc)
@@ -84,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", default=list(DEFAULT_RANKS), choices=students.KINDS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

@@ -21,8 +21,8 @@ from wadi_core.shapes.components import MODEL_DIR
 
 from .distill import DistillConfig, Distiller, trainable_share
 
-ATTRIBUTES = ("single/color", "single/shape", "single/size", "single/position", "relation/colors",
-              "relation/shapes", "relation/relation")
+ATTRIBUTES = ("single/color", "single/shape", "single/size", "single/position", "relation/color",
+              "relation/shape", "relation/relation")
 
 
 def register(sub) -> None:
