@@ -25,7 +25,7 @@ from torch import nn
 from . import fileio
 from .families import family_of_model, model_kind
 from .lorad import module as lorad_module
-from .lorad.io import AdapterError, adapter_metadata, encode_name, load_adapter, PREFIXES
+from .lorad.io import PREFIXES, AdapterError, adapter_metadata, encode_name, load_adapter, read_adapter_safetensors
 from .lorad.presets import select_targets
 
 KINDS = ("lorad", "lora", "dora", "full")
@@ -119,17 +119,7 @@ def save_adapter_file(model: nn.Module, spec: AdapterSpec, path: str | os.PathLi
 
 def read_spec(path: str | os.PathLike) -> AdapterSpec:
     """The :class:`AdapterSpec` recorded in an adapter file's metadata (plain LoRaD files included)."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterError(f"adapter file {path} does not exist")
-    fileio.refuse_pickle(path, "adapters")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:
-        raise AdapterError(f"{path} is not a readable safetensors file ({err}); it may be truncated") from None
+    meta, _ = read_adapter_safetensors(path, tensors=False)
     kind = meta.get(TYPE_KEY, "lorad" if meta.get("wadi.format") == "lorad" else None)
     if kind is None:
         raise AdapterError(f"{path} has no wadi metadata; give a file written by wadi (a LoRaD adapter or a "

@@ -78,8 +78,8 @@ class AdapterFile:
         return str(self.path) if self.path else "the adapter"
 
 
-def read_adapter(path: str | os.PathLike) -> AdapterFile:
-    """Read and check a LoRaD file on its own (structure, pairs, ranks, finite values)."""
+def read_adapter_safetensors(path: str | os.PathLike, tensors: bool = True) -> tuple[dict[str, str], dict]:
+    """``(metadata, tensors)`` of an adapter file (tensors empty unless asked), or one clear AdapterError."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -89,11 +89,17 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            values = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as err:  # safetensors raises its own error types for every corruption
         raise AdapterError(f"{path} is not a readable safetensors file ({err}); it may be truncated or "
                            "not an adapter at all — download or export it again") from None
-    return _check_tensors(tensors, metadata, path)
+    return metadata, values
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterFile:
+    """Read and check a LoRaD file on its own (structure, pairs, ranks, finite values)."""
+    metadata, tensors = read_adapter_safetensors(path)
+    return _check_tensors(tensors, metadata, Path(path))
 
 
 def _check_tensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str], path: Path | None) -> AdapterFile:
