@@ -50,7 +50,7 @@ EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=5e-3, lr_fake=
 # Settings that must match to resume a checkpoint (the rest, like --steps, may change).
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
                "lr_student", "lr_fake", "guidance", "gradient_mode", "batch_size", "grad_accum", "seed", "ema",
-               "mixed_precision", "null_prompt_share")
+               "mixed_precision", "null_prompt_share", "fake_updates")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class DistillConfig:
     guidance: float | None = None  # CFG on teacher and fake inside the VSD gradient
     gradient_mode: str = "wadi"
     null_prompt_share: float = 0.1  # empty prompts in the fake model's loss
+    fake_updates: int = 1  # fake-model steps per student step (the paper: 1; DMD2: 5)
     ema: float = 0.0  # 0 = off; else the decay of an EMA of the student's trainable weights
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
@@ -102,6 +103,8 @@ class DistillConfig:
             raise ValueError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("--batch-size and --grad-accum must be at least 1")
+        if self.fake_updates < 1 or (self.fake_updates > 1 and self.grad_accum > 1):
+            raise ValueError("--fake-updates must be at least 1, and more than 1 only without --grad-accum")
         if self.gradient_mode not in vsd.GRADIENT_MODES:
             raise ValueError(f"unknown --gradient-mode '{self.gradient_mode}'; choose one of: "
                              f"{', '.join(vsd.GRADIENT_MODES)}")
@@ -333,26 +336,33 @@ class Distiller:
             self.opt_student.step() if finite else None
             self.opt_student.zero_grad(set_to_none=True)
 
-        # 5: the fake model learns the student's current distribution
+        # 5: the fake model learns the student's current distribution (--fake-updates times)
+        for _ in range(c.fake_updates):
+            loss_f = self._fake_update(x0.detach(), cond, gen)
+        finite_f = bool(torch.isfinite(loss_f))
+        return {"loss_student": loss_g.item(), "loss_fake": loss_f.item(), "finite": finite and finite_f,
+                "grad_norm": grad.norm().item() / math.sqrt(n)}
+
+    def _fake_update(self, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        c, acc, device = self.config, self.accelerator, self.accelerator.device
+        n = x0.shape[0]
         with acc.accumulate(self.fake):
-            t2 = vsd.sample_fake_timesteps(n, len(self.abar), gen, device)
-            noise2 = torch.randn(x0.shape, generator=gen).to(device)
-            x_t2 = self.teacher.scheduler.add_noise(x0.detach(), noise2, t2.cpu()).to(device)
+            t = vsd.sample_fake_timesteps(n, len(self.abar), gen, device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu()).to(device)
             drop = (torch.rand(n, generator=gen) < c.null_prompt_share).to(device)
             cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
             with acc.autocast():
                 dtype = next(self.fake.parameters()).dtype
-                pred = self.fake(x_t2.to(dtype), t2, cond_f.to(dtype)).sample
-            loss_f = vsd.fake_model_loss(pred, noise2, self.abar[t2])
-            finite_f = bool(torch.isfinite(loss_f))
-            if finite_f:
-                acc.backward(loss_f)
+                pred = self.fake(x_t.to(dtype), t, cond_f.to(dtype)).sample
+            loss = vsd.fake_model_loss(pred, noise, self.abar[t])
+            if torch.isfinite(loss):
+                acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(self.fake_params, 1.0)
                 self.opt_fake.step()
             self.opt_fake.zero_grad(set_to_none=True)
-        return {"loss_student": loss_g.item(), "loss_fake": loss_f.item(), "finite": finite and finite_f,
-                "grad_norm": grad.norm().item() / math.sqrt(n)}
+        return loss.detach()
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (``grad_accum`` micro-batches) on both networks; returns its losses."""
@@ -564,6 +574,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="CFG of teacher and fake in the VSD gradient (paper 1.5; "
                                                   "embedded 3)")
     p.add_argument("--gradient-mode", default=d.gradient_mode, choices=vsd.GRADIENT_MODES)
+    p.add_argument("--fake-updates", type=int, default=d.fake_updates,
+                   help="fake score model steps per student step (paper 1; DMD2 uses 5)")
     p.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the student adapter (0 = off; paper 0.999)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "fp16", "bf16"))
