@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wadi_core import fileio, students, vsd
+from wadi_core.ema import EMA
 from wadi_core.families import family_of_model
 from wadi_core.images import side_by_side
 from wadi_core.onestep import predict_x0
@@ -144,25 +145,6 @@ def load_prompt_list(config: DistillConfig) -> list[str]:
         raise ValueError("a prompt file is needed for this teacher: pass --prompts FILE (one prompt per line, "
                          "or JSONL with a 'caption' field)")
     return [p.caption() for kind in ("single", "relation") for p in prompts_of("train", kind)]
-
-
-class EMA:
-    def __init__(self, params, decay: float):
-        self.params, self.decay = list(params), decay
-        self.shadow = [p.detach().clone() for p in self.params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - self.decay)
-
-    @torch.no_grad()
-    def swap(self) -> None:
-        """Exchange live and averaged weights (call twice to undo)."""
-        for s, p in zip(self.shadow, self.params):
-            tmp = p.detach().clone()
-            p.copy_(s)
-            s.copy_(tmp)
 
 
 def _reset_single_process_state() -> None:
@@ -333,7 +315,7 @@ class Distiller:
                 acc.backward(loss_g)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(self.student_params, 1.0)
-            self.opt_student.step() if finite else None
+                self.opt_student.step()
             self.opt_student.zero_grad(set_to_none=True)
 
         # 5: the fake model learns the student's current distribution (--fake-updates times)

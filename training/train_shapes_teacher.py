@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wadi_core import fileio
+from wadi_core.ema import EMA
 from wadi_core.images import to_tensor
 from wadi_core.shapes import components as C
 from wadi_core.shapes.dataset import render_batch, sample_scenes
@@ -73,26 +74,6 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-class EMA:
-    """Exponential moving average of parameters (with the usual warm-up of the decay)."""
-
-    def __init__(self, params, decay):
-        self.params = list(params)
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, step):
-        d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - d)
-
-    @torch.no_grad()
-    def copy_to(self, params):
-        for s, p in zip(self.shadow, params):
-            p.copy_(s)
 
 
 def save_state(work: Path, state: dict) -> None:
