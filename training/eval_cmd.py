@@ -26,10 +26,7 @@ def register(sub) -> None:
     p.add_argument("--floor", action="store_true", help="also report the FID of a second set of renders")
     p.add_argument("--untrained", action="store_true",
                    help="also evaluate the same architecture with an untrained UNet (the FID ceiling)")
-    p.add_argument("--fid-features", help="feature network for FID on real models (.pt2 from torch.export, "
-                                          "e.g. an Inception); default: the shapes feature net")
-    p.add_argument("--reference", help="folder of real images to compute FID against (real models)")
-    p.add_argument("--clip", help="a CLIP folder (transformers CLIPModel) to report CLIP score")
+    add_metric_args(p)
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--grid", help="write a labelled grid of the first 64 images here (PNG)")
     p.add_argument("--overwrite", action="store_true")
@@ -38,7 +35,24 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _summary(name: str, result: dict) -> str:
+def add_metric_args(p) -> None:
+    p.add_argument("--fid-features", help="feature network for FID on real models (.pt2 from torch.export, "
+                                          "e.g. an Inception); default: the shapes feature net")
+    p.add_argument("--reference", help="folder of real images to compute FID against (real models)")
+    p.add_argument("--clip", help="a CLIP folder (transformers CLIPModel) to report CLIP score")
+
+
+def metric_inputs(args, components) -> tuple[object, object]:
+    """``(feature network or None, reference images or None)`` that --fid-features / --reference name."""
+    feature_net = load_feature_network(args.fid_features) if args.fid_features else None
+    reference = None
+    if args.reference:
+        image_size = components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
+        reference = load_image_folder(args.reference, image_size)
+    return feature_net, reference
+
+
+def summary_line(name: str, result: dict) -> str:
     acc = result["prompt_accuracy"]
     parts = [f"{name}:"]
     for key in ("single/color", "single/shape", "single/size", "single/position", "relation/relation", "all"):
@@ -63,11 +77,7 @@ def run(args) -> int:
         [p.caption() for p in sample_prompts(args.num_prompts, args.split, seed=args.seed)]
     components, generate_images, description = load_generator(args)
     seeds = [args.seed + i for i in range(len(prompts))]
-    feature_net = load_feature_network(args.fid_features) if args.fid_features else None
-    reference = None
-    if args.reference:
-        reference = load_image_folder(args.reference, components.unet.config.sample_size *
-                                      2 ** (len(components.vae.config.block_out_channels) - 1))
+    feature_net, reference = metric_inputs(args, components)
 
     def measure(images):
         return evaluate_images(images, prompts, args.seed, feature_net, reference, args.clip)
@@ -76,7 +86,7 @@ def run(args) -> int:
     report = {"model": str(args.model), "students": list(args.student), "sampling": description,
               "prompts": len(prompts), "seed": args.seed,
               "model_result": dict(measure(images), seconds=seconds, images_per_second=len(prompts) / seconds)}
-    print(_summary("model", report["model_result"]))
+    print(summary_line("model", report["model_result"]))
     if args.floor:
         report["render_floor_fid"] = render_floor(prompts, args.seed)
         print(f"renders vs renders (floor): FID {report['render_floor_fid']:.2f}")
@@ -87,7 +97,7 @@ def run(args) -> int:
                                         "unet": UNet2DConditionModel.from_config(components.unet.config).eval()})
         report["untrained_result"] = measure(sample(untrained, prompts, seeds, args.steps, args.guidance, args.sampler,
                                                     args.batch_size, progress=not args.quiet))
-        print(_summary("untrained UNet (ceiling)", report["untrained_result"]))
+        print(summary_line("untrained UNet (ceiling)", report["untrained_result"]))
     if args.grid:
         with fileio.atomic_file(args.grid, args.overwrite) as tmp:
             labelled_grid(images[:64], prompts[:64]).save(tmp, format="PNG")
