@@ -107,9 +107,11 @@ def residual(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 def layer_stats(name: str, base: torch.Tensor, other: torch.Tensor) -> LayerStats:
-    norm, one_minus_cos = row_changes(base, other)
-    angle = torch.arccos((1 - one_minus_cos).clamp(-1, 1))
     changed = bool((base != other).any())
+    norm, one_minus_cos = row_changes(base, other)
+    if not changed:  # exact zeros, not the rounding noise of arccos(1 - 0)
+        norm, one_minus_cos = torch.zeros_like(norm), torch.zeros_like(one_minus_cos)
+    angle = torch.arccos((1 - one_minus_cos).clamp(-1, 1))
     rank_fraction, curve, at_30 = energy_curve(residual(base, other)) if changed else \
         (0.0, [1.0] * len(RANK_FRACTIONS), 1.0)
     norm_mean, direction_mean = norm.mean().item(), angle.mean().item()
