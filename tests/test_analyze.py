@@ -142,3 +142,19 @@ def test_a_random_small_change_gives_the_isotropic_ratio():
     stats = analysis.layer_stats("noise", w, w + 1e-4 * torch.randn(4000, 64, dtype=torch.float64))
     assert stats.isotropic_ratio == pytest.approx(math.sqrt(math.pi * 63 / 2), rel=0.02)
     assert stats.ratio == pytest.approx(stats.isotropic_ratio, rel=0.05)
+
+
+def test_a_merged_single_file_reads_like_base_plus_adapter(tmp_path, sd_dir):
+    """An LDM-layout single file (as ComfyUI/A1111 save them) is compared under diffusers names."""
+    unet = tiny_unet()
+    spec = students.AdapterSpec("lorad", 4, "unet-student")
+    randomize(students.add_adapter(unet, spec), std=0.05)
+    adapter = students.save_adapter_file(unet, spec, tmp_path / "a.safetensors")
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", "--base", str(sd_dir), "--adapter", str(adapter), "--out", str(merged)]) == 0
+    base = open_source(sd_dir)
+    via_adapter = analysis.analyse(base, open_source(adapter, base), progress=False)
+    via_file = analysis.analyse(base, open_source(merged), progress=False)
+    assert [layer.name for layer in via_adapter] == [layer.name for layer in via_file]
+    for a, b in zip(via_adapter, via_file):
+        assert a.direction_mean == pytest.approx(b.direction_mean, abs=1e-6)

@@ -56,3 +56,20 @@ def test_unet_adapter_on_a_dit_is_refused(tmp_path):
     path = lorad.save_adapter(unet, tmp_path / "u.safetensors")
     with pytest.raises(AdapterError, match="it is for a UNet backbone"):
         lorad.load_adapter(tiny_pixart(), path)
+
+
+def test_analyze_a_dit_and_its_lorad_student(tmp_path):
+    """``wadi analyze`` on a DiT: a model folder plus a LoRaD adapter applied while it is read."""
+    import json
+
+    tiny_pixart().save_pretrained(tmp_path / "dit")
+    model = tiny_pixart()
+    lorad.attach(model, rank=4, preset="dit-student")
+    randomize(lorad.trainable_parameters(model), std=0.3)
+    adapter = lorad.save_adapter(model, tmp_path / "dit.safetensors", preset="dit-student")
+    out = tmp_path / "analysis"
+    assert main(["analyze", str(tmp_path / "dit"), str(adapter), "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "analysis.json").read_text())
+    summary = report["summary"]
+    assert 0 < summary["changed_layers"] < summary["layers"] and summary["norm_change_mean"] < 1e-6
+    assert summary["direction_change_mean"] > 0 and "DiT" in report["swap"]["note"]

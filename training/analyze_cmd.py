@@ -54,6 +54,9 @@ def swap_plan(args, base: WeightSource) -> tuple[Path | None, str]:
     """The pipeline folder to sample the swap models with, or ``None`` and the reason it is skipped."""
     if args.no_swap:
         return None, "skipped (--no-swap)"
+    if base.checkpoint.backbone != "unet":
+        return None, ("skipped: wadi samples SD-style UNet pipelines only so far; the weight analysis of this DiT "
+                      "is complete")
     if args.pipeline:
         return Path(args.pipeline), ""
     if base.checkpoint.kind == "diffusers-pipeline":
