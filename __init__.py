@@ -1,0 +1,23 @@
+"""ComfyUI entry point: ComfyUI imports this folder (cloned into custom_nodes/) as a package.
+
+V1 mappings work on every ComfyUI version; where ``comfy_api`` exists a V3 ``comfy_entrypoint``
+offers the same node ids. LoRaD is also added to ComfyUI's weight-adapter list, so the stock
+LoraLoader nodes read LoRaD files; a ComfyUI without that list still gets our own loader.
+"""
+
+import logging
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _ROOT not in sys.path:  # wadi_core and comfy_nodes are top-level packages of this repository
+    sys.path.insert(0, _ROOT)
+
+from comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_with_comfy  # noqa: E402
+
+if not register_with_comfy():
+    logging.getLogger("wadi").info("WaDi: this ComfyUI has no weight-adapter list; the stock LoraLoader will not "
+                                   "read LoRaD files, use the WaDi Load LoRaD node")
+
+WEB_DIRECTORY = None
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

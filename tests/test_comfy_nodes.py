@@ -1,0 +1,159 @@
+"""The node pack inside a real ComfyUI (in this process, CPU): LoRaD patches equal wadi_core's merge,
+the stock LoraLoader reads LoRaD files, one-step sampling equals wadi_core.onestep, bad files fail
+clearly. The server end to end is in test_comfy_server.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_support import import_comfy_in_process, random_lorad, require_comfy, sd15_checkpoint
+from wadi_core import keys
+from wadi_core.lorad.io import AdapterError, read_adapter
+from wadi_core.merge import plan_merge
+
+TOLERANCE_WEIGHTS = 1e-5
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    require_comfy()
+    models = tmp_path_factory.mktemp("comfy-models")
+    folder_paths = import_comfy_in_process(models)
+    ckpt = sd15_checkpoint(models / "checkpoints" / "sd15-random.safetensors")
+    random_lorad(models / "loras" / "student.safetensors", seed=1)
+    random_lorad(models / "loras" / "style.safetensors", seed=2)
+    import comfy.sd
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=True)
+    import comfy_nodes
+    comfy_nodes.register_with_comfy()
+    return dict(folder_paths=folder_paths, models=models, ckpt=ckpt, model=model, clip=clip, vae=vae)
+
+
+def patched_weights(patcher) -> dict[str, torch.Tensor]:
+    """The UNet weights with the patcher's patches applied (then unapplied again)."""
+    patcher.patch_model(force_patch_weights=True)
+    try:
+        return {k: v.detach().float().clone() for k, v in patcher.model.diffusion_model.state_dict().items()}
+    finally:
+        patcher.unpatch_model()
+
+
+def wadi_merged(ckpt, adapters) -> dict[str, torch.Tensor]:
+    """wadi_core's merge of the same adapters, under the LDM names ComfyUI uses."""
+    from wadi_core.lorad import functional as LF
+    plan = plan_merge(ckpt, adapters)
+    out = {}
+    for layer in plan.layers:
+        _, stored = plan.checkpoint.stored[layer + ".weight"]
+        weight = plan.checkpoint.read(layer + ".weight").float()
+        out[stored[len(keys.LDM_UNET):]] = LF.rotate_by_angles(weight, plan.theta(layer))
+    return out
+
+
+def max_error(got: dict, want: dict) -> float:
+    return max((got[k] - v).abs().max().item() for k, v in want.items())
+
+
+def test_model_sd15_is_detected_and_the_pack_registers(host):
+    import comfy.weight_adapter
+    from comfy_nodes.adapter import adapter_class
+    assert type(host["model"].model).__name__ == "BaseModel"
+    assert host["model"].model.model_config.__class__.__name__ == "SD15"
+    assert adapter_class() in comfy.weight_adapter.adapters
+
+
+def test_our_loader_patches_equal_wadi_merge_and_leave_the_input_alone(host):
+    from comfy_nodes.nodes import WaDiLoadLoRaD
+    model = host["model"]
+    before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    (patched,) = WaDiLoadLoRaD().load(model, "student.safetensors", 0.7)
+    want = wadi_merged(host["ckpt"], [(host["models"] / "loras" / "student.safetensors", 0.7)])
+    got = patched_weights(patched)
+    assert len(want) > 100 and max_error(got, want) <= TOLERANCE_WEIGHTS
+    assert not model.patches  # the input MODEL is never mutated
+    after = model.model.diffusion_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_two_loaders_stack_and_strength_zero_is_exact(host):
+    from comfy_nodes.nodes import WaDiLoadLoRaD
+    loader = WaDiLoadLoRaD()
+    (one,) = loader.load(host["model"], "student.safetensors", 1.0)
+    (two,) = loader.load(one, "style.safetensors", -0.5)
+    loras = host["models"] / "loras"
+    want = wadi_merged(host["ckpt"], [(loras / "student.safetensors", 1.0), (loras / "style.safetensors", -0.5)])
+    assert max_error(patched_weights(two), want) <= TOLERANCE_WEIGHTS
+    (zero,) = loader.load(host["model"], "student.safetensors", 0.0)
+    plain = patched_weights(host["model"])
+    assert all(torch.equal(v, plain[k]) for k, v in patched_weights(zero).items())
+
+
+def test_stock_lora_loader_reads_lorad_files_like_our_loader(host):
+    import comfy.sd
+    import comfy.utils
+    from comfy_nodes.nodes import WaDiLoadLoRaD
+    path = host["models"] / "loras" / "student.safetensors"
+    stock, _ = comfy.sd.load_lora_for_models(host["model"], host["clip"], comfy.utils.load_torch_file(str(path)),
+                                             0.7, 0.0)
+    (ours,) = WaDiLoadLoRaD().load(host["model"], "student.safetensors", 0.7)
+    assert len(stock.patches) == len(ours.patches) > 100
+    got, want = patched_weights(stock), patched_weights(ours)
+    assert max((got[k] - want[k]).abs().max().item() for k in want) <= TOLERANCE_WEIGHTS
+
+
+def test_bad_files_are_refused_before_anything_is_patched(host, tmp_path):
+    from safetensors.torch import save_file
+
+    from comfy_nodes.nodes import WaDiLoadLoRaD
+    loras = host["models"] / "loras"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320)},
+              str(loras / "plain-lora.safetensors"))
+    (loras / "truncated.safetensors").write_bytes((loras / "student.safetensors").read_bytes()[:5000])
+    # an adapter for SD2.1 (cross-attention 1024 wide) on this SD1.5
+    sd21 = read_adapter(random_lorad(tmp_path / "x.safetensors"))
+    layers = {k: (up, torch.zeros(up.shape[1], 512)) if "attn2_to_k" in k else (up, down)
+              for k, (up, down) in sd21.layers.items()}
+    from wadi_core import fileio
+    fileio.save_safetensors({**{f"{k}.lorad_up": u for k, (u, d) in layers.items()},
+                             **{f"{k}.lorad_down": d for k, (u, d) in layers.items()}},
+                            loras / "sd21.safetensors", {"wadi.format": "lorad", "wadi.base": "sd21"})
+    loader = WaDiLoadLoRaD()
+    for name, message in (("plain-lora.safetensors", "LoRA-style file"), ("truncated.safetensors", "truncated"),
+                          ("sd21.safetensors", "another base model"), ("missing.safetensors", "loras folder")):
+        with pytest.raises((AdapterError, FileNotFoundError), match=message):
+            loader.load(host["model"], name, 1.0)
+    assert not host["model"].patches
+
+
+def test_one_step_sampler_equals_wadi_onestep(host):
+    """ComfyUI's one-step latent = wadi_core.onestep.predict_x0 for the same weights, noise and conditioning."""
+    import comfy.sample
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from comfy_nodes.nodes import WaDiLoadLoRaD, WaDiOneStepSampler
+    from wadi_core.families import sd15_unet
+    from wadi_core.lorad import load_adapter
+    from wadi_core.models import open_checkpoint
+    from wadi_core.onestep import predict_x0
+
+    (patched,) = WaDiLoadLoRaD().load(host["model"], "student.safetensors", 1.0)
+    positive = host["clip"].encode_from_tokens_scheduled(host["clip"].tokenize("a red circle"))
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    (result,) = WaDiOneStepSampler().sample(patched, positive, latent, seed=3)
+
+    ckpt = open_checkpoint(host["ckpt"])
+    with torch.device("meta"):
+        unet: UNet2DConditionModel = sd15_unet()
+    unet.load_state_dict({name: ckpt.read(name).float() for name in ckpt.stored}, assign=True)
+    load_adapter(unet.eval(), host["models"] / "loras" / "student.safetensors")
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    noise = comfy.sample.prepare_noise(latent["samples"], 3)
+    with torch.no_grad():
+        x0 = predict_x0(unet, scheduler, noise, positive[0][0])
+    # ComfyUI's LATENT is the VAE latent; the diffusion space is scaled by SD's 0.18215
+    got = result["samples"] * 0.18215
+    assert x0.abs().mean() > 0.1  # a real prediction, not two zeros
+    # two UNet implementations in fp32; the x0 formula multiplies eps errors by sqrt(1/abar_999 - 1) = 14.6
+    assert torch.allclose(got, x0, atol=2e-3, rtol=1e-3), (got - x0).abs().max()
