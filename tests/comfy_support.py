@@ -103,3 +103,122 @@ def random_lorad(path: Path, rank: int = 4, seed: int = 0, std: float = 0.05, fa
         tensors[f"{key}.lorad_down"] = torch.randn(down_shape, generator=generator) * std
     return fileio.save_safetensors(tensors, path, adapter_metadata(family, rank, "unet-student", "lora_unet",
                                                                    len(layers)), overwrite=True)
+
+
+class ComfyServer:
+    """A real ComfyUI server on 127.0.0.1 (CPU) with this repository in custom_nodes/."""
+
+    def __init__(self, base_directory: Path, port: int | None = None):
+        import socket
+        import subprocess
+        import time
+        import urllib.request
+
+        import shutil
+        # a plain copy of ComfyUI: the wheel's extra_model_paths.yaml points at a horde folder that does not exist
+        folder = base_directory / "ComfyUI"
+        if not folder.exists():
+            shutil.copytree(require_comfy(), folder,
+                            ignore=shutil.ignore_patterns("extra_model_paths.yaml", "__pycache__"))
+        custom = base_directory / "custom_nodes"
+        custom.mkdir(parents=True, exist_ok=True)
+        if not (custom / "wadi").exists():
+            (custom / "wadi").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(base_directory / "comfyui.log", "w")
+        env = dict(os.environ, PYTHONPATH=str(STUB), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+        self.process = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+             "--base-directory", str(base_directory), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"],
+            cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}; see {base_directory / 'comfyui.log'}:\n"
+                                   + (base_directory / "comfyui.log").read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(self.url + "/system_stats", timeout=5):
+                    return
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise RuntimeError("ComfyUI did not answer within 240 s")
+
+    def get(self, path: str):
+        import json
+        import urllib.request
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, payload: dict):
+        import json
+        import urllib.error
+        import urllib.request
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    def run(self, prompt: dict, timeout: float = 300) -> dict:
+        """Queue an API-format prompt and wait for its history entry."""
+        import time
+        status, answer = self.post("/prompt", {"prompt": prompt})
+        if status != 200:
+            return {"status": {"status_str": "rejected", "messages": [answer]}}
+        prompt_id = answer["prompt_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except Exception:
+            self.process.kill()
+        self.log.close()
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """A UI-format workflow as the API-format prompt that ``POST /prompt`` takes (what ComfyUI's
+    frontend does on "Queue"): links become ``[node id, slot]``, widget values are matched to the
+    node's widget inputs in ComfyUI's order, skipping the control_after_generate value after a seed."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            continue
+        spec = object_info[node["type"]]
+        declared = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        order = spec.get("input_order", {})
+        names = order.get("required", []) + order.get("optional", [])
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for name in names:
+            if name in linked:
+                link = links[linked[name]]
+                inputs[name] = [str(link[1]), link[2]]
+                continue
+            kind = declared[name][0]
+            is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+            if not is_widget or not values:
+                continue
+            inputs[name] = values.pop(0)
+            options = declared[name][1] if len(declared[name]) > 1 else {}
+            if options.get("control_after_generate") and values and values[0] in ("fixed", "increment",
+                                                                                 "decrement", "randomize"):
+                values.pop(0)
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

@@ -101,3 +101,15 @@ def write_sd_folder(root, prediction_type: str = "epsilon"):
 @pytest.fixture
 def sd_dir(tmp_path):
     return write_sd_folder(tmp_path / "sd")
+
+
+@pytest.fixture(scope="session")
+def sd15_random(tmp_path_factory):
+    """Random-weight SD1.5 files for the ComfyUI tests (built once per run): a single-file
+    checkpoint ComfyUI detects as SD1.5 and two LoRaD adapters for it."""
+    from comfy_support import random_lorad, require_comfy, sd15_checkpoint
+    require_comfy()  # skip (or fail in CI) before spending a minute on 2 GB of weights
+    folder = tmp_path_factory.mktemp("sd15-random")
+    return {"checkpoint": sd15_checkpoint(folder / "sd15-random.safetensors"),
+            "student": random_lorad(folder / "student.safetensors", seed=1),
+            "style": random_lorad(folder / "style.safetensors", seed=2)}

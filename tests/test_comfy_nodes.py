@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_support import import_comfy_in_process, random_lorad, require_comfy, sd15_checkpoint
+from comfy_support import import_comfy_in_process, random_lorad
 from wadi_core import keys
 from wadi_core.lorad.io import AdapterError, read_adapter
 from wadi_core.merge import plan_merge
@@ -16,18 +16,19 @@ TOLERANCE_WEIGHTS = 1e-5
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
-    require_comfy()
+def host(tmp_path_factory, sd15_random):
     models = tmp_path_factory.mktemp("comfy-models")
     folder_paths = import_comfy_in_process(models)
-    ckpt = sd15_checkpoint(models / "checkpoints" / "sd15-random.safetensors")
-    random_lorad(models / "loras" / "student.safetensors", seed=1)
-    random_lorad(models / "loras" / "style.safetensors", seed=2)
+    ckpt = sd15_random["checkpoint"]
+    for name in ("student", "style"):
+        (models / "loras" / f"{name}.safetensors").symlink_to(sd15_random[name])
+    import comfy.model_management
     import comfy.sd
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=True)
     import comfy_nodes
     comfy_nodes.register_with_comfy()
-    return dict(folder_paths=folder_paths, models=models, ckpt=ckpt, model=model, clip=clip, vae=vae)
+    yield dict(folder_paths=folder_paths, models=models, ckpt=ckpt, model=model, clip=clip, vae=vae)
+    comfy.model_management.unload_all_models()  # free the 4 GB before the server tests load their own copy
 
 
 def patched_weights(patcher) -> dict[str, torch.Tensor]:

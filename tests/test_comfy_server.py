@@ -1,0 +1,133 @@
+"""The node pack in a real ComfyUI server (CPU): the nodes are listed, every bundled workflow runs
+through ``POST /prompt`` on random-weight SD1.5 files, bad files give a node error and the server
+goes on serving."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_support import ComfyServer, ui_to_api
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+_spec = importlib.util.spec_from_file_location("wadi_workflows_build", WORKFLOWS / "build.py")
+workflow_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(workflow_build)
+
+NODE_IDS = ("WaDiLoadLoRaD", "WaDiOneStepSigmas", "WaDiOneStepSampler", "WaDiMergeSave", "WaDiExportLoRA")
+
+
+def random_controlnet(path: Path) -> Path:
+    """An SD1.5-shaped ControlNet with random weights, in diffusers layout (ComfyUI converts it)."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    model = ControlNetModel(cross_attention_dim=768, attention_head_dim=8)
+    with torch.no_grad():  # a new ControlNet starts with zero output convolutions: give it an effect
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point() and not tensor.any():
+                tensor.normal_(0, 0.02)
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sd15_random):
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp("comfy-base")
+    models = base / "models"
+    for kind in ("checkpoints", "loras", "controlnet"):
+        (models / kind).mkdir(parents=True)
+    for name in (workflow_build.CHECKPOINT, workflow_build.MERGED_CHECKPOINT):
+        (models / "checkpoints" / name).symlink_to(sd15_random["checkpoint"])
+    (models / "loras" / workflow_build.STUDENT).symlink_to(sd15_random["student"])
+    (models / "loras" / workflow_build.STYLE).symlink_to(sd15_random["style"])
+    (models / "loras" / "plain-lora.safetensors").write_bytes(b"not a safetensors file at all")
+    random_controlnet(models / "controlnet" / workflow_build.CONTROLNET)
+    (base / "input").mkdir()
+    edges = Image.new("RGB", (64, 64), "black")
+    edges.paste((255, 255, 255), (16, 16, 48, 20))
+    edges.save(base / "input" / workflow_build.CONTROL_IMAGE)
+    host = ComfyServer(base)
+    host.base = base
+    host.object_info = host.get("/object_info")
+    yield host
+    host.stop()
+
+
+def small(prompt: dict) -> dict:
+    """The same prompt at 64x64 pixels (8x8 latents): the test checks wiring, not pictures."""
+    for node in prompt.values():
+        if node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=64, height=64)
+    return prompt
+
+
+def error_text(entry: dict) -> str:
+    return json.dumps(entry.get("status", {}).get("messages", []))
+
+
+def test_every_node_is_listed_with_its_inputs(server):
+    for node_id in NODE_IDS:
+        assert node_id in server.object_info, node_id
+    loader = server.object_info["WaDiLoadLoRaD"]["input"]["required"]
+    assert workflow_build.STUDENT in loader["adapter_name"][0]
+    assert server.object_info["WaDiOneStepSampler"]["category"] == "WaDi"
+
+
+@pytest.mark.parametrize("graph", workflow_build.GRAPHS, ids=lambda g: g.__name__)
+def test_bundled_workflow_runs(server, graph):
+    workflow = json.loads((WORKFLOWS / f"{graph().name}.json").read_text())
+    entry = server.run(small(ui_to_api(workflow, server.object_info)))
+    assert entry["status"]["status_str"] == "success", error_text(entry)
+    if graph is workflow_build.merge_save:
+        saved = list((server.base / "output" / "checkpoints").glob("wadi-merged*.safetensors"))
+        assert saved and saved[0].stat().st_size > 1e9
+        return
+    images = [image for output in entry["outputs"].values() for image in output.get("images", [])]
+    assert images
+    files = [server.base / "output" / image["subfolder"] / image["filename"] for image in images]
+    assert all(f.is_file() and f.stat().st_size > 100 for f in files)
+
+
+def test_controlnet_changes_the_one_step_image(server):
+    """The one-step sampler honours ControlNet conditioning (strength 0 vs 1 give different latents)."""
+    from PIL import Image
+    import numpy as np
+
+    workflow = json.loads((WORKFLOWS / "wadi_onestep_controlnet.json").read_text())
+    pictures = []
+    for strength in (0.0, 1.0):
+        prompt = small(ui_to_api(workflow, server.object_info))
+        for node in prompt.values():
+            if node["class_type"] == "ControlNetApplyAdvanced":
+                node["inputs"]["strength"] = strength
+            if node["class_type"] == "SaveImage":
+                node["inputs"]["filename_prefix"] = f"wadi/cn{strength}"
+        entry = server.run(prompt)
+        assert entry["status"]["status_str"] == "success", error_text(entry)
+        image = next(i for o in entry["outputs"].values() for i in o.get("images", []))
+        pictures.append(np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"])))
+    assert np.abs(pictures[0].astype(int) - pictures[1].astype(int)).mean() > 1
+
+
+def test_bad_adapter_gives_a_node_error_and_the_server_goes_on(server):
+    workflow = json.loads((WORKFLOWS / "wadi_onestep_lorad.json").read_text())
+    prompt = small(ui_to_api(workflow, server.object_info))
+    loader = next(n for n in prompt.values() if n["class_type"] == "WaDiLoadLoRaD")
+    loader["inputs"]["adapter_name"] = "plain-lora.safetensors"
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    assert "not a readable safetensors file" in error_text(entry)
+    loader["inputs"]["adapter_name"] = workflow_build.STUDENT
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", error_text(entry)
+
+
+def test_committed_workflows_match_their_declarations():
+    assert workflow_build.main(["--check"]) == 0
