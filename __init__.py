@@ -5,6 +5,7 @@ offers the same node ids. LoRaD is also added to ComfyUI's weight-adapter list, 
 LoraLoader nodes read LoRaD files; a ComfyUI without that list still gets our own loader.
 """
 
+import importlib.util
 import logging
 import os
 import sys
@@ -18,6 +19,9 @@ from comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, registe
 if not register_with_comfy():
     logging.getLogger("wadi").info("WaDi: this ComfyUI has no weight-adapter list; the stock LoraLoader will not "
                                    "read LoRaD files, use the WaDi Load LoRaD node")
+
+if importlib.util.find_spec("comfy_api") is not None:  # ComfyUI with the V3 node API
+    from comfy_nodes.v3 import comfy_entrypoint  # noqa: E402,F401
 
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -158,3 +158,17 @@ def test_one_step_sampler_equals_wadi_onestep(host):
     assert x0.abs().mean() > 0.1  # a real prediction, not two zeros
     # two UNet implementations in fp32; the x0 formula multiplies eps errors by sqrt(1/abar_999 - 1) = 14.6
     assert torch.allclose(got, x0, atol=2e-3, rtol=1e-3), (got - x0).abs().max()
+
+
+def test_v3_entrypoint_offers_the_same_nodes(host):
+    import asyncio
+
+    from comfy_nodes.nodes import NODE_CLASS_MAPPINGS, WaDiOneStepSigmas
+    from comfy_nodes.v3 import comfy_entrypoint
+    nodes = asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())
+    schemas = {node.GET_SCHEMA().node_id: node for node in nodes}
+    assert set(schemas) == set(NODE_CLASS_MAPPINGS)
+    loader = schemas["WaDiLoadLoRaD"].GET_SCHEMA()
+    assert [i.id for i in loader.inputs] == ["model", "adapter_name", "strength"]
+    v3 = schemas["WaDiOneStepSigmas"].execute(model=host["model"]).args[0]
+    assert torch.equal(v3, WaDiOneStepSigmas().sigmas(host["model"])[0])
