@@ -147,13 +147,21 @@ class WaDiExportLoRA:
                              "lora_name": ("STRING", {"default": "wadi-exported-lora"})}}
 
     def export(self, ckpt_name, adapter_name, rank, lora_name):
+        import comfy.utils
         import folder_paths
 
         from wadi_core.merge import export_lora
 
         base = folder_paths.get_full_path("checkpoints", ckpt_name)
         out = f"{folder_paths.get_folder_paths('loras')[0]}/{lora_name}.safetensors"
-        result = export_lora(base, [(_lora_path(adapter_name), 1.0)], out, rank, dtype=torch.float16, progress=False)
+        bar = None
+
+        def on_layer(done, total):
+            nonlocal bar
+            bar = bar or comfy.utils.ProgressBar(total)
+            bar.update_absolute(done + 1, total)
+        result = export_lora(base, [(_lora_path(adapter_name), 1.0)], out, rank, dtype=torch.float16, progress=False,
+                             on_layer=on_layer)
         report = (f"wrote {out}: {result.layers} layers at rank {result.rank}, relative error "
                   f"{result.relative_error:.2%} (worst layer {result.worst_layer}: {result.worst_error:.2%})")
         return {"ui": {"text": [report]}, "result": (report,)}

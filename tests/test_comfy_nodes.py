@@ -22,6 +22,7 @@ def host(tmp_path_factory, sd15_random):
     ckpt = sd15_random["checkpoint"]
     for name in ("student", "style"):
         (models / "loras" / f"{name}.safetensors").symlink_to(sd15_random[name])
+    (models / "checkpoints" / "sd15-random.safetensors").symlink_to(ckpt)
     import comfy.model_management
     import comfy.sd
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=True)
@@ -172,3 +173,16 @@ def test_v3_entrypoint_offers_the_same_nodes(host):
     assert [i.id for i in loader.inputs] == ["model", "adapter_name", "strength"]
     v3 = schemas["WaDiOneStepSigmas"].execute(model=host["model"]).args[0]
     assert torch.equal(v3, WaDiOneStepSigmas().sigmas(host["model"])[0])
+
+
+def test_export_lora_node_writes_a_lora_the_stock_loader_reads(host):
+    import comfy.sd
+    import comfy.utils
+
+    from comfy_nodes.nodes import WaDiExportLoRA
+    report = WaDiExportLoRA().export("sd15-random.safetensors", "student.safetensors", 4, "exported")
+    text = report["result"][0]
+    assert "relative error" in text
+    lora = comfy.utils.load_torch_file(str(host["models"] / "loras" / "exported.safetensors"))
+    model, _ = comfy.sd.load_lora_for_models(host["model"], None, lora, 1.0, 0.0)
+    assert len(model.patches) > 100  # every layer of the adapter, as an ordinary LoRA

@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -194,7 +194,7 @@ class LoraExport:
 
 def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathLike, float]], out: str | os.PathLike,
                 rank: int, dtype: torch.dtype = torch.float16, overwrite: bool = False,
-                progress: bool = True) -> LoraExport:
+                progress: bool = True, on_layer: Callable[[int, int], None] | None = None) -> LoraExport:
     """Approximate the rotation delta ``W' - W`` of each layer by its best rank-``rank`` SVD.
 
     Writes a kohya-style LoRA (``lora_up.weight``, ``lora_down.weight``, ``alpha = rank``) that
@@ -208,7 +208,10 @@ def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathL
     tensors: dict[str, torch.Tensor] = {}
     err_sq = total_sq = 0.0
     worst = ("", 0.0)
-    for layer in tqdm(sorted(plan.layers), desc="export-lora (SVD)", unit="layer", disable=not progress):
+    for done, layer in enumerate(tqdm(sorted(plan.layers), desc="export-lora (SVD)", unit="layer",
+                                      disable=not progress)):
+        if on_layer is not None:  # e.g. ComfyUI's progress bar
+            on_layer(done, len(plan.layers))
         weight = plan.checkpoint.read(layer + ".weight").float()
         d = (LF.rotate_by_angles(weight, plan.theta(layer)) - weight).reshape(weight.shape[0], -1)
         u, s, vh = torch.linalg.svd(d, full_matrices=False)
