@@ -1,0 +1,165 @@
+"""The web UI in a real browser (Debian's chromium driven by Playwright): distil with progress,
+stop, resume, generate from the result, see an error for a bad path. Plus the A1111 / Forge
+registration against a stand-in of ``modules.script_callbacks``, and the actions without a browser."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def require_browser():
+    pytest.importorskip("gradio")
+    if not CHROMIUM.exists() or __import__("importlib").util.find_spec("playwright") is None:
+        if os.environ.get("WADI_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium (apt-get install chromium) and playwright are needed for the browser tests")
+        pytest.skip("no chromium/playwright here (.ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    require_browser()
+    work = tmp_path_factory.mktemp("ui")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(work / "ui.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "ui", "--port", str(port)], cwd=work,
+                               stdout=log, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("wadi ui did not start:\n" + (work / "ui.log").read_text()[-3000:])
+            time.sleep(0.5)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        yield types.SimpleNamespace(page=page, work=work, url=url)
+        browser.close()
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def fill(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")  # gradio takes the value on change/blur
+
+
+def status_text(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def wait_for_text(page, elem_id: str, words: tuple[str, ...], timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = status_text(page, elem_id)
+        if any(w in text for w in words):
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"#{elem_id} never showed {words}; it shows: {status_text(page, elem_id)!r}")
+
+
+def test_distill_stop_resume_generate_and_a_bad_path_in_the_browser(ui):
+    page, run = ui.page, ui.work / "run"
+    page.get_by_role("tab", name="Distill").click()
+    fill(page, "wadi_steps", 16)
+    fill(page, "wadi_distill_out", run)
+    page.locator("#wadi_start").click()
+    wait_for_text(page, "wadi_distill_status", ("step 1 ", "step 2 ", "step 3 "))
+    page.locator("#wadi_samples img").first.wait_for(timeout=60_000)  # the step-0 grid, then refreshed
+    page.screenshot(path=str(ui.work / "1-distilling.png"))
+    page.locator("#wadi_stop").click()
+    stopped = wait_for_text(page, "wadi_distill_status", ("stopped", "finished", "failed"))
+    assert "stopped" in stopped, stopped
+    assert (run / "checkpoint").is_dir() and not (run / "student.safetensors").exists()
+    page.locator("#wadi_resume").click()
+    finished = wait_for_text(page, "wadi_distill_status", ("finished", "failed"), timeout=400)
+    assert "finished" in finished and "step 16 / 16" in finished, finished
+    page.locator("#wadi_loss img").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ui.work / "2-finished.png"))
+    assert (run / "student.safetensors").is_file()
+
+    page.get_by_role("tab", name="Generate").click()
+    fill(page, "wadi_adapters", run / "student.safetensors")
+    page.locator("#wadi_generate").click()
+    assert "images/s" in wait_for_text(page, "wadi_generate_status", ("images/s", "Error"))
+    page.locator("#wadi_gallery img").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ui.work / "3-generated.png"))
+
+    fill(page, "wadi_model", "/no/such/model")
+    page.locator("#wadi_generate").click()
+    error = wait_for_text(page, "wadi_generate_status", ("Error",))
+    assert "/no/such/model does not exist" in error
+    page.screenshot(path=str(ui.work / "4-error.png"))
+    with urllib.request.urlopen(ui.url, timeout=10) as response:  # the server is still up
+        assert response.status == 200
+
+
+def test_a1111_registers_the_tab(monkeypatch):
+    pytest.importorskip("gradio")
+    registered = []
+    modules = types.ModuleType("modules")
+    callbacks = types.ModuleType("modules.script_callbacks")
+    callbacks.on_ui_tabs = registered.append
+    modules.script_callbacks = callbacks
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.script_callbacks", callbacks)
+    runpy.run_path(str(ROOT / "scripts" / "wadi_webui.py"))
+    assert len(registered) == 1
+    [(blocks, title, elem_id)] = registered[0]()
+    import gradio as gr
+    assert isinstance(blocks, gr.Blocks) and title == "WaDi" and elem_id == "wadi_tab"
+
+
+def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
+    from webui_ext import actions
+    with pytest.raises(actions.UIError, match="does not exist"):
+        actions.model_path(str(tmp_path / "missing"))
+    with pytest.raises(actions.UIError, match="at least 1"):
+        actions.start_distillation("", "", "", "lorad", 0, "lorad", 8, 10, 1e-3, 1e-2, 3, str(tmp_path / "r"))
+    with pytest.raises(actions.UIError, match="needs prompts"):
+        actions.start_distillation(str(tmp_path), "", "", "lorad", 4, "lorad", 8, 10, 1e-3, 1e-2, 3,
+                                   str(tmp_path / "r"))
+    with pytest.raises(actions.UIError, match="write a prompt"):
+        actions.generate_images("", "", "  ", 0, 1, False)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(actions.user_errors(), match="adapter|safetensors"):
+        actions.generate_images("", str(tmp_path / "notes.txt"), "a red circle", 0, 1, False)
+
+
+def test_a_second_start_on_a_training_folder_is_refused(tmp_path):
+    from training.distill import DistillConfig
+    from webui_ext import jobs
+    busy = jobs.DistillJob(DistillConfig(out=str(tmp_path / "run")))
+    busy.state.status = "running"
+    jobs._RUNNING[busy.out] = busy
+    try:
+        with pytest.raises(jobs.JobRefused, match="already training"):
+            jobs.DistillJob.start(DistillConfig(out=str(tmp_path / "run")))
+    finally:
+        del jobs._RUNNING[busy.out]

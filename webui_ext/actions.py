@@ -1,0 +1,213 @@
+"""What the web UI's buttons do, as plain functions (testable without a browser).
+
+Every function checks its inputs first and raises :class:`UIError` with one sentence naming the
+problem and the fix; the Blocks show that sentence in the page.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wadi_core.shapes.components import MODEL_DIR
+
+from .jobs import DistillJob, JobRefused
+
+EMBEDDED = "embedded (shapes world)"
+
+
+class UIError(ValueError):
+    pass
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from training.cli import user_errors as cli_errors
+    return (UIError, JobRefused, *cli_errors())
+
+
+def model_path(text: str) -> str:
+    """The embedded default, or an existing folder / .safetensors file."""
+    text = (text or "").strip()
+    if not text or text == EMBEDDED:
+        return str(MODEL_DIR)
+    path = Path(text).expanduser().resolve()
+    if not path.exists():
+        raise UIError(f"the model path {path} does not exist; give a diffusers folder or a .safetensors file, "
+                      f"or leave it empty for the embedded model")
+    return str(path)
+
+
+def prompt_file(path_text: str, pasted: str) -> str | None:
+    """A prompt file path: the given one, or the pasted prompts written to a temporary file."""
+    lines = [line.strip() for line in (pasted or "").splitlines() if line.strip()]
+    if (path_text or "").strip():
+        if lines:
+            raise UIError("give either a prompt file or pasted prompts, not both")
+        path = Path(path_text.strip()).expanduser().resolve()
+        if not path.is_file():
+            raise UIError(f"the prompt file {path} does not exist; give a text file with one prompt per line")
+        return str(path)
+    if not lines:
+        return None  # the embedded teacher's own training prompts
+    path = Path(tempfile.mkdtemp(prefix="wadi-ui-")) / "prompts.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def positive_int(value, name: str) -> int:
+    if value is None or int(value) != value or int(value) < 1:
+        raise UIError(f"{name} must be a whole number of at least 1, got {value}")
+    return int(value)
+
+
+def positive_float(value, name: str) -> float:
+    if value is None or not float(value) > 0:
+        raise UIError(f"{name} must be positive, got {value}")
+    return float(value)
+
+
+def output_folder(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise UIError("choose an output folder for the run")
+    path = Path(text).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise UIError(f"the folder {path.parent} for the output does not exist; create it first")
+    return str(path)
+
+
+def start_distillation(teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student,
+                       lr_fake, guidance, out, resume=False, sample_every=None) -> DistillJob:
+    from training.distill import DistillConfig
+
+    teacher = model_path(teacher)
+    embedded = Path(teacher) == MODEL_DIR.resolve()
+    prompts = prompt_file(prompts_path, pasted)
+    if prompts is None and not embedded:
+        raise UIError("this teacher needs prompts: give a prompt file or paste prompts, one per line")
+    steps = positive_int(steps, "steps")
+    config = DistillConfig(
+        out=output_folder(out), teacher=teacher, prompts=prompts, student=student,
+        student_rank=positive_int(student_rank, "student rank"), fake=fake,
+        fake_rank=positive_int(fake_rank, "fake rank"), steps=steps,
+        lr_student=positive_float(lr_student, "student learning rate"),
+        lr_fake=positive_float(lr_fake, "fake learning rate"), guidance=positive_float(guidance, "CFG"),
+        checkpoint_every=max(1, min(100, steps // 4)), sample_every=sample_every or max(1, min(100, steps // 4)),
+        report_to="none", resume=bool(resume))
+    return DistillJob.start(config)
+
+
+def progress_text(job: DistillJob) -> str:
+    state = job.state
+    parts = [f"**{state.status}**", f"step {state.step} / {state.total or '?'}"]
+    if state.last:
+        parts.append(f"student loss {state.last['loss_student']:.4g}, fake loss {state.last['loss_fake']:.4g}")
+    eta = state.eta_seconds()
+    if eta is not None and not state.done:
+        parts.append(f"ETA {eta / 60:.1f} min")
+    if state.message:
+        parts.append(state.message)
+    return " · ".join(parts)
+
+
+def run_files(out: str) -> tuple[str | None, str | None]:
+    """``(loss plot, latest sample grid)`` of a run folder, where they exist yet."""
+    folder = Path(out).expanduser().resolve()
+    loss, grid = folder / "loss.png", folder / "samples" / "latest.png"
+    return (str(loss) if loss.is_file() else None), (str(grid) if grid.is_file() else None)
+
+
+def finished_student(out: str) -> Path:
+    path = Path(output_folder(out)) / "student.safetensors"
+    if not path.is_file():
+        raise UIError(f"{path} does not exist yet; let the distillation finish first")
+    return path
+
+
+def merge_student(out: str, teacher: str) -> str:
+    from training.distill import export_merged
+    merged = Path(output_folder(out)) / "merged"
+    export_merged(model_path(teacher), finished_student(out), merged, overwrite=True)
+    return f"wrote the merged model to {merged} (a diffusers folder; sample it in one step)"
+
+
+def export_lora_file(out: str, teacher: str, rank) -> str:
+    from wadi_core import students
+    from wadi_core.merge import export_lora
+    adapter = finished_student(out)
+    if students.read_spec(adapter).kind != "lorad":
+        raise UIError("only a LoRaD student can be exported as a LoRA (a LoRA student already is one)")
+    target = Path(output_folder(out)) / "student-lora.safetensors"
+    result = export_lora(model_path(teacher), [(adapter, 1.0)], target, positive_int(rank, "LoRA rank"),
+                         overwrite=True, progress=False)
+    return f"wrote {target}: rank {result.rank}, relative error {result.relative_error:.2%}"
+
+
+def parse_adapters(text: str) -> list[str]:
+    """One ``path[:strength]`` per line, each path checked."""
+    from wadi_core.merge import parse_adapter_spec
+    specs = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    for spec in specs:
+        path, _ = parse_adapter_spec(spec)
+        if not Path(path).expanduser().is_file():
+            raise UIError(f"the adapter {path} does not exist; give one adapter file per line, optionally "
+                          "followed by :strength")
+    return specs
+
+
+def generate_images(model, adapters, prompt, seed, batch, compare) -> tuple[list, str]:
+    """One-step images (with the adapters) and optionally the multi-step teacher beside them."""
+    from training.cli import build_parser
+    from training.generate_cmd import load_generator
+
+    if not (prompt or "").strip():
+        raise UIError("write a prompt first")
+    batch = positive_int(batch, "batch size")
+    specs = parse_adapters(adapters)
+    argv = ["generate", "--out", "unused", "--model", model_path(model), "--seed", str(int(seed or 0))]
+    for spec in specs:
+        argv += ["--student", spec]
+    if not specs:
+        argv.append("--one-step")
+    args = build_parser().parse_args(argv)
+    prompts = [prompt.strip()] * batch
+    seeds = [args.seed + i for i in range(batch)]
+    _, generate, description = load_generator(args)
+    start = time.perf_counter()
+    images = generate(prompts, seeds, False)
+    seconds = time.perf_counter() - start
+    gallery = [(image, f"one step, seed {s}") for image, s in zip(images, seeds)]
+    text = f"{batch} one-step images in {seconds:.2f} s ({batch / seconds:.1f} images/s; {description})"
+    if compare:
+        teacher_args = build_parser().parse_args(["generate", "--out", "unused", "--model", model_path(model),
+                                                  "--seed", str(args.seed)])
+        _, teacher, teacher_description = load_generator(teacher_args)
+        start = time.perf_counter()
+        reference = teacher(prompts, seeds, False)
+        teacher_seconds = time.perf_counter() - start
+        gallery += [(image, f"teacher, seed {s}") for image, s in zip(reference, seeds)]
+        text += f"; teacher: {teacher_seconds:.2f} s ({teacher_description}), {teacher_seconds / seconds:.1f}x slower"
+    return [(np.asarray(image), caption) for image, caption in gallery], text
+
+
+def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
+    """Run ``wadi analyze`` and return its plots and report."""
+    from training.cli import build_parser
+
+    argv = ["analyze", model_path(base), str(Path((other or "").strip()).expanduser().resolve()),
+            "--out", output_folder(out), "--overwrite", "--quiet", "--num-prompts", "64"]
+    if not (other or "").strip() or not Path(argv[2]).exists():
+        raise UIError(f"the second model {other!r} does not exist; give a folder, a checkpoint or an adapter file")
+    if convs:
+        argv.append("--convs")
+    if not swap:
+        argv.append("--no-swap")
+    args = build_parser().parse_args(argv)
+    args.run(args)
+    folder = Path(args.out)
+    plots = [str(folder / name) for name in ("changes.png", "svd_energy.png", "swap.png", "swap_samples.png")
+             if (folder / name).is_file()]
+    return plots, (folder / "report.md").read_text()

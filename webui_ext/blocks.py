@@ -1,0 +1,171 @@
+"""The WaDi Gradio Blocks: tabs Distill, Generate and Analyze.
+
+Shared by ``wadi ui`` (standalone, newest gradio) and the AUTOMATIC1111 (gradio 3.41) / Forge
+(gradio 4.40) extension, so it uses only what all three provide: Blocks, Tab, Row, Column,
+Textbox, Number, Dropdown, Checkbox, Button, Image, Gallery, Markdown, ``click`` events and
+generator handlers for live progress (no Timer, no ``every=``, no ``.style()``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from wadi_core import students
+
+from . import actions
+
+POLL_SECONDS = 1.0
+
+
+def _error(err: Exception) -> str:
+    return f"**Error:** {err}"
+
+
+def _watch(job, out):
+    """Yield (status, loss plot, sample grid) about once a second until the run ends."""
+    while True:
+        loss, grid = actions.run_files(out)
+        yield actions.progress_text(job), loss, grid
+        if job.state.done:
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def distill_tab(gr) -> None:
+    with gr.Row():
+        with gr.Column():
+            teacher = gr.Textbox(label="Teacher", value=actions.EMBEDDED,
+                                 info="a diffusers folder or a .safetensors file; empty or 'embedded' for the "
+                                      "built-in shapes model")
+            prompts_path = gr.Textbox(label="Prompt file", placeholder="prompts.txt (one per line, or JSONL)")
+            pasted = gr.Textbox(label="...or paste prompts, one per line", lines=4)
+            with gr.Row():
+                student = gr.Dropdown(list(students.KINDS), value="lorad", label="Student adapter")
+                student_rank = gr.Number(value=24, precision=0, label="Student rank")
+                fake = gr.Dropdown(list(students.KINDS), value="lorad", label="Fake adapter")
+                fake_rank = gr.Number(value=8, precision=0, label="Fake rank")
+            with gr.Row():
+                steps = gr.Number(value=900, precision=0, label="Steps", elem_id="wadi_steps")
+                lr_student = gr.Number(value=5e-3, label="Student learning rate")
+                lr_fake = gr.Number(value=1e-2, label="Fake learning rate")
+                guidance = gr.Number(value=3.0, label="CFG (teacher and fake)")
+            out = gr.Textbox(label="Output folder", value="wadi-ui-run", elem_id="wadi_distill_out")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="wadi_start")
+                stop = gr.Button("Stop", elem_id="wadi_stop")
+                resume = gr.Button("Resume", elem_id="wadi_resume")
+        with gr.Column():
+            status = gr.Markdown("idle", elem_id="wadi_distill_status")
+            samples = gr.Image(label="Teacher (25 steps) vs student (1 step), latest", type="filepath",
+                               interactive=False, elem_id="wadi_samples")
+            loss = gr.Image(label="Losses", type="filepath", interactive=False, elem_id="wadi_loss")
+            with gr.Row():
+                merge = gr.Button("Merge into the teacher", elem_id="wadi_merge")
+                lora_rank = gr.Number(value=64, precision=0, label="LoRA rank")
+                export = gr.Button("Export as LoRA", elem_id="wadi_export")
+            after = gr.Markdown("", elem_id="wadi_after")
+
+    settings = [teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student, lr_fake,
+                guidance, out]
+
+    def launch(resume_run, *values):
+        try:
+            job = actions.start_distillation(*values, resume=resume_run)
+        except actions.user_errors() as err:
+            yield _error(err), None, None
+            return
+        yield from _watch(job, values[-1])
+
+    def on_start(*values):
+        yield from launch(False, *values)
+
+    def on_resume(*values):
+        yield from launch(True, *values)
+
+    def on_stop(out_text):
+        job = actions.DistillJob.find(out_text or "")
+        if job is None or job.state.done:
+            return "no run is training in this output folder"
+        job.stop()
+        return "stopping after the current step (a checkpoint is written; Resume continues it)"
+
+    def guarded(function):
+        def call(*values):
+            try:
+                return function(*values)
+            except actions.user_errors() as err:
+                return _error(err)
+        return call
+
+    start.click(on_start, inputs=settings, outputs=[status, loss, samples])
+    resume.click(on_resume, inputs=settings, outputs=[status, loss, samples])
+    stop.click(on_stop, inputs=[out], outputs=[after], queue=False)  # never waits behind a running Start
+    merge.click(guarded(actions.merge_student), inputs=[out, teacher], outputs=[after])
+    export.click(guarded(actions.export_lora_file), inputs=[out, teacher, lora_rank], outputs=[after])
+
+
+def generate_tab(gr) -> None:
+    with gr.Row():
+        with gr.Column():
+            model = gr.Textbox(label="Model", value=actions.EMBEDDED, elem_id="wadi_model",
+                               info="the teacher (a diffusers folder) or a merged student")
+            adapters = gr.Textbox(label="Students / LoRaD adapters, one per line (path or path:strength)", lines=3,
+                                  elem_id="wadi_adapters")
+            prompt = gr.Textbox(label="Prompt", value="a red circle", elem_id="wadi_prompt")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, label="Seed")
+                batch = gr.Number(value=4, precision=0, label="Images")
+                compare = gr.Checkbox(value=False, label="Also the multi-step teacher (25 steps, CFG 3)")
+            run = gr.Button("Generate", variant="primary", elem_id="wadi_generate")
+        with gr.Column():
+            timing = gr.Markdown("", elem_id="wadi_generate_status")
+            gallery = gr.Gallery(label="One-step images", elem_id="wadi_gallery")
+
+    def on_generate(*values):
+        try:
+            images, text = actions.generate_images(*values)
+        except actions.user_errors() as err:
+            return [], _error(err)
+        return images, text
+
+    run.click(on_generate, inputs=[model, adapters, prompt, seed, batch, compare], outputs=[gallery, timing])
+
+
+def analyze_tab(gr) -> None:
+    with gr.Row():
+        with gr.Column():
+            base = gr.Textbox(label="Base model (multi-step)", value=actions.EMBEDDED)
+            other = gr.Textbox(label="Other model (folder, checkpoint, or a student / adapter file for the base)",
+                               elem_id="wadi_analyze_other")
+            out = gr.Textbox(label="Output folder", value="wadi-ui-analysis")
+            with gr.Row():
+                convs = gr.Checkbox(value=False, label="Also convolutions")
+                swap = gr.Checkbox(value=True, label="Swap ablation (samples both swaps)")
+            run = gr.Button("Analyze", variant="primary", elem_id="wadi_analyze")
+        with gr.Column():
+            report = gr.Markdown("", elem_id="wadi_analyze_report")
+            plots = gr.Gallery(label="Plots", elem_id="wadi_analyze_plots")
+
+    def on_analyze(*values):
+        try:
+            images, text = actions.analyze_models(*values)
+        except actions.user_errors() as err:
+            return [], _error(err)
+        return images, text
+
+    run.click(on_analyze, inputs=[base, other, out, convs, swap], outputs=[plots, report])
+
+
+def build_blocks():
+    """The WaDi Blocks (call ``.queue()`` before launching standalone; A1111/Forge queue themselves)."""
+    import gradio as gr
+
+    with gr.Blocks(title="WaDi") as blocks:
+        gr.Markdown("## WaDi: one-step distillation with LoRaD")
+        with gr.Tab("Distill"):
+            distill_tab(gr)
+        with gr.Tab("Generate"):
+            generate_tab(gr)
+        with gr.Tab("Analyze"):
+            analyze_tab(gr)
+    return blocks

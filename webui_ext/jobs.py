@@ -1,0 +1,104 @@
+"""Distillation in a background thread, for the web UI: the same ``Distiller`` as ``wadi distill``.
+
+One run per output folder at a time (a second Start on the same folder is refused); Stop asks the
+run to end after the current step, which writes a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+_RUNNING: dict[Path, "DistillJob"] = {}
+_LOCK = threading.Lock()
+
+
+class JobRefused(ValueError):
+    """A second run on an output folder that is already training."""
+
+
+@dataclass
+class JobState:
+    status: str = "starting"  # starting | running | stopping | stopped | finished | failed
+    step: int = 0
+    total: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_step_at: float | None = None
+    first_step: int = 0
+    last: dict = field(default_factory=dict)
+    message: str = ""
+    adapter: Path | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("stopped", "finished", "failed")
+
+    def eta_seconds(self) -> float | None:
+        """Remaining time from the pace since the first step of this session (setup excluded)."""
+        if self.first_step_at is None or self.step <= self.first_step:
+            return None
+        pace = (time.monotonic() - self.first_step_at) / (self.step - self.first_step)
+        return pace * (self.total - self.step)
+
+
+class DistillJob:
+    def __init__(self, config):  # a training.distill.DistillConfig
+        self.config = config
+        self.out = Path(config.out).expanduser().resolve()
+        self.state = JobState()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name=f"wadi-distill {self.out.name}", daemon=True)
+
+    @classmethod
+    def start(cls, config) -> "DistillJob":
+        job = cls(config)
+        with _LOCK:
+            running = _RUNNING.get(job.out)
+            if running is not None and not running.state.done:
+                raise JobRefused(f"{job.out} is already training (step {running.state.step} of "
+                                 f"{running.state.total}); stop it first or choose another output folder")
+            _RUNNING[job.out] = job
+        job._thread.start()
+        return job
+
+    @staticmethod
+    def find(out: str) -> "DistillJob | None":
+        with _LOCK:
+            return _RUNNING.get(Path(out).expanduser().resolve())
+
+    def stop(self) -> None:
+        if not self.state.done:
+            self.state.status = "stopping"
+            self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _on_step(self, record: dict) -> None:
+        state = self.state
+        state.step, state.last = record["step"], record
+        if state.first_step_at is None:
+            state.first_step_at, state.first_step = time.monotonic(), record["step"] - 1
+        if state.status == "starting":
+            state.status = "running"
+
+    def _work(self) -> None:
+        from training.distill import Distiller  # torch, diffusers: only once a run starts
+
+        state = self.state
+        try:
+            distiller = Distiller(self.config, progress=False, log=lambda text: setattr(state, "message", text))
+            state.total, state.step = distiller.config.steps, distiller.step
+            state.status = "running" if not self._stop.is_set() else "stopping"
+            adapter = distiller.run(should_stop=self._stop.is_set, on_step=self._on_step)
+            if adapter is None:
+                state.status = "stopped"
+                state.message = f"stopped at step {state.step}; press Resume to continue"
+            else:
+                state.adapter, state.status = adapter, "finished"
+                state.message = f"finished: {adapter}"
+        except Exception as err:  # shown in the page; the server stays up
+            state.status, state.message = "failed", f"{type(err).__name__}: {err}"
