@@ -163,3 +163,19 @@ def test_a_second_start_on_a_training_folder_is_refused(tmp_path):
             jobs.DistillJob.start(DistillConfig(out=str(tmp_path / "run")))
     finally:
         del jobs._RUNNING[busy.out]
+
+
+def test_analyze_action_returns_plots_and_report(tmp_path):
+    from conftest import randomize
+    from wadi_core import students
+    from wadi_core.shapes.components import MODEL_DIR, load_components
+    from webui_ext import actions
+    unet = load_components(MODEL_DIR).unet
+    spec = students.AdapterSpec("lorad", 4, "unet-student")
+    randomize(students.add_adapter(unet, spec), std=0.02)
+    adapter = students.save_adapter_file(unet, spec, tmp_path / "student.safetensors")
+    plots, report = actions.analyze_models("", str(adapter), str(tmp_path / "analysis"), False, False)
+    assert [Path(p).name for p in plots] == ["changes.png", "svd_energy.png"]
+    assert "Row directions turned" in report
+    with pytest.raises(actions.UIError, match="does not exist"):
+        actions.analyze_models("", str(tmp_path / "nothing.safetensors"), str(tmp_path / "a2"), False, False)
