@@ -45,7 +45,7 @@ def distill_tab(gr) -> None:
                 fake = gr.Dropdown(list(students.KINDS), value="lorad", label="Fake adapter")
                 fake_rank = gr.Number(value=8, precision=0, label="Fake rank")
             with gr.Row():
-                steps = gr.Number(value=900, precision=0, label="Steps", elem_id="wadi_steps")
+                steps = gr.Number(value=600, precision=0, label="Steps", elem_id="wadi_steps")
                 lr_student = gr.Number(value=5e-3, label="Student learning rate")
                 lr_fake = gr.Number(value=1e-2, label="Fake learning rate")
                 guidance = gr.Number(value=3.0, label="CFG (teacher and fake)")
