@@ -80,3 +80,39 @@ def test_a_controlnet_for_another_base_is_refused(sd_dir):
         C.generate(components, net, [PROMPT], control_images(1), seeds=[0])
     with pytest.raises(ValueError, match="one per prompt"):
         C.generate(components, random_controlnet(components), [PROMPT, PROMPT], control_images(1))
+
+
+def test_controlnet_train_resume_and_generate_commands(tmp_path, sd_dir):
+    """Train from a JSONL data file on a tiny SD folder, stop, resume, then generate one step and multi-step."""
+    from PIL import Image
+
+    from training.cli import main
+    rows = []
+    for i in range(3):
+        Image.fromarray(control_images(1)[0]).save(tmp_path / f"hint{i}.png")
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / f"image{i}.png")
+        rows.append(f'{{"image": "image{i}.png", "condition": "hint{i}.png", "caption": "a red circle"}}')
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    args = ["controlnet-train", "--teacher", str(sd_dir), "--data", str(data), "--out", str(tmp_path / "cn"),
+            "--batch-size", "2", "--checkpoint-every", "2", "--quiet"]
+    assert main(args + ["--steps", "3"]) == 0
+    assert (tmp_path / "cn" / "checkpoint" / "state.pt").is_file() and (tmp_path / "cn" / "loss.png").is_file()
+    assert main(args + ["--steps", "4", "--resume"]) == 0
+    assert main(args + ["--steps", "4"]) == 2  # an existing output is not overwritten
+    (tmp_path / "bad.jsonl").write_text('{"image": "image0.png"}\n')
+    assert main(args[:4] + [str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "cn2"), "--steps", "1"]) == 2
+    for extra in ([], ["--student", str(_student(tmp_path, sd_dir))]):
+        out = tmp_path / f"gen{len(extra)}"
+        assert main(["controlnet", "--controlnet", str(tmp_path / "cn" / "controlnet"), "--model", str(sd_dir),
+                     "--prompt", "a red circle", "--control", str(tmp_path / "hint0.png"), "--steps", "2",
+                     "--out", str(out), *extra]) == 0
+        assert (out / "grid.png").is_file()
+
+
+def _student(tmp_path, sd_dir):
+    from wadi_core import students
+    components = load_components(sd_dir)
+    spec = students.AdapterSpec("lorad", 2, "unet-student")
+    students.add_adapter(components.unet, spec)
+    return students.save_adapter_file(components.unet, spec, tmp_path / "student.safetensors")

@@ -103,3 +103,10 @@ def load_feature_network(path: str | os.PathLike) -> torch.nn.Module:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as err:
         raise ValueError(f"{path} is not a TorchScript module ({err}); save your network with torch.export") from None
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

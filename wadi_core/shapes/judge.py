@@ -198,3 +198,11 @@ def accuracy_report(images: Sequence[Image.Image | np.ndarray], prompts: Iterabl
     report["judged"] = totals.get("all", [0, 0])[1]
     report["not_judgeable"] = not_judgeable
     return report
+
+
+def foreground_mask(image: Image.Image | np.ndarray, threshold: float = 60.0) -> np.ndarray:
+    """``bool [H, W]``: pixels that differ from the background (the median colour of the image border)
+    by more than ``threshold`` in RGB distance: where a generated image drew its shapes."""
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image).astype(np.float32)
+    border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
+    return np.linalg.norm(array - np.median(border, axis=0), axis=-1) > threshold

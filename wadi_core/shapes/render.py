@@ -18,12 +18,21 @@ RELATION_MARGIN = 3.0  # the main axis offset exceeds the other one by this much
 
 
 def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
-    image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
+    return _draw(scene, size, BACKGROUNDS[scene.background], lambda shape: COLORS[shape.color])
+
+
+def silhouette(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
+    """The scene's shapes in white on black: the condition of the shapes-world ControlNet."""
+    return _draw(scene, size, (0, 0, 0), lambda shape: (255, 255, 255))
+
+
+def _draw(scene: Scene, size: int, background, fill_of) -> Image.Image:
+    image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     scale = size / IMAGE_SIZE
     for shape in scene.shapes:
         r, cx, cy = shape.radius * scale, shape.cx * scale, shape.cy * scale
-        fill = COLORS[shape.color]
+        fill = fill_of(shape)
         if shape.kind == "circle":
             draw.ellipse([cx - r, cy - r, cx + r - 1, cy + r - 1], fill=fill)
         elif shape.kind == "square":
