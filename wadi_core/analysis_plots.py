@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .analysis import ENERGY, RANK_FRACTIONS, LayerStats, random_energy_curve
-from .plots import _pyplot
+from .plots import _pyplot, save_figure
 
 NORM_COLOUR, DIRECTION_COLOUR = "#4c9bd6", "#e0533d"
 
@@ -45,10 +45,7 @@ def change_bars(layers: Sequence[LayerStats], path: str | os.PathLike, title: st
     scatter.set_title("Each layer as a point (the paper's Fig. 1a): further right = larger change")
     scatter.legend(fontsize=8)
     scatter.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def energy_plot(layers: Sequence[LayerStats], path: str | os.PathLike, title: str) -> None:
@@ -78,10 +75,7 @@ def energy_plot(layers: Sequence[LayerStats], path: str | os.PathLike, title: st
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def swap_chart(rows: Sequence[dict], path: str | os.PathLike, title: str) -> None:
@@ -114,7 +108,4 @@ def swap_chart(rows: Sequence[dict], path: str | os.PathLike, title: str) -> Non
             ax.set_xticks(range(len(rows)), [r["label"].replace(" + ", "\n+ ") for r in rows], fontsize=8)
             ax.set_title(f"{panel.upper().replace('_', ' ')} ({'lower' if panel == 'fid' else 'higher'} is better)")
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, title)

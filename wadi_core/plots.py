@@ -39,7 +39,12 @@ def loss_curves(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, 
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    save_figure(fig, path, title)
+
+
+def save_figure(fig, path: str | os.PathLike, title: str) -> None:
+    """Title, tight layout, PNG at 100 dpi, and the figure closed (pyplot keeps figures otherwise)."""
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
-    plt.close(fig)
+    _pyplot().close(fig)

@@ -21,6 +21,16 @@ def _error(err: Exception) -> str:
     return f"**Error:** {err}"
 
 
+def _showing_errors(function, empty=None):
+    """``function`` for an event: a user error becomes its message in the page (after ``empty`` outputs)."""
+    def call(*values):
+        try:
+            return function(*values)
+        except actions.user_errors() as err:
+            return _error(err) if empty is None else (empty, _error(err))
+    return call
+
+
 def _watch(job, out):
     """Yield (status, loss plot, sample grid) about once a second until the run ends."""
     while True:
@@ -89,19 +99,11 @@ def distill_tab(gr) -> None:
         job.stop()
         return "stopping after the current step (a checkpoint is written; Resume continues it)"
 
-    def guarded(function):
-        def call(*values):
-            try:
-                return function(*values)
-            except actions.user_errors() as err:
-                return _error(err)
-        return call
-
     start.click(on_start, inputs=settings, outputs=[status, loss, samples])
     resume.click(on_resume, inputs=settings, outputs=[status, loss, samples])
     stop.click(on_stop, inputs=[out], outputs=[after], queue=False)  # never waits behind a running Start
-    merge.click(guarded(actions.merge_student), inputs=[out, teacher], outputs=[after])
-    export.click(guarded(actions.export_lora_file), inputs=[out, teacher, lora_rank], outputs=[after])
+    merge.click(_showing_errors(actions.merge_student), inputs=[out, teacher], outputs=[after])
+    export.click(_showing_errors(actions.export_lora_file), inputs=[out, teacher, lora_rank], outputs=[after])
 
 
 def generate_tab(gr) -> None:
@@ -121,14 +123,8 @@ def generate_tab(gr) -> None:
             timing = gr.Markdown("", elem_id="wadi_generate_status")
             gallery = gr.Gallery(label="One-step images", elem_id="wadi_gallery")
 
-    def on_generate(*values):
-        try:
-            images, text = actions.generate_images(*values)
-        except actions.user_errors() as err:
-            return [], _error(err)
-        return images, text
-
-    run.click(on_generate, inputs=[model, adapters, prompt, seed, batch, compare], outputs=[gallery, timing])
+    run.click(_showing_errors(actions.generate_images, empty=[]),
+              inputs=[model, adapters, prompt, seed, batch, compare], outputs=[gallery, timing])
 
 
 def analyze_tab(gr) -> None:
@@ -146,14 +142,8 @@ def analyze_tab(gr) -> None:
             report = gr.Markdown("", elem_id="wadi_analyze_report")
             plots = gr.Gallery(label="Plots", elem_id="wadi_analyze_plots")
 
-    def on_analyze(*values):
-        try:
-            images, text = actions.analyze_models(*values)
-        except actions.user_errors() as err:
-            return [], _error(err)
-        return images, text
-
-    run.click(on_analyze, inputs=[base, other, out, convs, swap], outputs=[plots, report])
+    run.click(_showing_errors(actions.analyze_models, empty=[]),
+              inputs=[base, other, out, convs, swap], outputs=[plots, report])
 
 
 def build_blocks():
