@@ -116,3 +116,16 @@ def _student(tmp_path, sd_dir):
     spec = students.AdapterSpec("lorad", 2, "unet-student")
     students.add_adapter(components.unet, spec)
     return students.save_adapter_file(components.unet, spec, tmp_path / "student.safetensors")
+
+
+def test_shipped_shapes_controlnet_places_the_teachers_shapes(tmp_path):
+    """The shipped silhouette ControlNet: the teacher's shapes land on the condition (mask IoU), while
+    without it (scale 0) they do not."""
+    import json
+
+    from training.cli import main
+    for scale, low, high in ((1.0, 0.6, 1.0), (0.0, 0.0, 0.4)):
+        out = tmp_path / f"scale{scale}"
+        assert main(["controlnet", "--eval", "24", "--steps", "10", "--scale", str(scale), "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert low <= metrics["mask_iou"] <= high, (scale, metrics["mask_iou"])

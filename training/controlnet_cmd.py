@@ -47,7 +47,9 @@ def register(sub) -> None:
 
     g = sub.add_parser("controlnet", help="generate with a ControlNet: one step with --student, or multi-step; "
                                           "--eval measures mask IoU and prompt accuracy on the embedded world")
-    g.add_argument("--controlnet", required=True, help="a diffusers ControlNet folder (e.g. OUT/controlnet)")
+    g.add_argument("--controlnet", default=str(C.SHAPES_CONTROLNET),
+                   help="a diffusers ControlNet folder (OUT/controlnet of controlnet-train; default: the shipped "
+                        "silhouette ControlNet of the embedded world)")
     g.add_argument("--model", default=str(MODEL_DIR))
     g.add_argument("--student", help="a student / LoRaD file: one-step generation (else --steps of DDIM)")
     g.add_argument("--steps", type=int, default=25)

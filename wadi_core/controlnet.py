@@ -21,6 +21,10 @@ from . import onestep
 from .sampling import sample
 
 
+# The shipped ControlNet of the embedded world: silhouettes (shapes white on black) -> placement.
+SHAPES_CONTROLNET = Path(__file__).resolve().parent / "shapes" / "controlnet"
+
+
 class ControlNetMismatch(ValueError):
     """A ControlNet made for another base model than the one it is used with."""
 
