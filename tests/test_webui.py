@@ -179,3 +179,21 @@ def test_analyze_action_returns_plots_and_report(tmp_path):
     assert "Row directions turned" in report
     with pytest.raises(actions.UIError, match="does not exist"):
         actions.analyze_models("", str(tmp_path / "nothing.safetensors"), str(tmp_path / "a2"), False, False)
+
+
+def test_controlnet_action_draws_with_the_shipped_controlnet(tmp_path):
+    from wadi_core import students
+    from wadi_core.shapes.components import MODEL_DIR, load_components
+    from webui_ext import actions
+    unet = load_components(MODEL_DIR).unet
+    spec = students.AdapterSpec("lorad", 4, "unet-student")
+    students.add_adapter(unet, spec)
+    adapter = students.save_adapter_file(unet, spec, tmp_path / "student.safetensors")
+    control = __import__("numpy").zeros((32, 32, 3), "uint8")
+    control[8:24, 8:24] = 255
+    gallery, text = actions.controlnet_images("", str(adapter), "", control, "a red square", 0, True)
+    assert len(gallery) == 2 and gallery[0][0].shape == (32, 32, 3) and "teacher 25 steps" in text
+    with pytest.raises(actions.UIError, match="upload a control image"):
+        actions.controlnet_images("", str(adapter), "", None, "a red square", 0, False)
+    with pytest.raises(actions.UIError, match="not a ControlNet folder"):
+        actions.controlnet_images("", str(adapter), str(tmp_path), control, "a red square", 0, False)

@@ -211,3 +211,40 @@ def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
     plots = [str(folder / name) for name in ("changes.png", "svd_energy.png", "swap.png", "swap_samples.png")
              if (folder / name).is_file()]
     return plots, (folder / "report.md").read_text()
+
+
+def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare) -> tuple[list, str]:
+    """One-step ControlNet images with a student (and the teacher's 25 steps beside them)."""
+    from wadi_core import controlnet as C
+    from wadi_core import students
+    from wadi_core.shapes.components import load_components
+
+    if control is None:
+        raise UIError("upload a control image first (for the built-in ControlNet: white shapes on black)")
+    if not (prompt or "").strip():
+        raise UIError("write a prompt first")
+    folder = Path((controlnet or "").strip() or C.SHAPES_CONTROLNET).expanduser()
+    if not (folder / "config.json").is_file():
+        raise UIError(f"{folder} is not a ControlNet folder (no config.json)")
+    adapter_path = Path((adapter or "").strip()).expanduser()
+    if not adapter_path.is_file():
+        raise UIError(f"the student {adapter_path} does not exist; give the student.safetensors of a distillation")
+    components = load_components(model_path(model))
+    net = C.load_controlnet(folder)
+    hint = np.asarray(control)[None, ..., :3].astype(np.uint8)
+    seeds = [int(seed or 0)]
+    teacher = None
+    if compare:
+        start = time.perf_counter()
+        teacher = C.generate(components, net, [prompt.strip()], hint, seeds, steps=25)
+        teacher_seconds = time.perf_counter() - start
+    students.apply_adapter_file(components.unet, adapter_path)
+    start = time.perf_counter()
+    image = C.generate(components, net, [prompt.strip()], hint, seeds)
+    seconds = time.perf_counter() - start
+    gallery = [(image[0], "student, one step")]
+    text = f"one step with ControlNet: {seconds:.2f} s"
+    if teacher is not None:
+        gallery.append((teacher[0], "teacher, 25 steps"))
+        text += f"; teacher 25 steps: {teacher_seconds:.2f} s"
+    return gallery, text

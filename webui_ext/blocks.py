@@ -1,4 +1,4 @@
-"""The WaDi Gradio Blocks: tabs Distill, Generate and Analyze.
+"""The WaDi Gradio Blocks: tabs Distill, Generate, ControlNet and Analyze.
 
 Shared by ``wadi ui`` (standalone, newest gradio) and the AUTOMATIC1111 (gradio 3.41) / Forge
 (gradio 4.40) extension, so it uses only what all three provide: Blocks, Tab, Row, Column,
@@ -127,6 +127,26 @@ def generate_tab(gr) -> None:
               inputs=[model, adapters, prompt, seed, batch, compare], outputs=[gallery, timing])
 
 
+def controlnet_tab(gr) -> None:
+    with gr.Row():
+        with gr.Column():
+            model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            adapter = gr.Textbox(label="Student (student.safetensors of a distillation)", elem_id="wadi_cn_student")
+            controlnet = gr.Textbox(label="ControlNet folder (empty: the built-in silhouette ControlNet)")
+            control = gr.Image(label="Control image", type="numpy", elem_id="wadi_cn_control")
+            prompt = gr.Textbox(label="Prompt", value="a red circle")
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, label="Seed")
+                compare = gr.Checkbox(value=True, label="Also the teacher (25 steps)")
+            run = gr.Button("Generate with ControlNet", variant="primary", elem_id="wadi_cn_generate")
+        with gr.Column():
+            timing = gr.Markdown("", elem_id="wadi_cn_status")
+            gallery = gr.Gallery(label="Images", elem_id="wadi_cn_gallery")
+
+    run.click(_showing_errors(actions.controlnet_images, empty=[]),
+              inputs=[model, adapter, controlnet, control, prompt, seed, compare], outputs=[gallery, timing])
+
+
 def analyze_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
@@ -156,6 +176,8 @@ def build_blocks():
             distill_tab(gr)
         with gr.Tab("Generate"):
             generate_tab(gr)
+        with gr.Tab("ControlNet"):
+            controlnet_tab(gr)
         with gr.Tab("Analyze"):
             analyze_tab(gr)
     return blocks
