@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .weight_change import row_changes
 from .weight_sources import WeightSource, check_same_architecture
 
 DEFINITIONS = {
@@ -71,6 +70,19 @@ def isotropic_ratio(row_size: int) -> float:
         return 0.0
     tangential = math.sqrt(2) * math.exp(math.lgamma(row_size / 2) - math.lgamma((row_size - 1) / 2))
     return tangential / math.sqrt(2 / math.pi)
+
+
+def row_changes(base: torch.Tensor, other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(relative norm change, 1 - cosine)`` of two weights of the same shape (rows = outputs)."""
+    if base.shape != other.shape:
+        raise ValueError(f"weights of shape {tuple(base.shape)} and {tuple(other.shape)} cannot be compared")
+    a = base.reshape(base.shape[0], -1).double()
+    b = other.reshape(other.shape[0], -1).double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    safe = na.clamp(min=1e-12)
+    norm = (nb - na).abs() / safe
+    cosine = (a * b).sum(1) / (safe * nb.clamp(min=1e-12))
+    return norm, 1 - cosine.clamp(-1, 1)
 
 
 def energy_curve(residual: torch.Tensor) -> tuple[float, list[float], float]:
