@@ -32,9 +32,9 @@ def predict_x0(unet, scheduler, noise: torch.Tensor, text_embeddings: torch.Tens
 
 @torch.no_grad()
 def generate(components, prompts: Sequence[str], seeds: Sequence[int] | None = None, batch_size: int = 64,
-             progress: bool = True) -> np.ndarray:
+             progress: bool = True, scale: int = 1) -> np.ndarray:
     """One-step images (``uint8 [n, H, W, 3]``) from a student UNet: with LoRaD adapters attached,
-    merged, or any one-step UNet."""
+    merged, or any one-step UNet; ``scale`` > 1 draws above the training resolution."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to generate; give at least one prompt")
@@ -46,7 +46,8 @@ def generate(components, prompts: Sequence[str], seeds: Sequence[int] | None = N
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="one-step", disable=not progress):
         chunk = prompts[start:start + batch_size]
-        noise = initial_latents(seeds[start:start + batch_size], latent_shape(components)).to(unet.device, unet.dtype)
+        noise = initial_latents(seeds[start:start + batch_size], latent_shape(components, scale)).to(unet.device,
+                                                                                                   unet.dtype)
         text = components.encode_prompts(chunk).to(unet.device, unet.dtype)
         out.append(decode(components, predict_x0(unet, components.scheduler, noise, text)))
     return np.concatenate(out)

@@ -36,8 +36,9 @@ def initial_latents(seeds: Sequence[int], shape: tuple[int, ...], dtype=torch.fl
                         for s in seeds])
 
 
-def latent_shape(components) -> tuple[int, int, int]:
-    size = components.unet.config.sample_size
+def latent_shape(components, scale: int = 1) -> tuple[int, int, int]:
+    """``(channels, side, side)`` of the latents; ``scale`` > 1 draws above the training resolution."""
+    size = components.unet.config.sample_size * scale
     return components.unet.config.in_channels, size, size
 
 
@@ -51,8 +52,14 @@ def decode(components, latents: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def sample(components, prompts: Sequence[str], seeds: Sequence[int] | None = None, steps: int = 25,
-           guidance: float = 3.0, sampler: str = "ddim", batch_size: int = 32, progress: bool = True) -> np.ndarray:
-    """Images for ``prompts`` (``uint8 [n, H, W, 3]``), ``steps`` scheduler steps with CFG ``guidance``."""
+           guidance: float = 3.0, sampler: str = "ddim", batch_size: int = 32, progress: bool = True,
+           scale: int = 1, init_latents: torch.Tensor | None = None, strength: float = 1.0) -> np.ndarray:
+    """Images for ``prompts`` (``uint8 [n, H, W, 3]``), ``steps`` scheduler steps with CFG ``guidance``.
+
+    ``scale`` multiplies the resolution. With ``init_latents`` (image-to-image, DDIM only) the
+    latents are noised to ``strength`` of the schedule and only the last ``strength * steps``
+    steps run (SDEdit), e.g. to refine an upscaled one-step image.
+    """
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to sample; give at least one prompt")
@@ -62,8 +69,11 @@ def sample(components, prompts: Sequence[str], seeds: Sequence[int] | None = Non
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     check_eps_prediction(components.scheduler.config)
+    if init_latents is not None and (sampler != "ddim" or not 0 < strength <= 1):
+        raise ValueError("image-to-image refinement needs the ddim sampler and a strength in (0, 1]")
     unet = components.unet
     device, dtype = unet.device, unet.dtype
+    shape = latent_shape(components, scale) if init_latents is None else tuple(init_latents.shape[1:])
     out = []
     bar = tqdm(total=len(prompts) * steps, desc=f"sampling ({sampler}, {steps} steps)", unit="step",
                disable=not progress)
@@ -75,9 +85,15 @@ def sample(components, prompts: Sequence[str], seeds: Sequence[int] | None = Non
         use_cfg = guidance != 1.0
         if use_cfg:
             cond = torch.cat([components.encode_prompts([""] * len(chunk)).to(device, dtype), cond])
-        latents = initial_latents(chunk_seeds, latent_shape(components)).to(device, dtype)
-        latents = latents * scheduler.init_noise_sigma
-        for t in scheduler.timesteps:
+        noise = initial_latents(chunk_seeds, shape).to(device, dtype)
+        timesteps = scheduler.timesteps
+        if init_latents is None:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            timesteps = timesteps[len(timesteps) - max(1, round(len(timesteps) * strength)):]
+            start_latents = init_latents[start:start + batch_size].to(device, dtype)
+            latents = scheduler.add_noise(start_latents, noise, timesteps[:1])
+        for t in timesteps:
             model_in = torch.cat([latents] * 2) if use_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
             eps = unet(model_in, t, cond).sample
