@@ -197,3 +197,17 @@ def test_controlnet_action_draws_with_the_shipped_controlnet(tmp_path):
         actions.controlnet_images("", str(adapter), "", None, "a red square", 0, False)
     with pytest.raises(actions.UIError, match="not a ControlNet folder"):
         actions.controlnet_images("", str(adapter), str(tmp_path), control, "a red square", 0, False)
+
+
+def test_generate_action_at_twice_the_size(tmp_path):
+    from wadi_core import students
+    from wadi_core.shapes.components import MODEL_DIR, load_components
+    from webui_ext import actions
+    unet = load_components(MODEL_DIR).unet
+    spec = students.AdapterSpec("lorad", 4, "unet-student")
+    students.add_adapter(unet, spec)
+    adapter = students.save_adapter_file(unet, spec, tmp_path / "student.safetensors")
+    gallery, text = actions.generate_images("", str(adapter), "a red circle", 0, 2, False, True)
+    assert len(gallery) == 2 and gallery[0][0].shape == (64, 64, 3) and "2x" in text
+    with pytest.raises(actions.UIError, match="needs a student"):
+        actions.generate_images("", "", "a red circle", 0, 1, False, True)

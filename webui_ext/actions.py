@@ -158,8 +158,9 @@ def parse_adapters(text: str) -> list[str]:
     return specs
 
 
-def generate_images(model, adapters, prompt, seed, batch, compare) -> tuple[list, str]:
-    """One-step images (with the adapters) and optionally the multi-step teacher beside them."""
+def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_size=False) -> tuple[list, str]:
+    """One-step images (with the adapters) and optionally the multi-step teacher beside them; with
+    ``twice_the_size`` the two-stage route (one step, upscale, a short teacher refinement)."""
     from training.cli import build_parser
     from training.generate_cmd import load_generator
 
@@ -175,9 +176,17 @@ def generate_images(model, adapters, prompt, seed, batch, compare) -> tuple[list
     args = build_parser().parse_args(argv)
     prompts = [prompt.strip()] * batch
     seeds = [args.seed + i for i in range(batch)]
-    _, generate, description = load_generator(args)
+    components, generate, description = load_generator(args)
     start = time.perf_counter()
-    images = generate(prompts, seeds, False)
+    if twice_the_size:
+        from wadi_core import highres
+        from wadi_core.shapes.components import load_components
+        if not specs:
+            raise UIError("the 2x route needs a student: give its student.safetensors under adapters")
+        images = highres.two_stage(components, load_components(args.model), prompts, seeds)
+        description += "; 2x: upscaled and refined by the teacher (4 DDIM steps)"
+    else:
+        images = generate(prompts, seeds, False)
     seconds = time.perf_counter() - start
     gallery = [(image, f"one step, seed {s}") for image, s in zip(images, seeds)]
     text = f"{batch} one-step images in {seconds:.2f} s ({batch / seconds:.1f} images/s; {description})"

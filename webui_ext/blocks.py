@@ -118,13 +118,14 @@ def generate_tab(gr) -> None:
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 batch = gr.Number(value=4, precision=0, label="Images")
                 compare = gr.Checkbox(value=False, label="Also the multi-step teacher (25 steps, CFG 3)")
+                twice = gr.Checkbox(value=False, label="2x size (one step, upscale, 4 teacher steps)")
             run = gr.Button("Generate", variant="primary", elem_id="wadi_generate")
         with gr.Column():
             timing = gr.Markdown("", elem_id="wadi_generate_status")
             gallery = gr.Gallery(label="One-step images", elem_id="wadi_gallery")
 
     run.click(_showing_errors(actions.generate_images, empty=[]),
-              inputs=[model, adapters, prompt, seed, batch, compare], outputs=[gallery, timing])
+              inputs=[model, adapters, prompt, seed, batch, compare, twice], outputs=[gallery, timing])
 
 
 def controlnet_tab(gr) -> None:

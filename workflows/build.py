@@ -47,6 +47,10 @@ NODE_SPECS = {
                            [("LATENT", "LATENT")]),
     "WaDiOneStepSigmas": ([("model", "MODEL")], [("SIGMAS", "SIGMAS")]),
     "WaDiMergeSave": ([("model", "MODEL"), ("clip", "CLIP"), ("vae", "VAE")], []),
+    "ImageScaleBy": ([("image", "IMAGE")], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
+    "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                  ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
 }
 WIDTH = 320
 
@@ -155,7 +159,25 @@ def merge_save() -> Graph:
     return g
 
 
-GRAPHS = (onestep_lorad, onestep_merged, lorad_stack, onestep_controlnet, merge_save)
+def highres_two_stage() -> Graph:
+    g = Graph("wadi_highres_two_stage", "2x resolution: one step, upscale, a short refinement by the teacher")
+    ckpt, latent = _text_to_image_base(g)
+    student = g.node("WaDiLoadLoRaD", (380, 0), [STUDENT, 1.0], model=(ckpt, 0))
+    prompt = g.node("CLIPTextEncode", (380, 160), ["a photo of a golden retriever in the snow"], clip=(ckpt, 1))
+    negative = g.node("CLIPTextEncode", (380, 360), [""], title="Negative", clip=(ckpt, 1))
+    sample = g.node("WaDiOneStepSampler", (760, 0), [0, "fixed"], model=(student, 0), positive=(prompt, 0),
+                    latent_image=(latent, 0))
+    image = g.node("VAEDecode", (760, 200), samples=(sample, 0), vae=(ckpt, 2))
+    bigger = g.node("ImageScaleBy", (760, 320), ["bicubic", 2.0], image=(image, 0))
+    encoded = g.node("VAEEncode", (1140, 0), pixels=(bigger, 0), vae=(ckpt, 2))
+    refined = g.node("KSampler", (1140, 140), [0, "fixed", 15, 3.0, "ddim", "normal", 0.3],
+                     title="Teacher refinement (denoise 0.3)", model=(ckpt, 0), positive=(prompt, 0),
+                     negative=(negative, 0), latent_image=(encoded, 0))
+    _decode_and_save(g, (refined, 0), (ckpt, 2), 1520, "wadi/highres")
+    return g
+
+
+GRAPHS = (onestep_lorad, onestep_merged, lorad_stack, onestep_controlnet, merge_save, highres_two_stage)
 
 
 def thumbnail(g: Graph, workflow_json: str) -> bytes:
