@@ -79,9 +79,9 @@ def swap_prompts(args, base: WeightSource) -> list[str]:
     return prompts
 
 
-def run_swap(args, base: WeightSource, other: WeightSource, pipeline: Path, layers: list[str]) -> tuple[list, dict]:
+def run_swap(args, base: WeightSource, other: WeightSource, pipeline: Path, layers: list[str],
+             prompts: list[str]) -> tuple[list, dict]:
     """Sample and score OTHER, the two swap models and BASE with one sampler and the same seeds."""
-    prompts = swap_prompts(args, base)
     seeds = [args.seed + i for i in range(len(prompts))]
     components = load_components(pipeline)
     feature_net, reference = metric_inputs(args, components)
@@ -102,7 +102,7 @@ def run_swap(args, base: WeightSource, other: WeightSource, pipeline: Path, laye
     return rows, {"prompts": prompts[:8], "images": images}
 
 
-def report_text(args, summary: dict, swap_rows: list, swap_note: str) -> str:
+def report_text(args, summary: dict, swap_rows: list, swap_note: str, num_prompts: int) -> str:
     lines = [f"# Weight analysis: {args.other} against {args.base}", "",
              f"{summary['layers']} layers analysed, {summary['changed_layers']} of them changed.", "",
              f"- Row norms changed by {summary['norm_change_mean']:.3%} on average (relative).",
@@ -125,7 +125,7 @@ def report_text(args, summary: dict, swap_rows: list, swap_note: str) -> str:
             values = [f"{row[k]:.1f}" for k in ("fid", "clip_score") if k in row]
             lines.append(f"| {row['label']} | " + " | ".join(values) +
                          f" | {row['prompt_accuracy'].get('all', float('nan')):.1%} |")
-        lines += ["", f"Sampler: {args.sampler}; {len(read_prompts(args.prompts)) if args.prompts else args.num_prompts}"
+        lines += ["", f"Sampler: {args.sampler}; {num_prompts}"
                       " prompts. If swapping in BASE's directions hurts far more than swapping in its norms, the "
                       "quality of OTHER lives in the directions of its weights."]
     else:
@@ -139,8 +139,7 @@ def run(args) -> int:
     base = open_source(args.base)
     other = open_source(args.other, base)
     pipeline, swap_note = swap_plan(args, base)
-    if pipeline is not None:
-        swap_prompts(args, base)  # a missing prompt file fails now, not after the analysis
+    prompts = swap_prompts(args, base) if pipeline is not None else []  # a bad prompt file fails before the work
     layers = analysis.analyse(base, other, args.convs, progress=not args.quiet)
     summary = analysis.summary(layers)
     print(f"{summary['layers']} layers: norm change {summary['norm_change_mean']:.3e}, direction change "
@@ -148,7 +147,7 @@ def run(args) -> int:
     swap_rows, samples = [], None
     if pipeline is not None:
         weight_names = [f"{layer.name}.weight" for layer in layers]
-        swap_rows, samples = run_swap(args, base, other, pipeline, weight_names)
+        swap_rows, samples = run_swap(args, base, other, pipeline, weight_names, prompts)
     else:
         print(f"swap ablation {swap_note}")
     title = f"{Path(args.other).name} vs {Path(args.base).name}"
@@ -168,7 +167,7 @@ def run(args) -> int:
         if swap_rows:
             swap_chart(swap_rows, tmp / "swap.png", f"swap ablation ({args.sampler}): {title}")
             side_by_side(samples["images"], samples["prompts"]).save(tmp / "swap_samples.png")
-        (tmp / "report.md").write_text(report_text(args, summary, swap_rows, swap_note))
+        (tmp / "report.md").write_text(report_text(args, summary, swap_rows, swap_note, len(prompts)))
     print(f"wrote {out}/: analysis.json, layers.csv, changes.png, svd_energy.png, report.md"
           + (", swap.png, swap_samples.png" if swap_rows else ""))
     return 0
