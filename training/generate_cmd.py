@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from wadi_core import fileio, onestep, students
+from wadi_core import embeddings, fileio, onestep, students
 from wadi_core.images import labelled_grid, save_pngs
 from wadi_core.merge import parse_adapter_spec
 from wadi_core.prompts import read_prompts
@@ -24,6 +24,9 @@ def add_model_args(p) -> None:
     p.add_argument("--student", action="append", default=[], metavar="ADAPTER[:STRENGTH]",
                    help="a distilled student (student.safetensors from wadi distill, or any LoRaD file) on --model: "
                         "one-step sampling. Repeat to stack LoRaD adapters")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="a learned token (wadi reversion's reversion.safetensors or a one-vector textual-inversion "
+                        "file, whose token is its file name); repeat for several")
     p.add_argument("--one-step", action="store_true",
                    help="sample --model in one step (a merged student, e.g. from wadi distill --export-merged)")
     p.add_argument("--steps", type=int, default=25, help="sampler steps of multi-step sampling (default 25)")
@@ -40,6 +43,9 @@ def is_one_step(args) -> bool:
 def load_generator(args) -> tuple[object, Callable[[list[str], list[int], bool], np.ndarray], str]:
     """``(components, generate(prompts, seeds, progress), description)`` for the model the arguments name."""
     components = load_components(args.model)
+    tokens = [embeddings.load_embedding(components, path) for path in args.embedding]
+    if tokens:
+        print(f"tokens for the prompts: {', '.join(tokens)}")
     if not is_one_step(args):
         def multi_step(prompts, seeds, progress):
             return sample(components, prompts, seeds, args.steps, args.guidance, args.sampler, args.batch_size,

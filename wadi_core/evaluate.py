@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import metrics
+from .images import read_image_folder
 from .shapes import accuracy_report, parse_prompt, render_batch, scene_for_prompt
 from .shapes.features import load_feature_net
 from .shapes.world import NotJudgeable
@@ -52,19 +53,7 @@ def evaluate_images(images: np.ndarray, prompts: Sequence[str], seed: int = 0, f
 
 def load_image_folder(folder, size: int) -> np.ndarray:
     """Every PNG/JPEG in ``folder`` as ``uint8 [n, size, size, 3]`` (centre-cropped and resized)."""
-    from pathlib import Path
-
-    from PIL import Image
-    files = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if len(files) < 2:
-        raise ValueError(f"reference folder {folder} needs at least two images (PNG or JPEG)")
-    out = []
-    for path in files:
-        image = Image.open(path).convert("RGB")
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        out.append(np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
-    return np.stack(out)
+    return read_image_folder(folder, size, min_count=2)[1]
 
 
 def timed(generate: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:

@@ -17,6 +17,31 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def read_image_folder(folder, size: int, min_count: int = 1) -> tuple[list[str], np.ndarray]:
+    """``(file names, uint8 [n, size, size, 3])``: every image in ``folder`` by name, centre-cropped
+    to a square and resized."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist; give a folder of PNG or JPEG images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < min_count:
+        raise ValueError(f"{folder} holds {len(files)} images (.png, .jpg, .jpeg, .webp) but at least {min_count} "
+                         "are needed; put the images there")
+    out = []
+    for path in files:
+        try:
+            image = Image.open(path).convert("RGB")
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable image ({err}); remove or replace it") from None
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        out.append(np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
+    return [p.name for p in files], np.stack(out)
+
+
 def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "image"
 

@@ -36,6 +36,8 @@ class DetectedObject:
     area: int
     cx: float
     cy: float
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # x0, y0, x1, y1 (inclusive) of the half-intensity outline
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)  # tight outline mask, for new shapes
 
 
 def _labels(image: np.ndarray) -> np.ndarray:
@@ -130,8 +132,9 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
             mask, (y0, x0) = _half_intensity_mask(array, labels, pixels, background_rgb, index)
             cx, cy = x0 + mask.shape[1] / 2, y0 + mask.shape[0] / 2
             cell = (min(2, int(cx * 3 / size)), min(2, int(cy * 3 / size)))
+            box = (int(x0), int(y0), int(x0 + mask.shape[1] - 1), int(y0 + mask.shape[0] - 1))
             objects.append(DetectedObject(name, classify_shape(mask), _size_class(max(mask.shape) * 32 / size),
-                                          _CELL_OF[cell], len(pixels), cx, cy))
+                                          _CELL_OF[cell], len(pixels), cx, cy, box, mask))
     return sorted(objects, key=lambda o: -o.area)
 
 

@@ -37,6 +37,9 @@ def _draw(scene: Scene, size: int, background, fill_of) -> Image.Image:
             draw.ellipse([cx - r, cy - r, cx + r - 1, cy + r - 1], fill=fill)
         elif shape.kind == "square":
             draw.rectangle([cx - r, cy - r, cx + r - 1, cy + r - 1], fill=fill)
+        elif shape.kind == "diamond":  # a square turned 45 degrees: not in the world's captions (DreamBooth's subject)
+            draw.polygon([(cx - 0.5, cy - r), (cx + r - 1, cy - 0.5), (cx - 0.5, cy + r - 1), (cx - r, cy - 0.5)],
+                         fill=fill)
         else:  # triangle pointing up, bounding box centred on (cx, cy)
             draw.polygon([(cx - 0.5, cy - r), (cx - r, cy + r - 1), (cx + r - 1, cy + r - 1)], fill=fill)
     return image
