@@ -9,11 +9,11 @@ import sys
 
 from wadi_core import __version__
 
-from . import (analyze_cmd, controlnet_cmd, demo_cmd, distill, eval_cmd, generate_cmd, highres_cmd, inspect_cmd,
-               merge_cmd, presets_cmd, ui_cmd)
+from . import (analyze_cmd, controlnet_cmd, demo_cmd, distill, dreambooth_cmd, eval_cmd, generate_cmd, highres_cmd,
+               inspect_cmd, merge_cmd, presets_cmd, reversion_cmd, ui_cmd)
 
 COMMANDS = (demo_cmd, distill, generate_cmd, eval_cmd, merge_cmd, analyze_cmd, controlnet_cmd, highres_cmd,
-            inspect_cmd, presets_cmd, ui_cmd)
+            reversion_cmd, dreambooth_cmd, inspect_cmd, presets_cmd, ui_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
