@@ -12,6 +12,7 @@ import torch
 from wadi_core.lorad.io import read_adapter
 
 from .patching import lorad_patches, one_step_sigmas
+from .training import WaDiTrainLoRaD
 
 CATEGORY = "WaDi"
 
@@ -173,6 +174,7 @@ NODE_CLASS_MAPPINGS = {
     "WaDiOneStepSampler": WaDiOneStepSampler,
     "WaDiMergeSave": WaDiMergeSave,
     "WaDiExportLoRA": WaDiExportLoRA,
+    "WaDiTrainLoRaD": WaDiTrainLoRaD,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WaDiLoadLoRaD": "WaDi Load LoRaD",
@@ -180,4 +182,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WaDiOneStepSampler": "WaDi One-Step Sampler",
     "WaDiMergeSave": "WaDi Merge & Save Checkpoint",
     "WaDiExportLoRA": "WaDi Export LoRA",
+    "WaDiTrainLoRaD": "WaDi Train LoRaD (DreamBooth)",
 }

@@ -19,13 +19,14 @@ WIDGET_OPTIONS = {"INT": ("default", "min", "max", "step", "tooltip", "control_a
                   "STRING": ("default", "multiline", "tooltip"), "BOOLEAN": ("default", "tooltip")}
 
 
-def _input(name: str, spec: tuple):
+def _input(name: str, spec: tuple, optional: bool = False):
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     if isinstance(kind, list):
-        return io.Combo.Input(name, options=kind, tooltip=options.get("tooltip"))
+        return io.Combo.Input(name, options=kind, tooltip=options.get("tooltip"), optional=optional)
     if kind in WIDGETS:
-        return WIDGETS[kind].Input(name, **{k: options[k] for k in WIDGET_OPTIONS[kind] if k in options})
-    return SOCKETS[kind].Input(name)
+        return WIDGETS[kind].Input(name, optional=optional,
+                                   **{k: options[k] for k in WIDGET_OPTIONS[kind] if k in options})
+    return SOCKETS[kind].Input(name, tooltip=options.get("tooltip"), optional=optional)
 
 
 def v3_node(node_id: str, v1: type) -> type:
@@ -35,7 +36,8 @@ def v3_node(node_id: str, v1: type) -> type:
             names = getattr(v1, "RETURN_NAMES", v1.RETURN_TYPES)
             return io.Schema(node_id=node_id, display_name=NODE_DISPLAY_NAME_MAPPINGS[node_id],
                              category=v1.CATEGORY, description=v1.DESCRIPTION,
-                             inputs=[_input(n, s) for n, s in v1.INPUT_TYPES()["required"].items()],
+                             inputs=[_input(n, s) for n, s in v1.INPUT_TYPES()["required"].items()]
+                             + [_input(n, s, True) for n, s in v1.INPUT_TYPES().get("optional", {}).items()],
                              outputs=[SOCKETS[t].Output(display_name=n) for t, n in zip(v1.RETURN_TYPES, names)],
                              is_output_node=getattr(v1, "OUTPUT_NODE", False))
 

@@ -186,3 +186,36 @@ def test_export_lora_node_writes_a_lora_the_stock_loader_reads(host):
     lora = comfy.utils.load_torch_file(str(host["models"] / "loras" / "exported.safetensors"))
     model, _ = comfy.sd.load_lora_for_models(host["model"], None, lora, 1.0, 0.0)
     assert len(model.patches) > 100  # every layer of the adapter, as an ordinary LoRA
+
+
+def test_train_node_trains_a_lorad_that_the_loader_reloads(host):
+    """WaDi Train LoRaD through ComfyUI's TrainSampler: the saved file, loaded by WaDi Load LoRaD, gives the
+    trained model's one-step latent; the input MODEL stays untouched; bad latents are named."""
+    from comfy_nodes.nodes import WaDiLoadLoRaD, WaDiOneStepSampler, WaDiTrainLoRaD
+
+    model, clip = host["model"], host["clip"]
+
+    def encode(text):
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    gen = torch.Generator().manual_seed(0)
+    instance = {"samples": torch.randn(2, 4, 8, 8, generator=gen)}
+    classes = {"samples": torch.randn(2, 4, 8, 8, generator=gen)}
+    out = WaDiTrainLoRaD().train(model, instance, encode("a photo of sks dog"), steps=2, learning_rate=0.05, rank=2,
+                                 batch_size=2, seed=0, filename_prefix="db-test", class_latents=classes,
+                                 class_conditioning=encode("a photo of a dog"))
+    trained, name = out["result"]
+    assert name == "db-test.safetensors" and "saved db-test.safetensors" in out["ui"]["text"][0]
+    adapter = read_adapter(host["models"] / "loras" / name)
+    assert adapter.rank == 2 and len(adapter.layers) > 100 and adapter.family == "sd15"
+    assert not model.patches and not getattr(model, "weight_wrapper_patches", {})
+    (reloaded,) = WaDiLoadLoRaD().load(model, name, 1.0)
+    prompt, latent = encode("a photo of sks dog"), {"samples": torch.zeros(1, 4, 8, 8)}
+    results = [WaDiOneStepSampler().sample(m, prompt, latent, 5)[0]["samples"] for m in (model, trained, reloaded)]
+    plain, got, want = results
+    assert (got - plain).abs().max() > 1e-3  # training changed the model
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3), (got - want).abs().max()
+    with pytest.raises(ValueError, match="needs both class latents and the class prompt"):
+        WaDiTrainLoRaD().train(model, instance, prompt, 1, 0.01, 2, 1, 0, "x", class_latents=classes)
+    with pytest.raises(ValueError, match="differ in size"):
+        WaDiTrainLoRaD().train(model, instance, prompt, 1, 0.01, 2, 1, 0, "x",
+                               class_latents={"samples": torch.zeros(1, 4, 16, 16)}, class_conditioning=prompt)

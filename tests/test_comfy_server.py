@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from comfy_support import ComfyServer, ui_to_api
+from wadi_core import embeddings
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 _spec = importlib.util.spec_from_file_location("wadi_workflows_build", WORKFLOWS / "build.py")
 workflow_build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(workflow_build)
 
-NODE_IDS = ("WaDiLoadLoRaD", "WaDiOneStepSigmas", "WaDiOneStepSampler", "WaDiMergeSave", "WaDiExportLoRA")
+NODE_IDS = ("WaDiLoadLoRaD", "WaDiOneStepSigmas", "WaDiOneStepSampler", "WaDiMergeSave", "WaDiExportLoRA",
+            "WaDiTrainLoRaD")
 
 
 def random_controlnet(path: Path) -> Path:
@@ -41,7 +43,7 @@ def server(tmp_path_factory, sd15_random):
 
     base = tmp_path_factory.mktemp("comfy-base")
     models = base / "models"
-    for kind in ("checkpoints", "loras", "controlnet"):
+    for kind in ("checkpoints", "loras", "controlnet", "embeddings"):
         (models / kind).mkdir(parents=True)
     for name in (workflow_build.CHECKPOINT, workflow_build.MERGED_CHECKPOINT):
         (models / "checkpoints" / name).symlink_to(sd15_random["checkpoint"])
@@ -53,6 +55,13 @@ def server(tmp_path_factory, sd15_random):
     edges = Image.new("RGB", (64, 64), "black")
     edges.paste((255, 255, 255), (16, 16, 48, 20))
     edges.save(base / "input" / workflow_build.CONTROL_IMAGE)
+    for i, name in enumerate(workflow_build.SUBJECT_IMAGES):
+        subject = Image.new("RGB", (64, 64), "white")
+        subject.paste((200, 120, 30), (16 + 4 * i, 16, 48, 48))
+        subject.save(base / "input" / name)
+    # a relation token for CLIP-L (768 values), as wadi reversion writes it for an SD1.5 teacher
+    embeddings.save_textual_inversion(torch.randn(768, generator=torch.Generator().manual_seed(0)) * 0.02,
+                                      models / "embeddings" / f"{workflow_build.EMBEDDING}.safetensors")
     host = ComfyServer(base)
     host.base = base
     host.object_info = host.get("/object_info")
@@ -65,6 +74,8 @@ def small(prompt: dict) -> dict:
     for node in prompt.values():
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=64, height=64)
+        if node["class_type"] == "WaDiTrainLoRaD":
+            node["inputs"].update(steps=2)
     return prompt
 
 
@@ -114,6 +125,41 @@ def test_controlnet_changes_the_one_step_image(server):
         image = next(i for o in entry["outputs"].values() for i in o.get("images", []))
         pictures.append(np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"])))
     assert np.abs(pictures[0].astype(int) - pictures[1].astype(int)).mean() > 1
+
+
+def test_the_relation_embedding_is_used_by_the_one_step_sampler(server):
+    """ComfyUI loads the textual-inversion file wadi reversion writes: the prompt with it differs from the
+    same prompt with an embedding name that does not exist (which ComfyUI drops)."""
+    from PIL import Image
+    import numpy as np
+
+    workflow = json.loads((WORKFLOWS / "wadi_reversion_onestep.json").read_text())
+    pictures = []
+    for name in (workflow_build.EMBEDDING, "no_such_embedding"):
+        prompt = small(ui_to_api(workflow, server.object_info))
+        for node in prompt.values():
+            if node["class_type"] == "CLIPTextEncode":
+                node["inputs"]["text"] = f"a cat embedding:{name} a basket"
+            if node["class_type"] == "SaveImage":
+                node["inputs"]["filename_prefix"] = f"wadi/rev-{name}"
+        entry = server.run(prompt)
+        assert entry["status"]["status_str"] == "success", error_text(entry)
+        image = next(i for o in entry["outputs"].values() for i in o.get("images", []))
+        pictures.append(np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"])))
+    assert np.abs(pictures[0].astype(int) - pictures[1].astype(int)).mean() > 0.5
+
+
+def test_the_trained_adapter_is_saved_for_the_loader(server):
+    saved = sorted((server.base / "models" / "loras").glob("wadi_dreambooth*.safetensors"))
+    if not saved:  # the bundled workflow test runs first in file order; run it here when selected alone
+        workflow = json.loads((WORKFLOWS / "wadi_dreambooth_train.json").read_text())
+        entry = server.run(small(ui_to_api(workflow, server.object_info)))
+        assert entry["status"]["status_str"] == "success", error_text(entry)
+        saved = sorted((server.base / "models" / "loras").glob("wadi_dreambooth*.safetensors"))
+    from wadi_core.lorad.io import read_adapter
+    assert read_adapter(saved[0]).family == "sd15"
+    assert any(saved[0].name == name for name in server.get("/object_info/WaDiLoadLoRaD")["WaDiLoadLoRaD"]["input"]
+               ["required"]["adapter_name"][0])
 
 
 def test_bad_adapter_gives_a_node_error_and_the_server_goes_on(server):

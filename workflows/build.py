@@ -25,6 +25,8 @@ STUDENT = "wadi-sd15-student.safetensors"
 STYLE = "wadi-style.safetensors"
 CONTROLNET = "control_v11p_sd15_canny.safetensors"
 CONTROL_IMAGE = "wadi_control_example.png"
+SUBJECT_IMAGES = ("wadi_subject_1.png", "wadi_subject_2.png")
+EMBEDDING = "wadi_relation"  # models/embeddings/wadi_relation.safetensors, from wadi reversion
 
 # For each node type used: its link inputs and outputs as ComfyUI lists them (widgets are given per node).
 NODE_SPECS = {
@@ -51,6 +53,10 @@ NODE_SPECS = {
     "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], [("LATENT", "LATENT")]),
     "KSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                   ("latent_image", "LATENT")], [("LATENT", "LATENT")]),
+    "ImageBatch": ([("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")]),
+    "WaDiTrainLoRaD": ([("model", "MODEL"), ("instance_latents", "LATENT"), ("instance_conditioning", "CONDITIONING"),
+                        ("class_latents", "LATENT"), ("class_conditioning", "CONDITIONING")],
+                       [("model", "MODEL"), ("adapter_name", "STRING")]),
 }
 WIDTH = 320
 
@@ -177,7 +183,47 @@ def highres_two_stage() -> Graph:
     return g
 
 
-GRAPHS = (onestep_lorad, onestep_merged, lorad_stack, onestep_controlnet, merge_save, highres_two_stage)
+def reversion_onestep() -> Graph:
+    g = Graph("wadi_reversion_onestep", "One step with a ReVersion relation token (a textual-inversion file)")
+    ckpt, latent = _text_to_image_base(g)
+    student = g.node("WaDiLoadLoRaD", (380, 0), [STUDENT, 1.0], model=(ckpt, 0))
+    prompt = g.node("CLIPTextEncode", (380, 160), [f"a cat embedding:{EMBEDDING} a basket"],
+                    title="Prompt with the relation (models/embeddings/wadi_relation.safetensors)", clip=(ckpt, 1))
+    sample = g.node("WaDiOneStepSampler", (760, 0), [0, "fixed"], model=(student, 0), positive=(prompt, 0),
+                    latent_image=(latent, 0))
+    _decode_and_save(g, (sample, 0), (ckpt, 2), 1140, "wadi/reversion")
+    return g
+
+
+def dreambooth_train() -> Graph:
+    g = Graph("wadi_dreambooth_train", "DreamBooth-LoRaD: train on the subject, class images from the one-step "
+                                       "student, then draw the subject in one step")
+    ckpt, latent = _text_to_image_base(g)
+    student = g.node("WaDiLoadLoRaD", (380, 0), [STUDENT, 1.0], model=(ckpt, 0))
+    instance_prompt = g.node("CLIPTextEncode", (380, 160), ["a photo of sks dog"], title="Instance prompt",
+                             clip=(ckpt, 1))
+    class_prompt = g.node("CLIPTextEncode", (380, 360), ["a photo of a dog"], title="Class prompt", clip=(ckpt, 1))
+    first = g.node("LoadImage", (0, 600), [SUBJECT_IMAGES[0], "image"], title="Subject image 1")
+    second = g.node("LoadImage", (0, 960), [SUBJECT_IMAGES[1], "image"], title="Subject image 2")
+    both = g.node("ImageBatch", (380, 600), image1=(first, 0), image2=(second, 0))
+    instance = g.node("VAEEncode", (380, 720), pixels=(both, 0), vae=(ckpt, 2))
+    batch = g.node("EmptyLatentImage", (380, 480), [512, 512, 4], title="Class image batch")
+    classes = g.node("WaDiOneStepSampler", (760, 360), [1, "fixed"], title="Class images by the one-step student",
+                     model=(student, 0), positive=(class_prompt, 0), latent_image=(batch, 0))
+    trained = g.node("WaDiTrainLoRaD", (760, 0), [300, 0.005, 8, 2, 0, "fixed", "wadi_dreambooth"],
+                     model=(ckpt, 0), instance_latents=(instance, 0), instance_conditioning=(instance_prompt, 0),
+                     class_latents=(classes, 0), class_conditioning=(class_prompt, 0))
+    subject = g.node("WaDiLoadLoRaD", (1140, 0), [STUDENT, 1.0], title="The student on the trained model",
+                     model=(trained, 0))
+    prompt = g.node("CLIPTextEncode", (1140, 160), ["a photo of sks dog on the beach"], clip=(ckpt, 1))
+    sample = g.node("WaDiOneStepSampler", (1520, 0), [0, "fixed"], model=(subject, 0), positive=(prompt, 0),
+                    latent_image=(latent, 0))
+    _decode_and_save(g, (sample, 0), (ckpt, 2), 1900, "wadi/dreambooth")
+    return g
+
+
+GRAPHS = (onestep_lorad, onestep_merged, lorad_stack, onestep_controlnet, merge_save, highres_two_stage,
+          reversion_onestep, dreambooth_train)
 
 
 def thumbnail(g: Graph, workflow_json: str) -> bytes:
