@@ -120,6 +120,19 @@ def test_distill_stop_resume_generate_and_a_bad_path_in_the_browser(ui):
         assert response.status == 200
 
 
+def test_dreambooth_tab_trains_with_progress_and_shows_the_samples(ui):
+    page, run = ui.page, ui.work / "subject"
+    page.get_by_role("tab", name="DreamBooth").click()
+    fill(page, "wadi_db_steps", 6)
+    fill(page, "wadi_db_out", run)
+    page.locator("#wadi_db_start").click()
+    finished = wait_for_text(page, "wadi_db_status", ("finished", "failed"), timeout=300)
+    assert "finished" in finished and "step 6 / 6" in finished, finished
+    page.locator("#wadi_db_gallery img").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ui.work / "5-dreambooth.png"))
+    assert (run / "subject.safetensors").is_file()
+
+
 def test_a1111_registers_the_tab(monkeypatch):
     pytest.importorskip("gradio")
     registered = []
@@ -211,3 +224,31 @@ def test_generate_action_at_twice_the_size(tmp_path):
     assert len(gallery) == 2 and gallery[0][0].shape == (64, 64, 3) and "2x" in text
     with pytest.raises(actions.UIError, match="needs a student"):
         actions.generate_images("", "", "a red circle", 0, 1, False, True)
+
+
+def test_reversion_and_dreambooth_actions_run_the_commands(tmp_path):
+    from webui_ext import actions
+    job = actions.start_reversion("", "", "inside", "<R>", "", 2, str(tmp_path / "rev"))
+    job.wait(300)
+    assert job.state.status == "finished", job.state.message
+    assert "step 2 / 2" in actions.progress_text(job) and "denoise" in actions.progress_text(job)
+    assert [Path(p).name for p in actions.existing_files(job.out, ["samples.png", "loss.png", "x.png"])] == [
+        "samples.png", "loss.png"]
+    gallery, text = actions.generate_images("", "", "a red circle <R> a blue square", 0, 1, False, False,
+                                            str(tmp_path / "rev" / "reversion.safetensors"))
+    assert len(gallery) == 1 and "images/s" in text
+    with pytest.raises(actions.UIError, match="exemplar folder .* does not exist"):
+        actions.start_reversion("", str(tmp_path / "none"), "inside", "<R>", "", 2, str(tmp_path / "r2"))
+    with pytest.raises(actions.UIError, match="instance prompt"):
+        actions.start_dreambooth("", "", " ", "", "", "lorad", 4, 2, str(tmp_path / "db"))
+    with pytest.raises(actions.UIError, match="student .* does not exist"):
+        actions.start_dreambooth("", "", "an orange sks square", "", str(tmp_path / "s.safetensors"), "lorad", 4, 2,
+                                 str(tmp_path / "db"))
+    bad = actions.start_dreambooth("", "", "an orange square", "an orange square", "", "lorad", 4, 2,
+                                   str(tmp_path / "db"))
+    bad.wait(60)
+    assert bad.state.status == "failed" and "rare identifier" in bad.state.message
+    again = actions.start_reversion("", "", "inside", "<R>", "", 2, str(tmp_path / "rev"))  # the same folder
+    again.wait(60)
+    assert again.state.status == "failed" and "already exists" in again.state.message
+    assert (tmp_path / "rev" / "reversion.safetensors").is_file()  # nothing lost

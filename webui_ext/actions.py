@@ -14,7 +14,7 @@ import numpy as np
 
 from wadi_core.shapes.components import MODEL_DIR
 
-from .jobs import DistillJob, JobRefused
+from .jobs import CommandJob, DistillJob, JobRefused
 
 EMBEDDED = "embedded (shapes world)"
 
@@ -103,8 +103,10 @@ def start_distillation(teacher, prompts_path, pasted, student, student_rank, fak
 def progress_text(job: DistillJob) -> str:
     state = job.state
     parts = [f"**{state.status}**", f"step {state.step} / {state.total or '?'}"]
-    if state.last:
+    if "loss_student" in state.last:
         parts.append(f"student loss {state.last['loss_student']:.4g}, fake loss {state.last['loss_fake']:.4g}")
+    elif state.last:
+        parts.append(", ".join(f"{k} {v:.4g}" for k, v in state.last.items() if k != "step"))
     eta = state.eta_seconds()
     if eta is not None and not state.done:
         parts.append(f"ETA {eta / 60:.1f} min")
@@ -118,6 +120,62 @@ def run_files(out: str) -> tuple[str | None, str | None]:
     folder = Path(out).expanduser().resolve()
     loss, grid = folder / "loss.png", folder / "samples" / "latest.png"
     return (str(loss) if loss.is_file() else None), (str(grid) if grid.is_file() else None)
+
+
+def existing_files(out: str, names) -> list[str]:
+    folder = Path(out).expanduser().resolve()
+    return [str(folder / name) for name in names if (folder / name).is_file()]
+
+
+def optional_folder(text: str, what: str) -> str | None:
+    """An existing folder, or None for the embedded default when the box is empty."""
+    if not (text or "").strip():
+        return None
+    path = Path(text.strip()).expanduser().resolve()
+    if not path.is_dir():
+        raise UIError(f"the {what} folder {path} does not exist; give a folder of images, or leave it empty for the "
+                      "embedded example")
+    return str(path)
+
+
+def optional_file(text: str, what: str) -> str | None:
+    if not (text or "").strip():
+        return None
+    path = Path(text.strip()).expanduser().resolve()
+    if not path.is_file():
+        raise UIError(f"the {what} {path} does not exist")
+    return str(path)
+
+
+def start_reversion(model, exemplars, relation, token, init, steps, out) -> CommandJob:
+    """``wadi reversion`` in the background (embedded exemplars of ``relation`` when no folder is given)."""
+    argv = ["reversion", "--out", output_folder(out), "--teacher", model_path(model), "--quiet",
+            "--steps", str(positive_int(steps, "steps")), "--token", (token or "").strip() or "<R>"]
+    folder = optional_folder(exemplars, "exemplar")
+    argv += ["--exemplars", folder] if folder else ["--relation", relation]
+    if (init or "").strip():
+        argv += ["--init", init.strip()]
+    return CommandJob.start(argv)
+
+
+def start_dreambooth(model, instance_dir, instance_prompt, class_prompt, student, adapter, rank, steps,
+                     out) -> CommandJob:
+    """``wadi dreambooth`` in the background (the embedded subject when no folder is given)."""
+    if not (instance_prompt or "").strip():
+        raise UIError("write the instance prompt (a rare word and the class, e.g. 'a sks dog')")
+    argv = ["dreambooth", "--out", output_folder(out), "--model", model_path(model), "--quiet",
+            "--steps", str(positive_int(steps, "steps")), "--adapter", adapter,
+            "--rank", str(positive_int(rank, "rank")), "--instance-prompt", instance_prompt.strip(),
+            "--class-prompt", (class_prompt or "").strip()]
+    if not (class_prompt or "").strip():
+        argv += ["--prior-weight", "0"]
+    folder = optional_folder(instance_dir, "instance image")
+    if folder:
+        argv += ["--instance-dir", folder]
+    student_file = optional_file(student, "student")
+    if student_file:
+        argv += ["--student", student_file]
+    return CommandJob.start(argv)
 
 
 def finished_student(out: str) -> Path:
@@ -158,7 +216,8 @@ def parse_adapters(text: str) -> list[str]:
     return specs
 
 
-def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_size=False) -> tuple[list, str]:
+def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_size=False,
+                    embedding_files="") -> tuple[list, str]:
     """One-step images (with the adapters) and optionally the multi-step teacher beside them; with
     ``twice_the_size`` the two-stage route (one step, upscale, a short teacher refinement)."""
     from training.cli import build_parser
@@ -173,6 +232,8 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
         argv += ["--student", spec]
     if not specs:
         argv.append("--one-step")
+    for path in [line.strip() for line in (embedding_files or "").splitlines() if line.strip()]:
+        argv += ["--embedding", optional_file(path, "embedding")]
     args = build_parser().parse_args(argv)
     prompts = [prompt.strip()] * batch
     seeds = [args.seed + i for i in range(batch)]
@@ -183,7 +244,11 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
         from wadi_core.shapes.components import load_components
         if not specs:
             raise UIError("the 2x route needs a student: give its student.safetensors under adapters")
-        images = highres.two_stage(components, load_components(args.model), prompts, seeds)
+        from wadi_core.embeddings import load_embedding
+        teacher = load_components(args.model)
+        for path in args.embedding:
+            load_embedding(teacher, path)
+        images = highres.two_stage(components, teacher, prompts, seeds)
         description += "; 2x: upscaled and refined by the teacher (4 DDIM steps)"
     else:
         images = generate(prompts, seeds, False)
@@ -192,7 +257,8 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
     text = f"{batch} one-step images in {seconds:.2f} s ({batch / seconds:.1f} images/s; {description})"
     if compare:
         teacher_args = build_parser().parse_args(["generate", "--out", "unused", "--model", model_path(model),
-                                                  "--seed", str(args.seed)])
+                                                  "--seed", str(args.seed)]
+                                                 + [a for path in args.embedding for a in ("--embedding", path)])
         _, teacher, teacher_description = load_generator(teacher_args)
         start = time.perf_counter()
         reference = teacher(prompts, seeds, False)

@@ -1,4 +1,4 @@
-"""The WaDi Gradio Blocks: tabs Distill, Generate, ControlNet and Analyze.
+"""The WaDi Gradio Blocks: tabs Distill, Generate, ControlNet, ReVersion, DreamBooth and Analyze.
 
 Shared by ``wadi ui`` (standalone, newest gradio) and the AUTOMATIC1111 (gradio 3.41) / Forge
 (gradio 4.40) extension, so it uses only what all three provide: Blocks, Tab, Row, Column,
@@ -39,6 +39,23 @@ def _watch(job, out):
         if job.state.done:
             return
         time.sleep(POLL_SECONDS)
+
+
+def _watch_command(start, files):
+    """An event handler: start a command job, then yield (status, gallery of ``files`` that exist) about once a
+    second until it ends."""
+    def handler(*values):
+        try:
+            job = start(*values)
+        except actions.user_errors() as err:
+            yield _error(err), []
+            return
+        while True:
+            yield actions.progress_text(job), actions.existing_files(job.out, files)
+            if job.state.done:
+                return
+            time.sleep(POLL_SECONDS)
+    return handler
 
 
 def distill_tab(gr) -> None:
@@ -114,6 +131,8 @@ def generate_tab(gr) -> None:
             adapters = gr.Textbox(label="Students / LoRaD adapters, one per line (path or path:strength)", lines=3,
                                   elem_id="wadi_adapters")
             prompt = gr.Textbox(label="Prompt", value="a red circle", elem_id="wadi_prompt")
+            embeddings = gr.Textbox(label="Learned tokens (reversion.safetensors or textual-inversion files), one per "
+                                          "line", lines=2, elem_id="wadi_embeddings")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 batch = gr.Number(value=4, precision=0, label="Images")
@@ -125,7 +144,7 @@ def generate_tab(gr) -> None:
             gallery = gr.Gallery(label="One-step images", elem_id="wadi_gallery")
 
     run.click(_showing_errors(actions.generate_images, empty=[]),
-              inputs=[model, adapters, prompt, seed, batch, compare, twice], outputs=[gallery, timing])
+              inputs=[model, adapters, prompt, seed, batch, compare, twice, embeddings], outputs=[gallery, timing])
 
 
 def controlnet_tab(gr) -> None:
@@ -146,6 +165,61 @@ def controlnet_tab(gr) -> None:
 
     run.click(_showing_errors(actions.controlnet_images, empty=[]),
               inputs=[model, adapter, controlnet, control, prompt, seed, compare], outputs=[gallery, timing])
+
+
+def reversion_tab(gr) -> None:
+    from wadi_core.shapes.novel import NOVEL_RELATIONS
+    with gr.Row():
+        with gr.Column():
+            model = gr.Textbox(label="Teacher (multi-step)", value=actions.EMBEDDED)
+            exemplars = gr.Textbox(label="Exemplar folder (images + text.json with <R> in every caption)",
+                                   info="empty: render an embedded relation", elem_id="wadi_rev_exemplars")
+            relation = gr.Dropdown(list(NOVEL_RELATIONS), value="larger", label="Embedded relation")
+            with gr.Row():
+                token = gr.Textbox(label="Token", value="<R>")
+                init = gr.Textbox(label="Initialiser word (empty: the relation's)")
+                steps = gr.Number(value=400, precision=0, label="Steps", elem_id="wadi_rev_steps")
+            out = gr.Textbox(label="Output folder", value="wadi-ui-reversion", elem_id="wadi_rev_out")
+            run = gr.Button("Learn the relation", variant="primary", elem_id="wadi_rev_start")
+            gr.Markdown("Then use the token in the Generate tab: add `OUT/reversion.safetensors` under learned "
+                        "tokens and write it in the prompt. ComfyUI: copy `OUT/embeddings/wadi_relation.safetensors` "
+                        "to models/embeddings and write `embedding:wadi_relation`.")
+        with gr.Column():
+            status = gr.Markdown("", elem_id="wadi_rev_status")
+            gallery = gr.Gallery(label="Exemplars and the teacher with the token; loss", elem_id="wadi_rev_gallery")
+
+    run.click(_watch_command(actions.start_reversion, ["samples.png", "loss.png", "exemplars/00.png"]),
+              inputs=[model, exemplars, relation, token, init, steps, out], outputs=[status, gallery])
+
+
+def dreambooth_tab(gr) -> None:
+    from wadi_core.shapes import novel
+    with gr.Row():
+        with gr.Column():
+            model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            instance = gr.Textbox(label="Subject images folder (3-8 images)", info="empty: the embedded subject, "
+                                  "an orange diamond", elem_id="wadi_db_instance")
+            with gr.Row():
+                instance_prompt = gr.Textbox(label="Instance prompt", value=novel.INSTANCE_PROMPT)
+                class_prompt = gr.Textbox(label="Class prompt (empty: no prior preservation)",
+                                          value=novel.CLASS_PROMPT)
+            student = gr.Textbox(label="Student (generates the class images in one step; optional)",
+                                 elem_id="wadi_db_student")
+            with gr.Row():
+                adapter = gr.Dropdown(["lorad", "lora", "full"], value="lorad", label="Adapter")
+                rank = gr.Number(value=8, precision=0, label="Rank")
+                steps = gr.Number(value=300, precision=0, label="Steps", elem_id="wadi_db_steps")
+            out = gr.Textbox(label="Output folder", value="wadi-ui-dreambooth", elem_id="wadi_db_out")
+            run = gr.Button("Train the subject", variant="primary", elem_id="wadi_db_start")
+            gr.Markdown("Then stack `OUT/subject.safetensors` after the student in the Generate tab (LoRaD angles "
+                        "add), or load it with WaDi Load LoRaD in ComfyUI.")
+        with gr.Column():
+            status = gr.Markdown("", elem_id="wadi_db_status")
+            gallery = gr.Gallery(label="Subject images, then the trained model; loss", elem_id="wadi_db_gallery")
+
+    run.click(_watch_command(actions.start_dreambooth, ["samples.png", "loss.png"]),
+              inputs=[model, instance, instance_prompt, class_prompt, student, adapter, rank, steps, out],
+              outputs=[status, gallery])
 
 
 def analyze_tab(gr) -> None:
@@ -179,6 +253,10 @@ def build_blocks():
             generate_tab(gr)
         with gr.Tab("ControlNet"):
             controlnet_tab(gr)
+        with gr.Tab("ReVersion"):
+            reversion_tab(gr)
+        with gr.Tab("DreamBooth"):
+            dreambooth_tab(gr)
         with gr.Tab("Analyze"):
             analyze_tab(gr)
     return blocks

@@ -1,7 +1,8 @@
-"""Distillation in a background thread, for the web UI: the same ``Distiller`` as ``wadi distill``.
+"""Training in a background thread, for the web UI: distillation with the same ``Distiller`` as
+``wadi distill``, and the ``wadi reversion`` / ``wadi dreambooth`` commands themselves.
 
-One run per output folder at a time (a second Start on the same folder is refused); Stop asks the
-run to end after the current step, which writes a resumable checkpoint.
+One run per output folder at a time (a second Start on the same folder is refused); Stop asks a
+distillation to end after the current step, which writes a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -44,17 +45,18 @@ class JobState:
         return pace * (self.total - self.step)
 
 
-class DistillJob:
-    def __init__(self, config):  # a training.distill.DistillConfig
-        self.config = config
-        self.out = Path(config.out).expanduser().resolve()
+class BackgroundJob:
+    """A run writing to ``out`` in a daemon thread; subclasses do the work in ``_work``."""
+
+    def __init__(self, out: str):
+        self.out = Path(out).expanduser().resolve()
         self.state = JobState()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name=f"wadi-distill {self.out.name}", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=f"wadi {self.out.name}", daemon=True)
 
     @classmethod
-    def start(cls, config) -> "DistillJob":
-        job = cls(config)
+    def start(cls, *args):
+        job = cls(*args)
         with _LOCK:
             running = _RUNNING.get(job.out)
             if running is not None and not running.state.done:
@@ -65,7 +67,7 @@ class DistillJob:
         return job
 
     @staticmethod
-    def find(out: str) -> "DistillJob | None":
+    def find(out: str) -> "BackgroundJob | None":
         with _LOCK:
             return _RUNNING.get(Path(out).expanduser().resolve())
 
@@ -86,6 +88,15 @@ class DistillJob:
             state.status = "running"
 
     def _work(self) -> None:
+        raise NotImplementedError
+
+
+class DistillJob(BackgroundJob):
+    def __init__(self, config):  # a training.distill.DistillConfig
+        super().__init__(config.out)
+        self.config = config
+
+    def _work(self) -> None:
         from training.distill import Distiller  # torch, diffusers: only once a run starts
 
         state = self.state
@@ -100,5 +111,29 @@ class DistillJob:
             else:
                 state.adapter, state.status = adapter, "finished"
                 state.message = f"finished: {adapter}"
+        except Exception as err:  # shown in the page; the server stays up
+            state.status, state.message = "failed", f"{type(err).__name__}: {err}"
+
+
+class CommandJob(BackgroundJob):
+    """A ``wadi`` training command (``reversion``, ``dreambooth``) given as its argument list."""
+
+    def __init__(self, argv: list[str]):
+        from training.cli import build_parser
+
+        self.args = build_parser().parse_args(argv)
+        self.args.on_step = self._on_command_step
+        self.args.on_message = lambda text: setattr(self.state, "message", text)
+        super().__init__(self.args.out)
+
+    def _on_command_step(self, record: dict, total: int) -> None:
+        self.state.total = total
+        self._on_step(record)
+
+    def _work(self) -> None:
+        state = self.state
+        try:
+            self.args.run(self.args)
+            state.status, state.message = "finished", f"finished: {self.out}"
         except Exception as err:  # shown in the page; the server stays up
             state.status, state.message = "failed", f"{type(err).__name__}: {err}"
