@@ -106,47 +106,38 @@ def test_bundled_workflow_runs(server, graph):
     assert all(f.is_file() and f.stat().st_size > 100 for f in files)
 
 
-def test_controlnet_changes_the_one_step_image(server):
-    """The one-step sampler honours ControlNet conditioning (strength 0 vs 1 give different latents)."""
+def image_of_variant(server, workflow_name: str, class_type: str, inputs: dict, prefix: str):
+    """Run a bundled workflow with ``inputs`` set on its ``class_type`` nodes; the saved image as an array."""
     from PIL import Image
     import numpy as np
 
-    workflow = json.loads((WORKFLOWS / "wadi_onestep_controlnet.json").read_text())
-    pictures = []
-    for strength in (0.0, 1.0):
-        prompt = small(ui_to_api(workflow, server.object_info))
-        for node in prompt.values():
-            if node["class_type"] == "ControlNetApplyAdvanced":
-                node["inputs"]["strength"] = strength
-            if node["class_type"] == "SaveImage":
-                node["inputs"]["filename_prefix"] = f"wadi/cn{strength}"
-        entry = server.run(prompt)
-        assert entry["status"]["status_str"] == "success", error_text(entry)
-        image = next(i for o in entry["outputs"].values() for i in o.get("images", []))
-        pictures.append(np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"])))
-    assert np.abs(pictures[0].astype(int) - pictures[1].astype(int)).mean() > 1
+    workflow = json.loads((WORKFLOWS / f"{workflow_name}.json").read_text())
+    prompt = small(ui_to_api(workflow, server.object_info))
+    for node in prompt.values():
+        if node["class_type"] == class_type:
+            node["inputs"].update(inputs)
+        if node["class_type"] == "SaveImage":
+            node["inputs"]["filename_prefix"] = f"wadi/{prefix}"
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", error_text(entry)
+    image = next(i for o in entry["outputs"].values() for i in o.get("images", []))
+    return np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"])).astype(int)
+
+
+def test_controlnet_changes_the_one_step_image(server):
+    """The one-step sampler honours ControlNet conditioning (strength 0 vs 1 give different latents)."""
+    off, on = (image_of_variant(server, "wadi_onestep_controlnet", "ControlNetApplyAdvanced", {"strength": strength},
+                                f"cn{strength}") for strength in (0.0, 1.0))
+    assert abs(off - on).mean() > 1
 
 
 def test_the_relation_embedding_is_used_by_the_one_step_sampler(server):
     """ComfyUI loads the textual-inversion file wadi reversion writes: the prompt with it differs from the
     same prompt with an embedding name that does not exist (which ComfyUI drops)."""
-    from PIL import Image
-    import numpy as np
-
-    workflow = json.loads((WORKFLOWS / "wadi_reversion_onestep.json").read_text())
-    pictures = []
-    for name in (workflow_build.EMBEDDING, "no_such_embedding"):
-        prompt = small(ui_to_api(workflow, server.object_info))
-        for node in prompt.values():
-            if node["class_type"] == "CLIPTextEncode":
-                node["inputs"]["text"] = f"a cat embedding:{name} a basket"
-            if node["class_type"] == "SaveImage":
-                node["inputs"]["filename_prefix"] = f"wadi/rev-{name}"
-        entry = server.run(prompt)
-        assert entry["status"]["status_str"] == "success", error_text(entry)
-        image = next(i for o in entry["outputs"].values() for i in o.get("images", []))
-        pictures.append(np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"])))
-    assert np.abs(pictures[0].astype(int) - pictures[1].astype(int)).mean() > 0.5
+    used, dropped = (image_of_variant(server, "wadi_reversion_onestep", "CLIPTextEncode",
+                                      {"text": f"a cat embedding:{name} a basket"}, f"rev-{name}")
+                     for name in (workflow_build.EMBEDDING, "no_such_embedding"))
+    assert abs(used - dropped).mean() > 0.5
 
 
 def test_the_trained_adapter_is_saved_for_the_loader(server):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from wadi_core import dreambooth as D
 from wadi_core import fileio, metrics, onestep, students
@@ -24,6 +23,8 @@ from wadi_core.shapes import novel
 from wadi_core.shapes.components import MODEL_DIR, load_components
 from wadi_core.shapes.features import load_feature_net
 from wadi_core.shapes.world import COLORS, POSITIONS, position_phrase
+
+from .reporting import note, step_progress
 
 ADAPTER_FILE = "subject.safetensors"
 
@@ -66,12 +67,6 @@ def register(sub) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(run=run_eval)
-
-
-def note(args, text: str) -> None:
-    """A phase of the run, for the web UI's status line (the CLI shows its progress bars)."""
-    if getattr(args, "on_message", None):
-        args.on_message(text)
 
 
 def image_size(components) -> int:
@@ -120,16 +115,9 @@ def run_train(args) -> int:
         classes = class_images(args, components, tmp / "class_images")
         D.prepare_unet(components, args.student if args.on == "student" else None)
         note(args, "training")
-        bar = tqdm(total=args.steps, desc=f"DreamBooth ({spec.label()})", disable=args.quiet)
-
-        def progress(step, record):
-            bar.update(1)
-            bar.set_postfix(instance=f"{record['instance']:.4f}", prior=f"{record['prior']:.4f}")
-            if getattr(args, "on_step", None):  # the web UI's progress
-                args.on_step(record, args.steps)
         start = time.perf_counter()
-        history = D.train_subject(components, instance, classes, config, progress)
-        bar.close()
+        with step_progress(args, args.steps, f"DreamBooth ({spec.label()})", ("instance", "prior")) as progress:
+            history = D.train_subject(components, instance, classes, config, progress)
         minutes = (time.perf_counter() - start) / 60
         extra = {"wadi.dreambooth.instance_prompt": args.instance_prompt, "wadi.dreambooth.on": args.on,
                  "wadi.dreambooth.student": str(args.student or "")}

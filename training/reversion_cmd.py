@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from wadi_core import embeddings, fileio, onestep, students
 from wadi_core.images import labelled_grid
@@ -23,6 +22,8 @@ from wadi_core.reversion import ReVersionConfig, read_exemplars, train_relation
 from wadi_core.sampling import sample
 from wadi_core.shapes import novel
 from wadi_core.shapes.components import MODEL_DIR, load_components
+
+from .reporting import note, step_progress
 
 
 def register(sub) -> None:
@@ -85,16 +86,9 @@ def run_train(args) -> int:
             folder = novel.write_relation_exemplars(tmp / "exemplars", relation.name, args.count, args.seed,
                                                     args.token)
         exemplars = read_exemplars(folder, args.token, size)
-        bar = tqdm(total=config.steps, desc=f"ReVersion {args.token}", disable=args.quiet)
-
-        def progress(step, record):
-            bar.update(1)
-            bar.set_postfix(denoise=f"{record['denoise']:.4f}", steer=f"{record['steer']:.3f}")
-            if getattr(args, "on_step", None):  # the web UI's progress
-                args.on_step(record, config.steps)
         start = time.perf_counter()
-        vector, history = train_relation(teacher, exemplars, config, progress)
-        bar.close()
+        with step_progress(args, config.steps, f"ReVersion {args.token}", ("denoise", "steer")) as progress:
+            vector, history = train_relation(teacher, exemplars, config, progress)
         minutes = (time.perf_counter() - start) / 60
         meta = {"wadi.init": init, "wadi.relation": relation.name if relation else "", "wadi.base": str(args.teacher),
                 "wadi.steps": str(args.steps),
@@ -106,8 +100,7 @@ def run_train(args) -> int:
         loss_curves({"denoising": [h["denoise"] for h in history],
                      f"steering x {args.steer_weight}": [h["steer"] * args.steer_weight for h in history]},
                     tmp / "loss.png", title=f"ReVersion {args.token}")
-        if getattr(args, "on_message", None):  # the web UI's status line
-            args.on_message("drawing the sample grid")
+        note(args, "drawing the sample grid")
         captions = [c[0] for c in exemplars.captions[:8]]
         images = sample(teacher, captions, list(range(len(captions))), 25, 3.0, progress=False)
         labelled_grid(np.concatenate([exemplars.images[:8], images]),
@@ -159,6 +152,7 @@ def run_eval(args) -> int:
     rows["renders through the VAE (the ceiling)"] = best = novel.relation_accuracy(relation.name, ceiling, pairs)
     print(f"renders through the VAE: '{relation.name}' holds {best['holds']:.1%}")
     models = [("teacher", None)] + ([("student", args.student)] if args.student else [])
+    drawn = {}
     for name, student in models:
         components, token = load_with_embedding(args.model, args.embedding, student)
         for word in (token, baseline):
@@ -175,9 +169,20 @@ def run_eval(args) -> int:
             print(f"{label}: '{relation.name}' holds {rows[label]['holds']:.1%}, both shapes {rows[label]['both']:.1%}")
             grid.append(images[:8])
             labels += [f"{label}: {p}" for p in prompts[:8]]
+            drawn[name, word] = images.astype(np.float32)
+    # Does the teacher read the word between the two entities at all? Pixel change from swapping it.
+    teacher = load_components(args.model)
+    opposite = [sample(teacher, [novel.relation_caption(a, b, word) for a, b in pairs], seeds, args.steps,
+                       args.guidance, progress=False).astype(np.float32) for word in ("left of", "right of")]
+    learned = np.abs(drawn["teacher", token] - drawn["teacher", baseline]).mean()
+    sensitivity = {"'left of' vs 'right of'": float(np.abs(opposite[0] - opposite[1]).mean()),
+                   f"'{token}' vs '{baseline}'": float(learned)}
+    print("teacher, mean pixel change (0-255) from the word between the entities: "
+          + ", ".join(f"{k}: {v:.2f}" for k, v in sensitivity.items()))
     with fileio.atomic_dir(out, args.overwrite) as tmp:
         (tmp / "metrics.json").write_text(json.dumps({"relation": relation.name, "prompts": args.count,
-                                                      "results": rows}, indent=1))
+                                                      "results": rows, "teacher_pixel_change": sensitivity},
+                                                     indent=1))
         labelled_grid(np.concatenate(grid), labels).save(tmp / "grid.png")
     print(f"wrote {out / 'metrics.json'} and {out / 'grid.png'}")
     return 0
