@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wadi_core import fileio, students, vsd
+from wadi_core.dit import is_dit_folder
 from wadi_core.ema import EMA
 from wadi_core.families import family_of_model
 from wadi_core.images import side_by_side
@@ -97,6 +98,10 @@ class DistillConfig:
             if values[key] is None:
                 values[key] = value
         values["teacher"] = str(Path(values["teacher"]).expanduser().resolve())
+        if is_dit_folder(values["teacher"]):  # a DiT teacher: the DiT versions of the default presets
+            for key in ("student_preset", "fake_preset"):
+                values[key] = values[key].replace("unet-", "dit-", 1) if values[key].startswith("unet-") \
+                    else values[key]
         if values["prompts"]:
             values["prompts"] = str(Path(values["prompts"]).expanduser().resolve())
         return DistillConfig(**values)
@@ -510,15 +515,20 @@ class Distiller:
 
 
 def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """A copy of the teacher's diffusers folder whose UNet has the student baked in."""
+    """A copy of the teacher's diffusers folder whose UNet (or DiT) has the student baked in."""
     import shutil
 
     components = load_components(teacher)
     students.apply_adapter_file(components.unet, adapter)
-    unet = students.plain_model(components.unet)
+    network = students.plain_model(components.unet)
+    part = "transformer" if is_dit_folder(teacher) else "unet"
     with fileio.atomic_dir(out, overwrite) as tmp:
-        shutil.copytree(teacher, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
-        unet.save_pretrained(tmp / "unet")
+        shutil.copytree(teacher, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(part))
+        network.save_pretrained(tmp / part)
+        if part == "transformer":  # diffusers' own class name, so PixArt pipelines load the folder
+            config = json.loads((tmp / part / "config.json").read_text())
+            config["_class_name"] = "PixArtTransformer2DModel"
+            (tmp / part / "config.json").write_text(json.dumps(config, indent=1))
     return Path(out)
 
 
@@ -541,7 +551,7 @@ def trainable_share(config: DistillConfig) -> dict[str, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DistillConfig(out="")
     p.add_argument("--out", required=True, help="output folder (checkpoint, samples, student.safetensors)")
-    p.add_argument("--teacher", default=d.teacher, help="a diffusers SD folder (default: the embedded shapes model)")
+    p.add_argument("--teacher", default=d.teacher, help="a diffusers SD folder or a PixArt-style DiT folder (default: the embedded shapes model)")
     p.add_argument("--prompts", help="prompt file: one per line, or JSONL with a 'caption' field "
                                      "(default for the embedded model: its training prompts)")
     p.add_argument("--student", default=d.student, choices=students.KINDS, help="student adapter type")

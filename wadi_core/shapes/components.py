@@ -182,10 +182,14 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
 
 
 def load_components(folder: str | os.PathLike = MODEL_DIR, dtype: torch.dtype = torch.float32) -> Components:
-    """Load a diffusers SD-style folder (the embedded default or a real SD1.x/2.x checkpoint)."""
+    """Load a diffusers SD-style folder (the embedded default or a real SD1.x/2.x checkpoint), or a
+    PixArt-style DiT folder (``wadi_core.dit``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from ..dit import is_dit_folder, load_dit_components
+    if is_dit_folder(folder):
+        return load_dit_components(folder, dtype)
     folder = check_model_folder(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
