@@ -219,3 +219,43 @@ def test_train_node_trains_a_lorad_that_the_loader_reloads(host):
     with pytest.raises(ValueError, match="differ in size"):
         WaDiTrainLoRaD().train(model, instance, prompt, 1, 0.01, 2, 1, 0, "x",
                                class_latents={"samples": torch.zeros(1, 4, 16, 16)}, class_conditioning=prompt)
+
+
+def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkeypatch):
+    """wadi's commands take the single file ComfyUI loads: same UNet weights, CLIP and VAE read from the LDM
+    layout, the tokenizer from a folder beside it; then one-step generation runs on it."""
+    import numpy as np
+
+    from wadi_core import onestep
+    from wadi_core.models import CheckpointError, open_checkpoint
+    from wadi_core.shapes.components import load_components, write_tokenizer
+
+    single = tmp_path / "sd15.safetensors"
+    single.symlink_to(host["ckpt"])
+    monkeypatch.setattr("wadi_core.single_file.CLIP_REPO", "wadi-tests/not-in-any-cache")  # as on a fresh machine
+    with pytest.raises(CheckpointError, match="has no tokenizer"):
+        load_components(single)
+    write_tokenizer(tmp_path / "tokenizer")  # any CLIP tokenizer whose ids fit CLIP-L's 49408
+    model = load_components(single)
+    ckpt = open_checkpoint(single)
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    assert torch.equal(model.unet.state_dict()[name], ckpt.read(name).float())
+    assert torch.equal(model.vae.state_dict()["decoder.mid_block.attentions.0.to_q.weight"],
+                       ckpt_tensor(single, "first_stage_model.decoder.mid.attn_1.q.weight").float()[:, :, 0, 0])
+    text = {k.removeprefix("text_model."): v for k, v in model.text_encoder.state_dict().items()}
+    assert torch.equal(text["final_layer_norm.weight"],
+                       ckpt_tensor(single, "cond_stage_model.transformer.text_model.final_layer_norm.weight").float())
+    image = onestep.generate(model, ["a red circle"], [0], progress=False, scale=1)
+    assert image.shape == (1, 512, 512, 3) and np.isfinite(image).all()
+    # --export-merged of a single-file teacher writes a single file with the student baked in
+    from training.distill import export_merged
+    merged = export_merged(str(single), host["models"] / "loras" / "student.safetensors", tmp_path / "merged")
+    assert merged.name == "merged.safetensors"
+    student_layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    assert not torch.equal(open_checkpoint(merged).read(student_layer), ckpt.read(student_layer))
+
+
+def ckpt_tensor(path, key):
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(key)

@@ -518,6 +518,14 @@ def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite:
     """A copy of the teacher's diffusers folder whose UNet (or DiT) has the student baked in."""
     import shutil
 
+    if Path(teacher).is_file():  # a single-file teacher: a single file with the student's rotations baked in
+        from wadi_core.merge import merge_checkpoint
+        if students.read_spec(adapter).kind != "lorad":
+            raise ValueError("--export-merged of a single-file teacher needs a LoRaD student; merge others into a "
+                             "diffusers folder of the teacher")
+        out = Path(out)
+        return merge_checkpoint(teacher, [(adapter, 1.0)], out if out.suffix == ".safetensors" else
+                                out.with_suffix(".safetensors"), "single-file", overwrite, progress=False)
     components = load_components(teacher)
     students.apply_adapter_file(components.unet, adapter)
     network = students.plain_model(components.unet)
@@ -551,7 +559,9 @@ def trainable_share(config: DistillConfig) -> dict[str, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DistillConfig(out="")
     p.add_argument("--out", required=True, help="output folder (checkpoint, samples, student.safetensors)")
-    p.add_argument("--teacher", default=d.teacher, help="a diffusers SD folder or a PixArt-style DiT folder (default: the embedded shapes model)")
+    p.add_argument("--teacher", default=d.teacher,
+                   help="a diffusers SD folder, a single-file SD1.x checkpoint (tokenizer/ beside it) or a "
+                        "PixArt-style DiT folder (default: the embedded shapes model)")
     p.add_argument("--prompts", help="prompt file: one per line, or JSONL with a 'caption' field "
                                      "(default for the embedded model: its training prompts)")
     p.add_argument("--student", default=d.student, choices=students.KINDS, help="student adapter type")

@@ -182,12 +182,15 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
 
 
 def load_components(folder: str | os.PathLike = MODEL_DIR, dtype: torch.dtype = torch.float32) -> Components:
-    """Load a diffusers SD-style folder (the embedded default or a real SD1.x/2.x checkpoint), or a
-    PixArt-style DiT folder (``wadi_core.dit``)."""
+    """Load a diffusers SD-style folder (the embedded default or a real SD1.x/2.x checkpoint), a
+    PixArt-style DiT folder (``wadi_core.dit``) or a single-file SD1.x checkpoint (``wadi_core.single_file``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..dit import is_dit_folder, load_dit_components
+    if Path(folder).expanduser().is_file():
+        from ..single_file import load_single_file_components
+        return load_single_file_components(folder, dtype)
     if is_dit_folder(folder):
         return load_dit_components(folder, dtype)
     folder = check_model_folder(folder)
