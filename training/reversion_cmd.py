@@ -148,13 +148,14 @@ def run_eval(args) -> int:
     pairs = [pool[i] for i in rng.integers(len(pool), size=args.count)]
     seeds = [args.seed + i for i in range(args.count)]
     rows, grid, labels = {}, [], []
-    ceiling = vae_round_trip(load_components(args.model), relation, pairs, args.seed)
+    teacher, token = load_with_embedding(args.model, args.embedding)  # loaded once: ceiling, rows, word swap
+    ceiling = vae_round_trip(teacher, relation, pairs, args.seed)
     rows["renders through the VAE (the ceiling)"] = best = novel.relation_accuracy(relation.name, ceiling, pairs)
     print(f"renders through the VAE: '{relation.name}' holds {best['holds']:.1%}")
     models = [("teacher", None)] + ([("student", args.student)] if args.student else [])
     drawn = {}
     for name, student in models:
-        components, token = load_with_embedding(args.model, args.embedding, student)
+        components = load_with_embedding(args.model, args.embedding, student)[0] if student else teacher
         for word in (token, baseline):
             prompts = [novel.relation_caption(first, second, word) for first, second in pairs]
             start = time.perf_counter()
@@ -171,7 +172,6 @@ def run_eval(args) -> int:
             labels += [f"{label}: {p}" for p in prompts[:8]]
             drawn[name, word] = images.astype(np.float32)
     # Does the teacher read the word between the two entities at all? Pixel change from swapping it.
-    teacher = load_components(args.model)
     opposite = [sample(teacher, [novel.relation_caption(a, b, word) for a, b in pairs], seeds, args.steps,
                        args.guidance, progress=False).astype(np.float32) for word in ("left of", "right of")]
     learned = np.abs(drawn["teacher", token] - drawn["teacher", baseline]).mean()
