@@ -132,3 +132,40 @@ def test_eval_command_writes_metrics(model_dir, tmp_path, capsys):
     result = report["model_result"]
     assert result["prompt_accuracy"]["judged"] == 12 and result["fid"] > report["render_floor_fid"] >= 0
     assert result["images_per_second"] > 0 and (tmp_path / "g.png").is_file()
+
+
+def test_training_script_adds_a_layout_stage_to_a_finished_run(tmp_path):
+    from training import train_shapes_teacher as T
+    common = ["--vae-steps", "2", "--unet-steps", "2", "--batch", "4", "--vae-batch", "4"]
+    work = tmp_path / "run"
+    assert T.main(["--work", str(work), *common]) == 0
+    config = work / "tokenizer" / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"marker": 1,', 1))  # a resumed run keeps its own files
+    layout = ["--layout-steps", "3", "--layout-weight", "0.5"]
+    assert T.main(["--work", str(work), "--resume", "--stop-after", "5", *common, *layout]) == 0
+    state = torch.load(work / "state.pt", weights_only=False)
+    assert state["stage"] == "layout" and state["step"] == 1
+    with pytest.raises(ValueError, match="layout stage was started with other settings"):
+        T.main(["--work", str(work), "--resume", *common, "--layout-steps", "3", "--layout-weight", "1"])
+    assert T.main(["--work", str(work), "--resume", "--export", str(tmp_path / "model"), *common, *layout]) == 0
+    state = torch.load(work / "state.pt", weights_only=False)
+    assert state["stage"] == "done" and state["layout_done"] == 3
+    entries = [e for e in state["log"] if e["stage"] == "layout"]
+    assert [e["step"] for e in entries] == [0, 1, 2]
+    assert all(abs(e["loss"] - e["eps"] - 0.5 * e["x0"]) < 1e-5 for e in entries)
+    assert '"marker": 1' in config.read_text()
+    C.load_components(tmp_path / "model")
+
+
+def test_layout_loss_scores_a_high_noise_half_in_x0_space():
+    from training import train_shapes_teacher as T
+    args = T.parse_args(["--work", "unused", "--batch", "4", "--layout-min-t", "950"])
+    c = C.new_components(0)
+    torch.manual_seed(0)
+    plain = T.diffusion_loss(c, args, "unet", 0, 0.0)
+    assert set(plain) == {"eps", "loss"} and torch.equal(plain["eps"], plain["loss"])
+    seen, forward = [], c.unet.forward
+    c.unet.forward = lambda x, t, *a, **k: seen.append(t.clone()) or forward(x, t, *a, **k)
+    with_layout = T.diffusion_loss(c, args, "unet", 0, 2.0)
+    assert bool((seen[0][1::2] >= 950).all()) and with_layout["x0"] > 0
+    assert torch.allclose(with_layout["loss"], with_layout["eps"] + 2.0 * with_layout["x0"])

@@ -27,6 +27,8 @@ from wadi_core.shapes import components as C
 from wadi_core.shapes.dataset import render_batch, sample_scenes
 
 STATE = "state.pt"
+# Settings of the layout loss: they may be changed when a finished run is resumed for a layout stage.
+LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_steps", "layout_lr")
 
 
 def parse_args(argv=None):
@@ -47,6 +49,14 @@ def parse_args(argv=None):
     p.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty captions (for CFG)")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--relation-share", type=float, default=0.5)
+    p.add_argument("--layout-weight", type=float, default=0.0,
+                   help="weight of the layout loss: half of each batch is drawn from t >= --layout-min-t and "
+                        "scored in x0 space (see layout_loss); 0 trains with the plain eps loss")
+    p.add_argument("--layout-min-t", type=int, default=900)
+    p.add_argument("--layout-steps", type=int, default=0,
+                   help="after the UNet stage, fine-tune text encoder and UNet this many steps with the layout "
+                        "loss (--layout-weight, default 1 here); may be added to a finished run with --resume")
+    p.add_argument("--layout-lr", type=float, default=2e-4)
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps of the whole run, VAE and UNet "
                         "counted together; --resume continues")
@@ -118,51 +128,77 @@ def train_vae(c: C.Components, args, state: dict, work: Path) -> None:
     save_state(work, state)
 
 
-def train_unet(c: C.Components, args, state: dict, work: Path) -> None:
+def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: float) -> dict[str, torch.Tensor]:
+    """The denoising loss of one step: eps MSE, plus with ``layout_weight`` an x0-space term on a
+    high-noise half of the batch.
+
+    Why the layout term: with SD's schedule the eps loss barely depends on the image at high noise
+    (an x0 error costs SNR = abar / (1 - abar), 0.005 at t = 999), yet that is where the layout of a
+    picture is decided; lower down the noisy latent already shows where things are. A teacher
+    trained with eps alone learns colour and shape but draws objects wherever the noise puts them.
+    """
+    images, captions = images_for_step(args.seed, stage, step, args.batch, args.relation_share)
+    gen = torch.Generator().manual_seed(args.seed * 104729 + step + (stage == "layout") * 7_000_003)
+    drop = torch.rand(len(captions), generator=gen) < args.caption_dropout
+    captions = ["" if d else cap for d, cap in zip(drop.tolist(), captions)]
+    abar = c.scheduler.alphas_cumprod
+    with torch.no_grad():
+        latents = c.vae.encode(images).latent_dist.sample(gen) * c.vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=gen)
+    n = len(captions)
+    t = torch.randint(0, len(abar), (n,), generator=gen)
+    layout = (torch.arange(n) % 2 == 1) if layout_weight > 0 else torch.zeros(n, dtype=torch.bool)
+    t = torch.where(layout, torch.randint(args.layout_min_t, len(abar), (n,), generator=gen), t)
+    noisy = c.scheduler.add_noise(latents, noise, t)
+    pred = c.unet(noisy, t, c.encode_prompts(captions)).sample
+    parts = {"eps": F.mse_loss(pred[~layout], noise[~layout])}
+    if layout.any():
+        a = abar[t[layout]].view(-1, 1, 1, 1)
+        x0 = (noisy[layout] - (1 - a).sqrt() * pred[layout]) / a.sqrt()
+        parts["x0"] = F.mse_loss(x0, latents[layout])
+    parts["loss"] = parts["eps"] + layout_weight * parts.get("x0", 0.0)
+    return parts
+
+
+def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "unet") -> None:
+    """The UNet stage (from scratch, EMA) or the layout stage (fine-tuning the finished model)."""
+    layout_stage = stage == "layout"
+    steps, lr = (args.layout_steps, args.layout_lr) if layout_stage else (args.unet_steps, args.lr)
+    layout_weight = (args.layout_weight or 1.0) if layout_stage else args.layout_weight
     unet, text = c.unet.train().requires_grad_(True), c.text_encoder.train().requires_grad_(True)
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema = EMA(params, args.ema)
     if state.get("unet_opt"):
         opt.load_state_dict(state["unet_opt"])
         for s, saved in zip(ema.shadow, state["ema"]):
             s.copy_(saved)
-    sf = c.vae.config.scaling_factor
-    abar = c.scheduler.alphas_cumprod
     start = state["step"]
-    bar = tqdm(range(start, args.unet_steps), desc="UNet", initial=start, total=args.unet_steps)
+    bar = tqdm(range(start, steps), desc="layout" if layout_stage else "UNet", initial=start, total=steps)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = args.lr * cosine_lr(step, args.unet_steps, args.warmup)
-        images, captions = images_for_step(args.seed, "unet", step, args.batch, args.relation_share)
-        gen = torch.Generator().manual_seed(args.seed * 104729 + step)
-        drop = torch.rand(len(captions), generator=gen) < args.caption_dropout
-        captions = ["" if d else cap for d, cap in zip(drop.tolist(), captions)]
-        with torch.no_grad():
-            latents = c.vae.encode(images).latent_dist.sample(gen) * sf
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, len(abar), (len(captions),), generator=gen)
-        noisy = c.scheduler.add_noise(latents, noise, t)
-        pred = unet(noisy, t, c.encode_prompts(captions)).sample
-        loss = F.mse_loss(pred, noise)
+            g["lr"] = lr * cosine_lr(step, steps, args.warmup // (4 if layout_stage else 1))
+        parts = diffusion_loss(c, args, stage, step, layout_weight)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update(step)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        state["log"].append({"stage": "unet", "step": step, "loss": loss.item()})
+        values = {k: v.item() for k, v in parts.items()}
+        bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+        state["log"].append({"stage": stage, "step": step, **values})
         def save():
             state.update(step=step + 1, unet=unet.state_dict(), text_encoder=text.state_dict(),
                          unet_opt=opt.state_dict(), ema=[s.clone() for s in ema.shadow])
             save_state(work, state)
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.unet_steps:
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
             save()
-        _maybe_stop(args, args.vae_steps, step, save)
+        _maybe_stop(args, args.vae_steps + (args.unet_steps if layout_stage else 0), step, save)
     ema.copy_to(params)
     unet.eval().requires_grad_(False)
     text.eval().requires_grad_(False)
-    state.update(stage="done", unet=unet.state_dict(), text_encoder=text.state_dict(), unet_opt=None)
+    state.update(stage="done", step=0, unet=unet.state_dict(), text_encoder=text.state_dict(), unet_opt=None,
+                 layout_done=args.layout_steps if layout_stage else 0)
     save_state(work, state)
 
 
@@ -172,10 +208,13 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.export:
         fileio.check_output(args.export, args.overwrite)
-    tokenizer_dir = C.write_tokenizer(work / "tokenizer")
+    # A resumed run keeps the tokenizer it was started with (its text encoder was trained on those ids).
+    tokenizer_dir = work / "tokenizer"
+    if not (args.resume and (tokenizer_dir / "vocab.json").is_file()):
+        C.write_tokenizer(tokenizer_dir)
     c = C.new_components(args.seed, tokenizer_dir)
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("resume", "export", "overwrite", "work", "stop_after")}
+                if k not in ("resume", "export", "overwrite", "work", "stop_after", *LATE_SETTINGS)}
     if (work / STATE).exists() and not args.resume:
         raise FileExistsError(f"{work} already holds a training state; pass --resume to continue it "
                               "or choose another --work folder")
@@ -183,6 +222,8 @@ def main(argv=None) -> int:
         if not (work / STATE).exists():
             raise FileNotFoundError(f"nothing to resume: {work / STATE} does not exist")
         state = torch.load(work / STATE, weights_only=False)
+        for key in LATE_SETTINGS:  # runs from before the layout loss existed
+            state["settings"].pop(key, None)
         if state["settings"] != settings:
             changed = [k for k in settings if state["settings"].get(k) != settings[k]]
             raise ValueError(f"cannot resume {work}: it was started with other settings ({', '.join(changed)})")
@@ -195,12 +236,22 @@ def main(argv=None) -> int:
     else:
         state = {"settings": settings, "stage": "vae", "step": 0, "log": [], "vae": c.vae.state_dict(),
                  "seconds": 0.0}
+    late = {k: getattr(args, k) for k in LATE_SETTINGS}
+    if state["stage"] == "layout" and state["late_settings"] != late:
+        raise ValueError(f"cannot resume {work}: its layout stage was started with other settings "
+                         f"({state['late_settings']})")
+    if state["stage"] in ("vae", "unet"):
+        state["late_settings"] = late
     started = time.time()
     try:
         if state["stage"] == "vae":
             train_vae(c, args, state, work)
         if state["stage"] == "unet":
             train_unet(c, args, state, work)
+        if state["stage"] == "done" and args.layout_steps > state.get("layout_done", 0):
+            state.update(stage="layout", step=0, late_settings=late, unet_opt=None)
+        if state["stage"] == "layout":
+            train_unet(c, args, state, work, stage="layout")
     except Interrupted:
         state["seconds"] += time.time() - started
         save_state(work, state)
