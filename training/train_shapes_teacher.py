@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--relation-share", type=float, default=0.5)
     p.add_argument("--layout-weight", type=float, default=0.0,
                    help="weight of the layout loss: half of each batch is drawn from t >= --layout-min-t and "
-                        "scored in x0 space (see layout_loss); 0 trains with the plain eps loss")
+                        "scored in x0 space (see diffusion_loss); 0 trains with the plain eps loss")
     p.add_argument("--layout-min-t", type=int, default=900)
     p.add_argument("--layout-steps", type=int, default=0,
                    help="after the UNet stage, fine-tune text encoder and UNet this many steps with the layout "
@@ -222,8 +222,6 @@ def main(argv=None) -> int:
         if not (work / STATE).exists():
             raise FileNotFoundError(f"nothing to resume: {work / STATE} does not exist")
         state = torch.load(work / STATE, weights_only=False)
-        for key in LATE_SETTINGS:  # runs from before the layout loss existed
-            state["settings"].pop(key, None)
         if state["settings"] != settings:
             changed = [k for k in settings if state["settings"].get(k) != settings[k]]
             raise ValueError(f"cannot resume {work}: it was started with other settings ({', '.join(changed)})")
@@ -237,11 +235,10 @@ def main(argv=None) -> int:
         state = {"settings": settings, "stage": "vae", "step": 0, "log": [], "vae": c.vae.state_dict(),
                  "seconds": 0.0}
     late = {k: getattr(args, k) for k in LATE_SETTINGS}
-    if state["stage"] == "layout" and state["late_settings"] != late:
-        raise ValueError(f"cannot resume {work}: its layout stage was started with other settings "
+    # Layout settings shape every stage still to run; only a finished run may take new ones.
+    if state["stage"] != "done" and state.setdefault("late_settings", late) != late:
+        raise ValueError(f"cannot resume {work}: its {state['stage']} stage was started with other settings "
                          f"({state['late_settings']})")
-    if state["stage"] in ("vae", "unet"):
-        state["late_settings"] = late
     started = time.time()
     try:
         if state["stage"] == "vae":
