@@ -169,3 +169,35 @@ def test_layout_loss_scores_a_high_noise_half_in_x0_space():
     with_layout = T.diffusion_loss(c, args, "unet", 0, 2.0)
     assert bool((seen[0][1::2] >= 950).all()) and with_layout["x0"] > 0
     assert torch.allclose(with_layout["loss"], with_layout["eps"] + 2.0 * with_layout["x0"])
+
+
+def test_layout_share_picks_every_nth_sample():
+    from training import train_shapes_teacher as T
+    args = T.parse_args(["--work", "unused", "--batch", "8", "--layout-min-t", "950", "--layout-share", "0.25"])
+    c = C.new_components(0)
+    seen, forward = [], c.unet.forward
+    c.unet.forward = lambda x, t, *a, **k: seen.append(t.clone()) or forward(x, t, *a, **k)
+    T.diffusion_loss(c, args, "unet", 0, 1.0)
+    assert bool((seen[0][3::4] >= 950).all())
+    with pytest.raises(SystemExit):
+        T.parse_args(["--work", "unused", "--layout-share", "0.75"])
+
+
+def test_training_script_reuses_the_vae_of_another_run(tmp_path, capsys):
+    from training import train_shapes_teacher as T
+    vae = ["--vae-steps", "2", "--vae-batch", "4", "--batch", "4"]
+    assert T.main(["--work", str(tmp_path / "a"), "--unet-steps", "1", *vae]) == 0
+    assert T.main(["--work", str(tmp_path / "b"), "--vae-from", str(tmp_path / "a"), "--unet-steps", "2",
+                   "--lr", "1e-4", "--stop-after", "3", *vae]) == 0
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=False)
+    assert b["stage"] == "unet" and b["step"] == 1 and b["vae_config"] == a["vae_config"]
+    assert all(torch.equal(a["vae"][k], b["vae"][k]) for k in a["vae"])
+    assert [e["stage"] for e in b["log"]] == ["vae", "vae", "unet"]
+    # resuming does not need --vae-from again
+    assert T.main(["--work", str(tmp_path / "b"), "--resume", "--unet-steps", "2", "--lr", "1e-4", *vae]) == 0
+    with pytest.raises(ValueError, match="other settings \\(vae_lr\\)"):
+        T.main(["--work", str(tmp_path / "c"), "--vae-from", str(tmp_path / "a"), "--vae-lr", "1e-4", *vae])
+    assert T.main(["--work", str(tmp_path / "d"), "--stop-after", "1", *vae]) == 0
+    with pytest.raises(ValueError, match="not finished"):
+        T.main(["--work", str(tmp_path / "e"), "--vae-from", str(tmp_path / "d"), *vae])

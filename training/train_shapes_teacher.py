@@ -28,7 +28,9 @@ from wadi_core.shapes.dataset import render_batch, sample_scenes
 
 STATE = "state.pt"
 # Settings of the layout loss: they may be changed when a finished run is resumed for a layout stage.
-LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_steps", "layout_lr")
+LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_share", "layout_steps", "layout_lr")
+# Settings that decide the VAE stage: a run may reuse the finished VAE of another run that agrees on them.
+VAE_SETTINGS = ("seed", "vae_steps", "vae_batch", "vae_lr", "relation_share")
 
 
 def parse_args(argv=None):
@@ -53,14 +55,22 @@ def parse_args(argv=None):
                    help="weight of the layout loss: half of each batch is drawn from t >= --layout-min-t and "
                         "scored in x0 space (see diffusion_loss); 0 trains with the plain eps loss")
     p.add_argument("--layout-min-t", type=int, default=900)
+    p.add_argument("--layout-share", type=float, default=0.5,
+                   help="share of each batch scored by the layout loss (every 1/share-th sample)")
     p.add_argument("--layout-steps", type=int, default=0,
                    help="after the UNet stage, fine-tune text encoder and UNet this many steps with the layout "
                         "loss (--layout-weight, default 1 here); may be added to a finished run with --resume")
     p.add_argument("--layout-lr", type=float, default=2e-4)
+    p.add_argument("--vae-from", default=None, metavar="WORK",
+                   help="skip the VAE stage: start from the finished VAE of the run in this folder (it must "
+                        "have the same seed and VAE settings, so the result equals training it again)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps of the whole run, VAE and UNet "
                         "counted together; --resume continues")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 < args.layout_share <= 0.5:
+        p.error("--layout-share must be in (0, 0.5]: the rest of the batch learns the eps loss")
+    return args
 
 
 class Interrupted(Exception):
@@ -130,7 +140,7 @@ def train_vae(c: C.Components, args, state: dict, work: Path) -> None:
 
 def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: float) -> dict[str, torch.Tensor]:
     """The denoising loss of one step: eps MSE, plus with ``layout_weight`` an x0-space term on a
-    high-noise half of the batch.
+    high-noise share of the batch (``--layout-share``).
 
     Why the layout term: with SD's schedule the eps loss barely depends on the image at high noise
     (an x0 error costs SNR = abar / (1 - abar), 0.005 at t = 999), yet that is where the layout of a
@@ -147,7 +157,8 @@ def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: 
     noise = torch.randn(latents.shape, generator=gen)
     n = len(captions)
     t = torch.randint(0, len(abar), (n,), generator=gen)
-    layout = (torch.arange(n) % 2 == 1) if layout_weight > 0 else torch.zeros(n, dtype=torch.bool)
+    period = max(1, round(1 / args.layout_share)) if layout_weight > 0 else n + 1
+    layout = torch.arange(n) % period == period - 1
     t = torch.where(layout, torch.randint(args.layout_min_t, len(abar), (n,), generator=gen), t)
     noisy = c.scheduler.add_noise(latents, noise, t)
     pred = c.unet(noisy, t, c.encode_prompts(captions)).sample
@@ -202,6 +213,27 @@ def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "une
     save_state(work, state)
 
 
+def load_vae(c: C.Components, state: dict) -> None:
+    c.vae.load_state_dict(state["vae"])
+    if state["stage"] != "vae":
+        c.vae.register_to_config(scaling_factor=state["vae_config"]["scaling_factor"])
+
+
+def state_with_vae_of(other_work: Path, settings: dict) -> dict:
+    """A fresh run's state that starts at the UNet stage with the finished VAE of another run."""
+    if not (other_work / STATE).exists():
+        raise FileNotFoundError(f"--vae-from: {other_work / STATE} does not exist")
+    other = torch.load(other_work / STATE, weights_only=False)
+    if other["stage"] == "vae":
+        raise ValueError(f"--vae-from: the VAE stage of {other_work} is not finished; resume that run first")
+    changed = [k for k in VAE_SETTINGS if other["settings"].get(k) != settings[k]]
+    if changed:
+        raise ValueError(f"--vae-from: {other_work} trained its VAE with other settings ({', '.join(changed)}); "
+                         "pass the same values or train the VAE here")
+    return {"settings": settings, "stage": "unet", "step": 0, "vae": other["vae"], "vae_config": other["vae_config"],
+            "log": [e for e in other["log"] if e["stage"] == "vae"], "seconds": 0.0, "vae_from": str(other_work)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work)
@@ -214,7 +246,7 @@ def main(argv=None) -> int:
         C.write_tokenizer(tokenizer_dir)
     c = C.new_components(args.seed, tokenizer_dir)
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("resume", "export", "overwrite", "work", "stop_after", *LATE_SETTINGS)}
+                if k not in ("resume", "export", "overwrite", "work", "stop_after", "vae_from", *LATE_SETTINGS)}
     if (work / STATE).exists() and not args.resume:
         raise FileExistsError(f"{work} already holds a training state; pass --resume to continue it "
                               "or choose another --work folder")
@@ -225,12 +257,13 @@ def main(argv=None) -> int:
         if state["settings"] != settings:
             changed = [k for k in settings if state["settings"].get(k) != settings[k]]
             raise ValueError(f"cannot resume {work}: it was started with other settings ({', '.join(changed)})")
-        c.vae.load_state_dict(state["vae"])
-        if state["stage"] != "vae":
-            c.vae.register_to_config(scaling_factor=state["vae_config"]["scaling_factor"])
+        load_vae(c, state)
         if state.get("unet"):
             c.unet.load_state_dict(state["unet"])
             c.text_encoder.load_state_dict(state["text_encoder"])
+    elif args.vae_from:
+        state = state_with_vae_of(Path(args.vae_from), settings)
+        load_vae(c, state)
     else:
         state = {"settings": settings, "stage": "vae", "step": 0, "log": [], "vae": c.vae.state_dict(),
                  "seconds": 0.0}
