@@ -52,8 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--relation-share", type=float, default=0.5)
     p.add_argument("--layout-weight", type=float, default=0.0,
-                   help="weight of the layout loss: half of each batch is drawn from t >= --layout-min-t and "
-                        "scored in x0 space (see diffusion_loss); 0 trains with the plain eps loss")
+                   help="weight of the layout loss: a share of each batch (--layout-share) is drawn from "
+                        "t >= --layout-min-t and scored in x0 space (see diffusion_loss); 0 trains with the plain eps loss")
     p.add_argument("--layout-min-t", type=int, default=900)
     p.add_argument("--layout-share", type=float, default=0.5,
                    help="share of each batch scored by the layout loss (every 1/share-th sample)")
@@ -237,16 +237,18 @@ def state_with_vae_of(other_work: Path, settings: dict) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     if args.export:
         fileio.check_output(args.export, args.overwrite)
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("resume", "export", "overwrite", "work", "stop_after", "vae_from", *LATE_SETTINGS)}
+    # Checked before anything is written, so a refused --vae-from leaves no half-made run folder.
+    borrowed = state_with_vae_of(Path(args.vae_from), settings) if args.vae_from and not args.resume else None
+    work.mkdir(parents=True, exist_ok=True)
     # A resumed run keeps the tokenizer it was started with (its text encoder was trained on those ids).
     tokenizer_dir = work / "tokenizer"
     if not (args.resume and (tokenizer_dir / "vocab.json").is_file()):
         C.write_tokenizer(tokenizer_dir)
     c = C.new_components(args.seed, tokenizer_dir)
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ("resume", "export", "overwrite", "work", "stop_after", "vae_from", *LATE_SETTINGS)}
     if (work / STATE).exists() and not args.resume:
         raise FileExistsError(f"{work} already holds a training state; pass --resume to continue it "
                               "or choose another --work folder")
@@ -261,8 +263,8 @@ def main(argv=None) -> int:
         if state.get("unet"):
             c.unet.load_state_dict(state["unet"])
             c.text_encoder.load_state_dict(state["text_encoder"])
-    elif args.vae_from:
-        state = state_with_vae_of(Path(args.vae_from), settings)
+    elif borrowed:
+        state = borrowed
         load_vae(c, state)
     else:
         state = {"settings": settings, "stage": "vae", "step": 0, "log": [], "vae": c.vae.state_dict(),
