@@ -158,3 +158,24 @@ def test_one_step_matches_diffusers_pipeline_with_lcm_scheduler_at_999(sd_dir):
                   output_type="np").images
     theirs = (theirs * 255).round().astype(np.uint8)
     assert np.abs(theirs.astype(int) - ours.astype(int)).max() <= 2
+
+
+def test_regression_pairs_pull_the_student_toward_the_teacher_samples(tmp_path, sd_dir, prompt_file):
+    d = Distiller(config(tmp_path, sd_dir, prompt_file, "reg", regression_pairs=3, batch_size=4, steps=2),
+                  progress=False)
+    assert d.pairs["latents"].shape == (3, *d.shape) and set(d.pairs["prompts"]) <= set(PROMPTS)
+    d.run()
+    history = json.loads((tmp_path / "reg" / "history.json").read_text())
+    assert all(h["loss_regression"] > 0 for h in history)
+    # The pairs are remade from the seed on resume, and a checkpoint from before the option resumes without it.
+    resumed = Distiller(config(tmp_path, sd_dir, prompt_file, "reg", regression_pairs=3, batch_size=4, steps=3,
+                               resume=True), progress=False)
+    assert torch.equal(resumed.pairs["latents"], d.pairs["latents"])
+    with pytest.raises(ResumeMismatch, match="regression_pairs=3.*regression_pairs=0"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, "reg", batch_size=4, steps=3, resume=True), progress=False)
+
+
+def test_regression_loss_is_the_latent_mse():
+    x0, target = torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8)
+    assert vsd.regression_loss(x0, target).item() == 1.0
+    assert vsd.regression_loss(target, target).item() == 0.0

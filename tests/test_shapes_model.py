@@ -201,3 +201,37 @@ def test_training_script_reuses_the_vae_of_another_run(tmp_path, capsys):
     assert T.main(["--work", str(tmp_path / "d"), "--stop-after", "1", *vae]) == 0
     with pytest.raises(ValueError, match="not finished"):
         T.main(["--work", str(tmp_path / "e"), "--vae-from", str(tmp_path / "d"), *vae])
+
+
+def test_training_script_latent_pool_and_layout_from(tmp_path):
+    from training import train_shapes_teacher as T
+    common = ["--vae-steps", "2", "--vae-batch", "4", "--unet-steps", "3", "--batch", "4", "--latent-pool", "10",
+              "--layout-weight", "0.5", "--layout-from", "2", "--layout-min-t", "950"]
+    assert T.main(["--work", str(tmp_path / "a"), *common]) == 0
+    unet = [e for e in state_log(tmp_path / "a") if e["stage"] == "unet"]
+    assert ["x0" in e for e in unet] == [False, False, True]  # the layout term starts at --layout-from
+    # The pool is rebuilt from the seed on resume, so the resumed run retraces the uninterrupted one.
+    assert T.main(["--work", str(tmp_path / "b"), "--stop-after", "3", *common]) == 0
+    assert T.main(["--work", str(tmp_path / "b"), "--resume", *common]) == 0
+    resumed = [e for e in state_log(tmp_path / "b") if e["stage"] == "unet"]
+    assert all(abs(x["loss"] - y["loss"]) <= 1e-5 * x["loss"] for x, y in zip(unet, resumed))
+    # A state written before --latent-pool existed resumes with the pool off.
+    old = tmp_path / "old"
+    assert T.main(["--work", str(old), "--stop-after", "1", *common[:6]]) == 0
+    state = torch.load(old / "state.pt", weights_only=False)
+    del state["settings"]["latent_pool"]
+    del state["late_settings"]["layout_from"]
+    torch.save(state, old / "state.pt")
+    assert T.main(["--work", str(old), "--resume", *common[:6]]) == 0
+    with pytest.raises(ValueError, match="other settings"):
+        T.main(["--work", str(old), "--resume", *common[:6], "--latent-pool", "10"])
+
+
+def test_latent_pool_draws_batches_from_encoded_scenes():
+    from training import train_shapes_teacher as T
+    args = T.parse_args(["--work", "unused", "--batch", "4", "--latent-pool", "6"])
+    c = C.new_components(0)
+    pool = T.build_latent_pool(c, args)
+    assert pool["mean"].shape == (6, 4, 8, 8) and len(pool["captions"]) == 6
+    latents, captions = T.latents_for_step(c, args, "unet", 0, torch.Generator().manual_seed(0), pool)
+    assert latents.shape == (4, 4, 8, 8) and set(captions) <= set(pool["captions"])

@@ -32,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--num-prompts", type=int, default=256, help="held-out prompts to evaluate on")
     p.add_argument("--student", default="lorad", choices=students.KINDS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regression-pairs", type=int, default=0, metavar="N",
+                   help="add DMD's regression loss on N teacher samples (see wadi distill --help)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run)
@@ -89,7 +91,7 @@ def run(args) -> int:
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir()
     config = DistillConfig(out=str(out / "distill"), student=args.student, steps=args.steps, seed=args.seed,
-                           report_to="none")
+                           regression_pairs=args.regression_pairs, report_to="none")
     distiller = Distiller(config, progress=not args.quiet)
     student_path = distiller.run()
     minutes = distiller.seconds / 60

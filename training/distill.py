@@ -33,7 +33,7 @@ from wadi_core.images import side_by_side
 from wadi_core.onestep import predict_x0
 from wadi_core.plots import loss_curves
 from wadi_core.prompts import read_prompts
-from wadi_core.sampling import check_eps_prediction, decode, initial_latents, latent_shape, sample
+from wadi_core.sampling import check_eps_prediction, decode, initial_latents, latent_shape, sample, sample_latents
 from wadi_core.shapes import prompts_of
 from wadi_core.shapes.components import MODEL_DIR, load_components
 
@@ -54,7 +54,9 @@ EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=5e-3, lr_fake=
 # Settings that must match to resume a checkpoint (the rest, like --steps, may change).
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
                "lr_student", "lr_fake", "guidance", "gradient_mode", "batch_size", "grad_accum", "seed", "ema",
-               "mixed_precision", "null_prompt_share", "fake_updates")
+               "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs", "regression_weight")
+# Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
+PAIR_SEED_OFFSET = 10_000_000
 
 
 @dataclass
@@ -77,6 +79,11 @@ class DistillConfig:
     gradient_mode: str = "wadi"
     null_prompt_share: float = 0.1  # empty prompts in the fake model's loss
     fake_updates: int | None = None  # fake-model steps per student step (the paper: 1; DMD2: 5; embedded: 3)
+    # DMD's regression loss (off by default, not part of WaDi): the teacher's multi-step latents for this many
+    # (noise, prompt) pairs, made before training; a quarter of each batch is drawn from them and its one-step
+    # x0 is also pulled toward the teacher's latent by regression_weight x MSE.
+    regression_pairs: int = 0
+    regression_weight: float = 0.25
     ema: float = 0.0  # 0 = off; else the decay of an EMA of the student's trainable weights
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
@@ -121,6 +128,8 @@ class DistillConfig:
         for name in ("lr_student", "lr_fake"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.regression_pairs < 0 or self.regression_weight < 0:
+            raise ValueError("--regression-pairs and --regression-weight must be 0 or more")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {self.ema}")
         students.AdapterSpec(self.student, self.student_rank, self.student_preset)
@@ -212,10 +221,12 @@ class Distiller:
         self.final_t = self.teacher.scheduler.config.num_train_timesteps - 1
         self.shape = latent_shape(self.teacher)
         self._embeddings = self._precompute_embeddings()
+        started = time.perf_counter()
+        self.pairs = self._regression_pairs() if config.regression_pairs else None
         self.step = 0
         self.history: list[dict] = []
         self.bad_steps = 0
-        self.seconds = 0.0
+        self.seconds = time.perf_counter() - started  # making the pairs is part of the training time
         self._teacher_samples = None
         if config.resume:
             self._load_checkpoint()
@@ -271,6 +282,18 @@ class Distiller:
                 out[prompt] = emb
         return out
 
+    @torch.no_grad()
+    def _regression_pairs(self) -> dict:
+        """(noise, prompt, teacher latent) triples for the regression loss, deterministic from the seed
+        (a resumed run makes the same ones again)."""
+        c = self.config
+        rng = np.random.default_rng([c.seed, 7])
+        prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=c.regression_pairs)]
+        seeds = [PAIR_SEED_OFFSET + c.seed * c.regression_pairs + i for i in range(c.regression_pairs)]
+        self.log(f"making {len(prompts)} teacher samples for the regression loss")
+        latents = sample_latents(self.teacher, prompts, seeds, steps=25, guidance=c.guidance, progress=self.progress)
+        return {"prompts": prompts, "noise": initial_latents(seeds, self.shape), "latents": latents.float().cpu()}
+
     def embed(self, prompts: list[str]) -> torch.Tensor:
         if self._embeddings is not None:
             return torch.stack([self._embeddings[p] for p in prompts])
@@ -286,7 +309,8 @@ class Distiller:
         rng = np.random.default_rng(key)
         prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=c.batch_size)]
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        return prompts, gen
+        pick = rng.integers(c.regression_pairs, size=max(1, c.batch_size // 4)) if self.pairs else None
+        return prompts, gen, pick
 
     def _eps(self, model, x_t, t, cond_pos, scale):
         """Guided eps of ``model`` (CFG ``scale``); one batched call for both halves."""
@@ -300,10 +324,14 @@ class Distiller:
 
     def _micro_step(self, micro: int) -> dict[str, float]:
         c, acc, device = self.config, self.accelerator, self.accelerator.device
-        prompts, gen = self._batch(micro)
-        cond = self.embed(prompts)
+        prompts, gen, pick = self._batch(micro)
         n = len(prompts)
-        z = torch.randn((n, *self.shape), generator=gen).to(device)
+        z = torch.randn((n, *self.shape), generator=gen)
+        if pick is not None:  # the first len(pick) samples are regression pairs
+            prompts[:len(pick)] = [self.pairs["prompts"][i] for i in pick]
+            z[:len(pick)] = self.pairs["noise"][pick]
+        cond = self.embed(prompts)
+        z = z.to(device)
 
         # 1-4: the student's one-step x0 and its VSD gradient
         with acc.accumulate(self.student):
@@ -317,9 +345,14 @@ class Distiller:
                 eps_fake = self._eps(self.fake, x_t, t, cond, c.guidance)
             grad = vsd.score_gradient(x0.detach(), x_t, eps_real, eps_fake, self.abar[t], c.gradient_mode)
             loss_g = vsd.generator_loss(x0, grad)
-            finite = bool(torch.isfinite(loss_g)) and bool(torch.isfinite(x0).all())
+            loss = loss_g
+            if pick is not None:
+                target = self.pairs["latents"][pick].to(device)
+                loss_r = vsd.regression_loss(x0[:len(pick)], target)
+                loss = loss_g + c.regression_weight * loss_r
+            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(x0).all())
             if finite:
-                acc.backward(loss_g)
+                acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(self.student_params, 1.0)
                 self.opt_student.step()
@@ -329,8 +362,11 @@ class Distiller:
         for _ in range(c.fake_updates):
             loss_f = self._fake_update(x0.detach(), cond, gen)
         finite_f = bool(torch.isfinite(loss_f))
-        return {"loss_student": loss_g.item(), "loss_fake": loss_f.item(), "finite": finite and finite_f,
-                "grad_norm": grad.norm().item() / math.sqrt(n)}
+        record = {"loss_student": loss_g.item(), "loss_fake": loss_f.item(), "finite": finite and finite_f,
+                  "grad_norm": grad.norm().item() / math.sqrt(n)}
+        if pick is not None:
+            record["loss_regression"] = loss_r.item()
+        return record
 
     def _fake_update(self, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         c, acc, device = self.config, self.accelerator, self.accelerator.device
@@ -368,8 +404,8 @@ class Distiller:
                 raise Diverged(f"the losses were NaN/Inf for {self.bad_steps} steps in a row (up to step "
                                f"{self.step + 1}); stopped. The last good checkpoint is in {self.out / CHECKPOINT}; "
                                "lower the learning rates or use --mixed-precision no, then --resume")
-        record = {"step": self.step + 1,
-                  **{k: float(np.mean([r[k] for r in results])) for k in ("loss_student", "loss_fake", "grad_norm")},
+        logged = ("loss_student", "loss_fake", "grad_norm") + (("loss_regression",) if self.pairs else ())
+        record = {"step": self.step + 1, **{k: float(np.mean([r[k] for r in results])) for k in logged},
                   "skipped": not finite, "seconds": time.perf_counter() - started}
         self.history.append(record)
         self.seconds += record["seconds"]
@@ -446,8 +482,11 @@ class Distiller:
 
     def write_loss_plot(self) -> Path:
         path = self.out / "loss.png"
-        loss_curves({"student (generator) loss": [r["loss_student"] for r in self.history],
-                     "fake score model loss": [r["loss_fake"] for r in self.history]}, path,
+        curves = {"student (generator) loss": [r["loss_student"] for r in self.history],
+                  "fake score model loss": [r["loss_fake"] for r in self.history]}
+        if self.pairs:
+            curves["regression loss"] = [r["loss_regression"] for r in self.history]
+        loss_curves(curves, path,
                     title=f"WaDi distillation ({self.config.student} student, {self.config.fake} fake)")
         (self.out / "history.json").write_text(json.dumps(self.history))
         return path
@@ -478,8 +517,9 @@ class Distiller:
         except Exception as err:
             raise ValueError(f"cannot read the checkpoint {path} ({err}); it is damaged — start again with "
                              "--overwrite") from None
-        for key in RESUME_KEYS:
-            saved, now = state["config"].get(key), getattr(self.config, key)
+        defaults = {f.name: f.default for f in fields(DistillConfig)}
+        for key in RESUME_KEYS:  # a key missing from an older checkpoint had its default then
+            saved, now = state["config"].get(key, defaults[key]), getattr(self.config, key)
             if saved != now:
                 raise ResumeMismatch(f"cannot resume {self.out}: its checkpoint was made with {key}={saved!r} but "
                                      f"this run asks for {key}={now!r}; use the same settings or another --out")
@@ -580,6 +620,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gradient-mode", default=d.gradient_mode, choices=vsd.GRADIENT_MODES)
     p.add_argument("--fake-updates", type=int,
                    help="fake score model steps per student step (paper 1; embedded default 3; DMD2 uses 5)")
+    p.add_argument("--regression-pairs", type=int, default=d.regression_pairs, metavar="N",
+                   help="DMD's regression loss (not part of WaDi; off by default): make N teacher samples before "
+                        "training and pull the student's one-step output for their noise toward them")
+    p.add_argument("--regression-weight", type=float, default=d.regression_weight)
     p.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the student adapter (0 = off; paper 0.999)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "fp16", "bf16"))

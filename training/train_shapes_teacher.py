@@ -28,9 +28,11 @@ from wadi_core.shapes.dataset import render_batch, sample_scenes
 
 STATE = "state.pt"
 # Settings of the layout loss: they may be changed when a finished run is resumed for a layout stage.
-LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_share", "layout_steps", "layout_lr")
+LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_share", "layout_steps", "layout_lr", "layout_from")
 # Settings that decide the VAE stage: a run may reuse the finished VAE of another run that agrees on them.
 VAE_SETTINGS = ("seed", "vae_steps", "vae_batch", "vae_lr", "relation_share")
+# Settings added after runs were made with them absent: an old state holds the value they had then.
+LATER_DEFAULTS = {"latent_pool": 0}
 
 
 def parse_args(argv=None):
@@ -61,6 +63,13 @@ def parse_args(argv=None):
                    help="after the UNet stage, fine-tune text encoder and UNet this many steps with the layout "
                         "loss (--layout-weight, default 1 here); may be added to a finished run with --resume")
     p.add_argument("--layout-lr", type=float, default=2e-4)
+    p.add_argument("--layout-from", type=int, default=0, metavar="STEP",
+                   help="in the UNet stage, add the layout loss from this step on (the model learns colour and "
+                        "shape first; the x0 term's large gradients slow that down when present from step 0)")
+    p.add_argument("--latent-pool", type=int, default=0, metavar="N",
+                   help="encode N rendered training scenes once after the VAE stage and draw the UNet stage's "
+                        "batches from them (saves the VAE encoder pass of every step, ~20%% of its time); "
+                        "0 renders and encodes fresh scenes every step")
     p.add_argument("--vae-from", default=None, metavar="WORK",
                    help="skip the VAE stage: start from the finished VAE of the run in this folder (it must "
                         "have the same seed and VAE settings, so the result equals training it again)")
@@ -138,7 +147,40 @@ def train_vae(c: C.Components, args, state: dict, work: Path) -> None:
     save_state(work, state)
 
 
-def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: float) -> dict[str, torch.Tensor]:
+def build_latent_pool(c: C.Components, args) -> dict:
+    """Posterior means and stds of ``--latent-pool`` training scenes, encoded once by the finished VAE.
+
+    Deterministic from the seed, so a resumed run rebuilds the same pool instead of storing it."""
+    chunk, n = 256, args.latent_pool
+    means, stds, captions = [], [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, n, chunk), desc="latent pool"):
+            scenes = sample_scenes(min(chunk, n - i), "train", seed=args.seed * 1_000_003 + 500_000_000 + i,
+                                   relation_share=args.relation_share)
+            dist = c.vae.encode(to_tensor(render_batch(scenes))).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+            captions += [s.caption for s in scenes]
+    return {"mean": torch.cat(means), "std": torch.cat(stds), "captions": captions}
+
+
+def latents_for_step(c: C.Components, args, stage: str, step: int, gen: torch.Generator, pool: dict | None):
+    """Scaled VAE latents and captions of one step's batch: fresh renders, or a draw from the pool."""
+    if pool is None:
+        images, captions = images_for_step(args.seed, stage, step, args.batch, args.relation_share)
+        with torch.no_grad():
+            latents = c.vae.encode(images).latent_dist.sample(gen)
+    else:
+        pick = torch.randint(len(pool["captions"]), (args.batch,),
+                             generator=torch.Generator().manual_seed(args.seed * 15485863 + step + (stage == "layout")))
+        captions = [pool["captions"][i] for i in pick.tolist()]
+        mean, std = pool["mean"][pick], pool["std"][pick]
+        latents = mean + std * torch.randn(mean.shape, generator=gen)
+    return latents * c.vae.config.scaling_factor, captions
+
+
+def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: float,
+                   pool: dict | None = None) -> dict[str, torch.Tensor]:
     """The denoising loss of one step: eps MSE, plus with ``layout_weight`` an x0-space term on a
     high-noise share of the batch (``--layout-share``).
 
@@ -147,13 +189,11 @@ def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: 
     picture is decided; lower down the noisy latent already shows where things are. A teacher
     trained with eps alone learns colour and shape but draws objects wherever the noise puts them.
     """
-    images, captions = images_for_step(args.seed, stage, step, args.batch, args.relation_share)
     gen = torch.Generator().manual_seed(args.seed * 104729 + step + (stage == "layout") * 7_000_003)
-    drop = torch.rand(len(captions), generator=gen) < args.caption_dropout
+    drop = torch.rand(args.batch, generator=gen) < args.caption_dropout
+    latents, captions = latents_for_step(c, args, stage, step, gen, pool)
     captions = ["" if d else cap for d, cap in zip(drop.tolist(), captions)]
     abar = c.scheduler.alphas_cumprod
-    with torch.no_grad():
-        latents = c.vae.encode(images).latent_dist.sample(gen) * c.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=gen)
     n = len(captions)
     t = torch.randint(0, len(abar), (n,), generator=gen)
@@ -176,6 +216,7 @@ def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "une
     layout_stage = stage == "layout"
     steps, lr = (args.layout_steps, args.layout_lr) if layout_stage else (args.unet_steps, args.lr)
     layout_weight = (args.layout_weight or 1.0) if layout_stage else args.layout_weight
+    pool = build_latent_pool(c, args) if args.latent_pool else None
     unet, text = c.unet.train().requires_grad_(True), c.text_encoder.train().requires_grad_(True)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -189,7 +230,8 @@ def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "une
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr * cosine_lr(step, steps, args.warmup // (4 if layout_stage else 1))
-        parts = diffusion_loss(c, args, stage, step, layout_weight)
+        weight = layout_weight if layout_stage or step >= args.layout_from else 0.0
+        parts = diffusion_loss(c, args, stage, step, weight, pool)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -256,6 +298,8 @@ def main(argv=None) -> int:
         if not (work / STATE).exists():
             raise FileNotFoundError(f"nothing to resume: {work / STATE} does not exist")
         state = torch.load(work / STATE, weights_only=False)
+        for key, old_default in LATER_DEFAULTS.items():
+            state["settings"].setdefault(key, old_default)
         if state["settings"] != settings:
             changed = [k for k in settings if state["settings"].get(k) != settings[k]]
             raise ValueError(f"cannot resume {work}: it was started with other settings ({', '.join(changed)})")
@@ -271,7 +315,8 @@ def main(argv=None) -> int:
                  "seconds": 0.0}
     late = {k: getattr(args, k) for k in LATE_SETTINGS}
     # Layout settings shape every stage still to run; only a finished run may take new ones.
-    if state["stage"] != "done" and state.setdefault("late_settings", late) != late:
+    state.setdefault("late_settings", late).setdefault("layout_from", 0)  # states from before --layout-from
+    if state["stage"] != "done" and state["late_settings"] != late:
         raise ValueError(f"cannot resume {work}: its {state['stage']} stage was started with other settings "
                          f"({state['late_settings']})")
     started = time.time()

@@ -60,6 +60,15 @@ def sample(components, prompts: Sequence[str], seeds: Sequence[int] | None = Non
     latents are noised to ``strength`` of the schedule and only the last ``strength * steps``
     steps run (SDEdit), e.g. to refine an upscaled one-step image.
     """
+    latents = sample_latents(components, prompts, seeds, steps, guidance, sampler, batch_size, progress, scale,
+                             init_latents, strength)
+    return np.concatenate([decode(components, latents[i:i + batch_size]) for i in range(0, len(latents), batch_size)])
+
+
+def sample_latents(components, prompts: Sequence[str], seeds: Sequence[int] | None = None, steps: int = 25,
+                   guidance: float = 3.0, sampler: str = "ddim", batch_size: int = 32, progress: bool = True,
+                   scale: int = 1, init_latents: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+    """The final latents of :func:`sample`, before the VAE decoder (same arguments)."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to sample; give at least one prompt")
@@ -102,6 +111,6 @@ def sample(components, prompts: Sequence[str], seeds: Sequence[int] | None = Non
                 eps = uncond + guidance * (text - uncond)
             latents = scheduler.step(eps, t, latents).prev_sample
             bar.update(len(chunk))
-        out.append(decode(components, latents))
+        out.append(latents)
     bar.close()
-    return np.concatenate(out)
+    return torch.cat(out)

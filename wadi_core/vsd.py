@@ -71,3 +71,9 @@ def fake_model_loss(eps_pred: torch.Tensor, noise: torch.Tensor, abar_t: torch.T
     """Eps-prediction loss weighted by ``abar_t`` (the authors' ``mse(sqrt(abar) eps_pred, sqrt(abar) noise)``)."""
     a = _per_sample(abar_t, eps_pred).float()
     return (a * (eps_pred.float() - noise.float()).square()).mean()
+
+
+def regression_loss(x0: torch.Tensor, teacher_x0: torch.Tensor) -> torch.Tensor:
+    """DMD's regression term in latent space: the one-step ``x0`` of a pair's noise against the
+    teacher's multi-step result from the same noise and prompt."""
+    return F.mse_loss(x0.float(), teacher_x0.float())
