@@ -32,7 +32,7 @@ LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_share", "layout_steps"
 # Settings that decide the VAE stage: a run may reuse the finished VAE of another run that agrees on them.
 VAE_SETTINGS = ("seed", "vae_steps", "vae_batch", "vae_lr", "relation_share")
 # Settings added after runs were made with them absent: an old state holds the value they had then.
-LATER_DEFAULTS = {"latent_pool": 0}
+LATER_DEFAULTS = {"latent_pool": 0, "layout_from": 0}
 
 
 def parse_args(argv=None):
@@ -179,6 +179,13 @@ def latents_for_step(c: C.Components, args, stage: str, step: int, gen: torch.Ge
     return latents * c.vae.config.scaling_factor, captions
 
 
+def fill_later_defaults(saved: dict, current: dict) -> None:
+    """Give a saved settings dict the old defaults of settings added since it was written."""
+    for key, old_default in LATER_DEFAULTS.items():
+        if key in current:
+            saved.setdefault(key, old_default)
+
+
 def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: float,
                    pool: dict | None = None) -> dict[str, torch.Tensor]:
     """The denoising loss of one step: eps MSE, plus with ``layout_weight`` an x0-space term on a
@@ -211,12 +218,11 @@ def diffusion_loss(c: C.Components, args, stage: str, step: int, layout_weight: 
     return parts
 
 
-def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "unet") -> None:
+def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "unet", pool: dict | None = None) -> None:
     """The UNet stage (from scratch, EMA) or the layout stage (fine-tuning the finished model)."""
     layout_stage = stage == "layout"
     steps, lr = (args.layout_steps, args.layout_lr) if layout_stage else (args.unet_steps, args.lr)
     layout_weight = (args.layout_weight or 1.0) if layout_stage else args.layout_weight
-    pool = build_latent_pool(c, args) if args.latent_pool else None
     unet, text = c.unet.train().requires_grad_(True), c.text_encoder.train().requires_grad_(True)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -298,8 +304,7 @@ def main(argv=None) -> int:
         if not (work / STATE).exists():
             raise FileNotFoundError(f"nothing to resume: {work / STATE} does not exist")
         state = torch.load(work / STATE, weights_only=False)
-        for key, old_default in LATER_DEFAULTS.items():
-            state["settings"].setdefault(key, old_default)
+        fill_later_defaults(state["settings"], settings)
         if state["settings"] != settings:
             changed = [k for k in settings if state["settings"].get(k) != settings[k]]
             raise ValueError(f"cannot resume {work}: it was started with other settings ({', '.join(changed)})")
@@ -315,7 +320,7 @@ def main(argv=None) -> int:
                  "seconds": 0.0}
     late = {k: getattr(args, k) for k in LATE_SETTINGS}
     # Layout settings shape every stage still to run; only a finished run may take new ones.
-    state.setdefault("late_settings", late).setdefault("layout_from", 0)  # states from before --layout-from
+    fill_later_defaults(state.setdefault("late_settings", late), late)
     if state["stage"] != "done" and state["late_settings"] != late:
         raise ValueError(f"cannot resume {work}: its {state['stage']} stage was started with other settings "
                          f"({state['late_settings']})")
@@ -323,12 +328,15 @@ def main(argv=None) -> int:
     try:
         if state["stage"] == "vae":
             train_vae(c, args, state, work)
+        # Built once for both diffusion stages (deterministic, so a resumed run gets the same pool).
+        diffusion_to_do = state["stage"] != "done" or args.layout_steps > state.get("layout_done", 0)
+        pool = build_latent_pool(c, args) if args.latent_pool and diffusion_to_do else None
         if state["stage"] == "unet":
-            train_unet(c, args, state, work)
+            train_unet(c, args, state, work, pool=pool)
         if state["stage"] == "done" and args.layout_steps > state.get("layout_done", 0):
             state.update(stage="layout", step=0, late_settings=late, unet_opt=None)
         if state["stage"] == "layout":
-            train_unet(c, args, state, work, stage="layout")
+            train_unet(c, args, state, work, stage="layout", pool=pool)
     except Interrupted:
         state["seconds"] += time.time() - started
         save_state(work, state)
