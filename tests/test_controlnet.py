@@ -124,8 +124,11 @@ def test_shipped_shapes_controlnet_places_the_teachers_shapes(tmp_path):
     import json
 
     from training.cli import main
-    for scale, low, high in ((1.0, 0.6, 1.0), (0.0, 0.0, 0.4)):
+    iou = {}
+    for scale in (1.0, 0.0):
         out = tmp_path / f"scale{scale}"
         assert main(["controlnet", "--eval", "24", "--steps", "10", "--scale", str(scale), "--out", str(out)]) == 0
-        metrics = json.loads((out / "metrics.json").read_text())
-        assert low <= metrics["mask_iou"] <= high, (scale, metrics["mask_iou"])
+        iou[scale] = json.loads((out / "metrics.json").read_text())["mask_iou"]
+    # Without the ControlNet the teacher still follows the captions' positions (0.42 with the teacher of
+    # 2026-11-24, session 8), so the test asks for a clear gain rather than a fixed ceiling.
+    assert iou[1.0] >= 0.6 and iou[1.0] - iou[0.0] >= 0.25, iou

@@ -235,3 +235,36 @@ def test_latent_pool_draws_batches_from_encoded_scenes():
     assert pool["mean"].shape == (6, 4, 8, 8) and len(pool["captions"]) == 6
     latents, captions = T.latents_for_step(c, args, "unet", 0, torch.Generator().manual_seed(0), pool)
     assert latents.shape == (4, 4, 8, 8) and set(captions) <= set(pool["captions"])
+
+
+def test_side_loss_targets_name_each_objects_side_and_colour():
+    from training import side_loss
+    from wadi_core.shapes.world import COLORS, parse_prompt
+    tokenizer = C.new_components(seed=0).tokenizer
+    prompts = [parse_prompt("a green triangle left of a yellow circle"), parse_prompt("a red circle below a blue square")]
+    caption_at, token_at, side, colour = side_loss.side_targets(tokenizer, prompts)
+    names = [(int(i), side_loss.SIDE_NAMES[s], list(COLORS)[c]) for i, s, c in zip(caption_at, side, colour)]
+    # from the relation word on: "left of" -> green on the left, "a yellow circle" -> yellow on the right
+    assert names == [(0, "left", "green")] * 2 + [(0, "right", "yellow")] * 3 \
+        + [(1, "bottom", "red")] + [(1, "top", "blue")] * 3
+    assert token_at.tolist() == [4, 5, 6, 7, 8, 4, 5, 6, 7]  # every world word is one token after <start>
+    head = side_loss.new_head(64, seed=0)
+    assert torch.equal(head.weight, side_loss.new_head(64, seed=0).weight)
+    components = C.new_components(seed=0)
+    loss = side_loss.side_loss(components, head, side_loss.prompts_for_step(0, 0, n=8))
+    loss.backward()
+    assert loss > 0 and all(p.grad is not None for p in components.text_encoder.parameters() if p.requires_grad)
+
+
+def test_training_script_side_loss_resumes_and_is_not_exported(tmp_path):
+    from training import train_shapes_teacher as T
+    common = ["--vae-steps", "2", "--vae-batch", "4", "--unet-steps", "3", "--batch", "4", "--side-weight", "0.1"]
+    assert T.main(["--work", str(tmp_path / "a"), "--export", str(tmp_path / "model"), *common]) == 0
+    unet = [e for e in state_log(tmp_path / "a") if e["stage"] == "unet"]
+    assert all(abs(e["loss"] - e["eps"] - 0.1 * e["side"]) < 1e-5 for e in unet)
+    assert T.main(["--work", str(tmp_path / "b"), "--stop-after", "3", *common]) == 0
+    assert T.main(["--work", str(tmp_path / "b"), "--resume", *common]) == 0
+    resumed = [e for e in state_log(tmp_path / "b") if e["stage"] == "unet"]
+    assert all(abs(x["loss"] - y["loss"]) <= 1e-5 * x["loss"] for x, y in zip(unet, resumed))
+    C.load_components(tmp_path / "model")  # a plain SD folder: the head is not part of it
+    assert not any("side" in p.name for p in (tmp_path / "model").rglob("*"))

@@ -80,6 +80,11 @@ def test_judge_catches_wrong_images():
                          ("a green triangle left of a red circle", "color")):
         verdict = judge(render(scene_for_prompt(parse_prompt(shown), rng)), relation)
         assert not verdict.checks[wrong]
+    # The other side of the same axis: the axis is right, the relation is not.
+    flipped = judge(render(scene_for_prompt(parse_prompt("a green triangle right of a yellow circle"), rng)), relation)
+    assert flipped.checks["axis"] and not flipped.checks["relation"]
+    crossed = judge(render(scene_for_prompt(parse_prompt("a green triangle above a yellow circle"), rng)), relation)
+    assert not crossed.checks["axis"] and not crossed.checks["relation"]
 
 
 def test_unknown_words_are_not_judgeable():

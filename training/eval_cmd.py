@@ -55,7 +55,8 @@ def metric_inputs(args, components) -> tuple[object, object]:
 def summary_line(name: str, result: dict) -> str:
     acc = result["prompt_accuracy"]
     parts = [f"{name}:"]
-    for key in ("single/color", "single/shape", "single/size", "single/position", "relation/relation", "all"):
+    for key in ("single/color", "single/shape", "single/size", "single/position", "relation/axis", "relation/relation",
+                "all"):
         if key in acc:
             parts.append(f"{key} {acc[key]:.1%}")
     if "fid" in result:

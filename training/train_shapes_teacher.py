@@ -25,14 +25,16 @@ from wadi_core.ema import EMA
 from wadi_core.images import to_tensor
 from wadi_core.shapes import components as C
 from wadi_core.shapes.dataset import render_batch, sample_scenes
+from training import side_loss
 
 STATE = "state.pt"
 # Settings of the layout loss: they may be changed when a finished run is resumed for a layout stage.
-LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_share", "layout_steps", "layout_lr", "layout_from")
+LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_share", "layout_steps", "layout_lr", "layout_from",
+                 "side_weight")
 # Settings that decide the VAE stage: a run may reuse the finished VAE of another run that agrees on them.
 VAE_SETTINGS = ("seed", "vae_steps", "vae_batch", "vae_lr", "relation_share")
 # Settings added after runs were made with them absent: an old state holds the value they had then.
-LATER_DEFAULTS = {"latent_pool": 0, "layout_from": 0}
+LATER_DEFAULTS = {"latent_pool": 0, "layout_from": 0, "side_weight": 0.0}
 
 
 def parse_args(argv=None):
@@ -66,6 +68,10 @@ def parse_args(argv=None):
     p.add_argument("--layout-from", type=int, default=0, metavar="STEP",
                    help="in the UNet stage, add the layout loss from this step on (the model learns colour and "
                         "shape first; the x0 term's large gradients slow that down when present from step 0)")
+    p.add_argument("--side-weight", type=float, default=0.0,
+                   help="weight of the side loss (training/side_loss.py): the text encoder learns to say which "
+                        "object of a relation goes on which side; without it the teacher gets the order of "
+                        "relations at random. In the UNet and layout stages")
     p.add_argument("--latent-pool", type=int, default=0, metavar="N",
                    help="encode N rendered training scenes once after the VAE stage and draw the UNet stage's "
                         "batches from them (saves the VAE encoder pass of every step, ~20%% of its time); "
@@ -225,12 +231,16 @@ def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "une
     layout_weight = (args.layout_weight or 1.0) if layout_stage else args.layout_weight
     unet, text = c.unet.train().requires_grad_(True), c.text_encoder.train().requires_grad_(True)
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    # The side loss's head is trained with the model but not exported (and not averaged).
+    head = side_loss.new_head(text.config.hidden_size, args.seed) if args.side_weight else None
+    opt = torch.optim.AdamW(params + (list(head.parameters()) if head else []), lr=lr, weight_decay=0.01)
     ema = EMA(params, args.ema)
     if state.get("unet_opt"):
         opt.load_state_dict(state["unet_opt"])
         for s, saved in zip(ema.shadow, state["ema"]):
             s.copy_(saved)
+        if head:
+            head.load_state_dict(state["side_head"])
     start = state["step"]
     bar = tqdm(range(start, steps), desc="layout" if layout_stage else "UNet", initial=start, total=steps)
     for step in bar:
@@ -238,6 +248,10 @@ def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "une
             g["lr"] = lr * cosine_lr(step, steps, args.warmup // (4 if layout_stage else 1))
         weight = layout_weight if layout_stage or step >= args.layout_from else 0.0
         parts = diffusion_loss(c, args, stage, step, weight, pool)
+        if head:
+            prompts = side_loss.prompts_for_step(args.seed, step + 1_000_000 * layout_stage)
+            parts["side"] = side_loss.side_loss(c, head, prompts)
+            parts["loss"] = parts["loss"] + args.side_weight * parts["side"]
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -248,7 +262,8 @@ def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "une
         state["log"].append({"stage": stage, "step": step, **values})
         def save():
             state.update(step=step + 1, unet=unet.state_dict(), text_encoder=text.state_dict(),
-                         unet_opt=opt.state_dict(), ema=[s.clone() for s in ema.shadow])
+                         unet_opt=opt.state_dict(), ema=[s.clone() for s in ema.shadow],
+                         side_head=head.state_dict() if head else None)
             save_state(work, state)
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == steps:
             save()

@@ -138,6 +138,11 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
     return sorted(objects, key=lambda o: -o.area)
 
 
+# A relation's axis: right on the axis but wrong on the side means the model placed the objects on the
+# right line but did not bind which object goes first (docs/shapes.md, session 8).
+AXIS_OF = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
+
+
 def relation_between(a: DetectedObject, b: DetectedObject) -> str:
     dx, dy = b.cx - a.cx, b.cy - a.cy
     if abs(dx) >= abs(dy):
@@ -174,6 +179,7 @@ def judge(image: Image.Image | np.ndarray, prompt: str | Prompt) -> Verdict:
         "color": all(found),
         "shape": all(o is not None and o.shape == shape for o, (_, shape) in zip(found, prompt.objects)),
         "relation": all(found) and relation_between(found[0], found[1]) == prompt.relation,
+        "axis": all(found) and AXIS_OF[relation_between(found[0], found[1])] == AXIS_OF[prompt.relation],
     }
     return Verdict(prompt, checks, objects)
 
