@@ -64,9 +64,11 @@ def fine_tune(c: C.Components, steps: int, lr: float, min_t: int, seed: int, sid
     c.text_encoder.eval().requires_grad_(False)
 
 
+IMAGES_PER_SPLIT = 214  # the 107 held-out relation compositions twice; the first 214 training ones
+
+
 def side_and_axis(c: C.Components, split: str, guidance: float) -> str:
-    prompts = list(prompts_of(split, "relation"))
-    prompts = (prompts * 2)[:214]
+    prompts = (list(prompts_of(split, "relation")) * 2)[:IMAGES_PER_SPLIT]
     images = sampling.sample(c, [p.caption() for p in prompts], seeds=list(range(len(prompts))), steps=25,
                              guidance=guidance, progress=False)
     placed = collections.Counter()
