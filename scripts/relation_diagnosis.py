@@ -38,7 +38,10 @@ from wadi_core.shapes.world import COLORS, RELATIONS  # noqa: E402
 
 def fine_tune(c: C.Components, steps: int, lr: float, min_t: int, seed: int, side_weight: float = 0.0) -> None:
     """Relation scenes only; half of each batch scored by the x0 layout loss at t >= min_t; with
-    side_weight, plus the side loss (training/side_loss.py) through a linear head dropped afterwards."""
+    side_weight, plus the side loss (training/side_loss.py) through a linear head dropped afterwards.
+
+    Not train_shapes_teacher's train_unet: its stages draw from the run's mix of single and relation
+    scenes and use a cosine schedule; this probe wants relation scenes only at a constant rate."""
     args = types.SimpleNamespace(seed=seed, batch=64, relation_share=1.0, caption_dropout=0.1, layout_share=0.5,
                                  layout_min_t=min_t)
     c.vae.requires_grad_(False)

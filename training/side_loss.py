@@ -34,14 +34,16 @@ def new_head(hidden_size: int, seed: int) -> torch.nn.Linear:
 def side_targets(tokenizer, prompts: list[Prompt]) -> tuple[torch.Tensor, ...]:
     """``(caption index, token position, side, colour index)`` for every target token."""
     colours = list(COLORS)
+    lengths: dict[str, int] = {}  # tokens per word; a batch uses a few dozen distinct words
     rows = []
     for index, prompt in enumerate(prompts):
         words = prompt.caption().split()
         spans, position = [], 1  # position 0 is the start token; CLIP's BPE splits word by word
         for word in words:
-            n = len(tokenizer(word, add_special_tokens=False).input_ids)
-            spans.append(range(position, position + n))
-            position += n
+            if word not in lengths:
+                lengths[word] = len(tokenizer(word, add_special_tokens=False).input_ids)
+            spans.append(range(position, position + lengths[word]))
+            position += lengths[word]
         relation_words = prompt.relation.split()
         relation_at = words.index(relation_words[0])
         first_side, second_side = SIDES[prompt.relation]
