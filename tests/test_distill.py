@@ -62,6 +62,27 @@ def test_resume_with_other_settings_is_refused(tmp_path, sd_dir, prompt_file):
         Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, student="lora", resume=True), progress=False)
 
 
+def test_fake_guidance_sets_the_fake_models_cfg_alone(tmp_path, sd_dir, prompt_file):
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=2, fake_guidance=1.0), progress=False)
+    model, n = run.accelerator.unwrap_model(run.fake), 2
+    x, t = torch.randn(n, *run.shape), torch.tensor([500, 900])
+    cond = run.embed(["a red circle", "a yellow square"])
+    with torch.no_grad():
+        plain, uncond = model(x, t, cond).sample, model(x, t, run.null.expand(n, -1, -1)).sample
+        # scale 1: the conditional prediction from one call on the conditional half alone
+        torch.testing.assert_close(run._eps(model, x, t, cond, 1.0), plain)
+        torch.testing.assert_close(run._eps(model, x, t, cond, 3.0), uncond + 3 * (plain - uncond),
+                                   rtol=1e-4, atol=1e-4)
+    batches = []
+    model.register_forward_pre_hook(lambda module, inputs: batches.append(inputs[0].shape[0]))
+    run.run()
+    assert batches and set(batches) == {run.config.batch_size}  # never the doubled CFG batch
+    with pytest.raises(ResumeMismatch, match="fake_guidance=1.0.*fake_guidance=None"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, resume=True), progress=False)
+    with pytest.raises(ValueError, match="--fake-guidance"):
+        config(tmp_path, sd_dir, prompt_file, fake_guidance=0.5).resolved(embedded=False).check()
+
+
 def test_student_ema_is_on_for_the_embedded_world_and_off_for_other_teachers(tmp_path, sd_dir):
     # The embedded default (0.99) was measured in docs/results.md; a real teacher keeps the paper's default (off).
     assert DistillConfig(out="x").resolved(embedded=True).ema == 0.99

@@ -54,8 +54,9 @@ EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=5e-3, lr_fake=
                          steps=600, sample_guidance=3.0, fake_updates=3, ema=0.99)
 # Settings that must match to resume a checkpoint (the rest, like --steps, may change).
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
-               "lr_student", "lr_fake", "guidance", "gradient_mode", "batch_size", "grad_accum", "seed", "ema",
-               "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs", "regression_weight")
+               "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
+               "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
+               "regression_weight")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -77,6 +78,10 @@ class DistillConfig:
     lr_student: float | None = None
     lr_fake: float | None = None
     guidance: float | None = None  # CFG on teacher and fake inside the VSD gradient
+    # CFG of the fake model alone; None: the same as the teacher's (the paper's script). With CFG on both, the
+    # gradient vanishes when the student matches the teacher's *unguided* distribution; with 1 here (DMD, DMD2)
+    # its target is the guided one that the teacher's CFG samples come from.
+    fake_guidance: float | None = None
     gradient_mode: str = "wadi"
     null_prompt_share: float = 0.1  # empty prompts in the fake model's loss
     fake_updates: int | None = None  # fake-model steps per student step (the paper: 1; DMD2: 5; embedded: 3)
@@ -131,6 +136,8 @@ class DistillConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.regression_pairs < 0 or self.regression_weight < 0:
             raise ValueError("--regression-pairs and --regression-weight must be 0 or more")
+        if self.guidance < 1 or (self.fake_guidance is not None and self.fake_guidance < 1):
+            raise ValueError("--guidance and --fake-guidance must be 1 (no guidance) or more")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be 0 (off) or a decay in (0, 1), got {self.ema}")
         students.AdapterSpec(self.student, self.student_rank, self.student_preset)
@@ -212,8 +219,10 @@ class Distiller:
         self.fake = self._trainable_copy(config.fake_spec(), weight_dtype)
         self.student_params = [p for p in self.student.parameters() if p.requires_grad]
         self.fake_params = [p for p in self.fake.parameters() if p.requires_grad]
-        self.opt_student = torch.optim.AdamW(self.student_params, lr=config.lr_student, weight_decay=0.0)
-        self.opt_fake = torch.optim.AdamW(self.fake_params, lr=config.lr_fake, weight_decay=0.0)
+        # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
+        fused = device.type in ("cpu", "cuda")
+        self.opt_student = torch.optim.AdamW(self.student_params, lr=config.lr_student, weight_decay=0.0, fused=fused)
+        self.opt_fake = torch.optim.AdamW(self.fake_params, lr=config.lr_fake, weight_decay=0.0, fused=fused)
         self.student, self.fake, self.opt_student, self.opt_fake = self.accelerator.prepare(
             self.student, self.fake, self.opt_student, self.opt_fake)
         self.ema = EMA(self.student_params, config.ema) if config.ema else None
@@ -314,12 +323,17 @@ class Distiller:
         return prompts, gen, pick
 
     def _eps(self, model, x_t, t, cond_pos, scale):
-        """Guided eps of ``model`` (CFG ``scale``); one batched call for both halves."""
+        """Guided eps of ``model`` (CFG ``scale``): one batched call for both halves; at scale 1 the
+        conditional half alone."""
+        guided = scale != 1
         n = x_t.shape[0]
-        x = torch.cat([x_t, x_t])
-        cond = torch.cat([self.null.expand(n, -1, -1), cond_pos]).to(x.dtype)
+        x = torch.cat([x_t, x_t]) if guided else x_t
+        cond = torch.cat([self.null.expand(n, -1, -1), cond_pos]) if guided else cond_pos
         with self.accelerator.autocast():
-            eps = model(x.to(next(model.parameters()).dtype), torch.cat([t, t]), cond).sample.float()
+            eps = model(x.to(next(model.parameters()).dtype), torch.cat([t, t]) if guided else t,
+                        cond.to(x.dtype)).sample.float()
+        if not guided:
+            return eps
         uncond, pos = eps.chunk(2)
         return vsd.guided(uncond, pos, scale)
 
@@ -343,7 +357,8 @@ class Distiller:
             x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
             with torch.no_grad():
                 eps_real = self._eps(self.teacher.unet, x_t, t, cond, c.guidance)
-                eps_fake = self._eps(self.fake, x_t, t, cond, c.guidance)
+                fake_scale = c.guidance if c.fake_guidance is None else c.fake_guidance
+                eps_fake = self._eps(self.fake, x_t, t, cond, fake_scale)
             grad = vsd.score_gradient(x0.detach(), x_t, eps_real, eps_fake, self.abar[t], c.gradient_mode)
             loss_g = vsd.generator_loss(x0, grad)
             loss = loss_g
@@ -618,6 +633,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-fake", type=float, help="fake model learning rate (paper 1e-2)")
     p.add_argument("--guidance", type=float, help="CFG of teacher and fake in the VSD gradient (paper 1.5; "
                                                   "embedded 3)")
+    p.add_argument("--fake-guidance", type=float,
+                   help="CFG of the fake model alone (default: the same as --guidance, as in the paper's script; "
+                        "1 targets the teacher's guided distribution, as in DMD2)")
     p.add_argument("--gradient-mode", default=d.gradient_mode, choices=vsd.GRADIENT_MODES)
     p.add_argument("--fake-updates", type=int,
                    help="fake score model steps per student step (paper 1; embedded default 3; DMD2 uses 5)")

@@ -16,8 +16,7 @@ class EMA:
         """Move the average toward the live weights; with ``step`` the decay warms up as
         ``min(decay, (1 + step) / (10 + step))`` so early averages are not stuck at the initial weights."""
         d = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow, self.params):
-            s.lerp_(p.detach(), 1 - d)
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
 
     @torch.no_grad()
     def copy_to(self, params) -> None:
