@@ -32,7 +32,7 @@ from wadi_core import sampling  # noqa: E402
 from wadi_core.ema import EMA  # noqa: E402
 from wadi_core.shapes import components as C  # noqa: E402
 from wadi_core.shapes.dataset import all_prompts, prompts_of  # noqa: E402
-from wadi_core.shapes.judge import AXIS_OF, detect_objects, relation_between  # noqa: E402
+from wadi_core.shapes.judge import AXIS_OF, detect_objects, objects_of_prompt, relation_between  # noqa: E402
 from wadi_core.shapes.world import COLORS, RELATIONS  # noqa: E402
 
 
@@ -76,8 +76,7 @@ def side_and_axis(c: C.Components, split: str, guidance: float) -> str:
                              guidance=guidance, progress=False)
     placed = collections.Counter()
     for image, prompt in zip(images, prompts):
-        objects = detect_objects(image)
-        found = [next((o for o in objects if o.color == color), None) for color, _ in prompt.objects]
+        found = objects_of_prompt(detect_objects(image), prompt)
         placed[(prompt.relation, relation_between(*found) if all(found) else None)] += 1
     found = sum(n for (_, got), n in placed.items() if got)
     axis = sum(n for (asked, got), n in placed.items() if got and AXIS_OF[got] == AXIS_OF[asked])

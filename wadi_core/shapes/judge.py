@@ -143,6 +143,11 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
 AXIS_OF = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
 
 
+def objects_of_prompt(objects: list[DetectedObject], prompt: Prompt) -> list[DetectedObject | None]:
+    """For each object the prompt names, the largest detected object of its colour (None if there is none)."""
+    return [next((o for o in objects if o.color == color), None) for color, _ in prompt.objects]
+
+
 def relation_between(a: DetectedObject, b: DetectedObject) -> str:
     dx, dy = b.cx - a.cx, b.cy - a.cy
     if abs(dx) >= abs(dy):
@@ -174,12 +179,13 @@ def judge(image: Image.Image | np.ndarray, prompt: str | Prompt) -> Verdict:
         if prompt.position:
             checks["position"] = bool(main and main.position == prompt.position)
         return Verdict(prompt, checks, objects)
-    found = [next((o for o in objects if o.color == color), None) for color, _ in prompt.objects]
+    found = objects_of_prompt(objects, prompt)
+    placed = relation_between(*found) if all(found) else None
     checks = {
         "color": all(found),
         "shape": all(o is not None and o.shape == shape for o, (_, shape) in zip(found, prompt.objects)),
-        "relation": all(found) and relation_between(found[0], found[1]) == prompt.relation,
-        "axis": all(found) and AXIS_OF[relation_between(found[0], found[1])] == AXIS_OF[prompt.relation],
+        "relation": placed == prompt.relation,
+        "axis": placed is not None and AXIS_OF[placed] == AXIS_OF[prompt.relation],
     }
     return Verdict(prompt, checks, objects)
 
