@@ -90,6 +90,15 @@ def test_student_ema_is_on_for_the_embedded_world_and_off_for_other_teachers(tmp
     assert DistillConfig(out="x", ema=0.0).resolved(embedded=True).ema == 0.0
 
 
+def test_embedded_world_guides_the_teacher_alone_and_other_teachers_guide_both(sd_dir):
+    # Embedded: teacher CFG 2, unguided fake (docs/results.md); a real teacher: the paper's CFG 1.5 on both.
+    embedded = DistillConfig(out="x").resolved(embedded=True)
+    assert (embedded.guidance, embedded.fake_guidance) == (2.0, 1.0)
+    paper = DistillConfig(out="x", teacher=str(sd_dir)).resolved(embedded=False)
+    assert (paper.guidance, paper.fake_guidance) == (1.5, None)
+    assert DistillConfig(out="x", fake_guidance=2.0).resolved(embedded=True).fake_guidance == 2.0
+
+
 def test_a_non_empty_output_folder_is_not_reused_silently(tmp_path, sd_dir, prompt_file):
     Distiller(config(tmp_path, sd_dir, prompt_file, steps=1), progress=False).run()
     with pytest.raises(FileExistsError, match="--resume"):

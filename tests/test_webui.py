@@ -154,9 +154,11 @@ def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
     with pytest.raises(actions.UIError, match="does not exist"):
         actions.model_path(str(tmp_path / "missing"))
     with pytest.raises(actions.UIError, match="at least 1"):
-        actions.start_distillation("", "", "", "lorad", 0, "lorad", 8, 10, 1e-3, 1e-2, 3, str(tmp_path / "r"))
+        actions.start_distillation("", "", "", "lorad", 0, "lorad", 8, 10, 1e-3, 1e-2, 2, 1, str(tmp_path / "r"))
+    with pytest.raises(actions.UIError, match="fake model CFG must be 1"):
+        actions.start_distillation("", "", "", "lorad", 4, "lorad", 8, 10, 1e-3, 1e-2, 2, 0.5, str(tmp_path / "r"))
     with pytest.raises(actions.UIError, match="needs prompts"):
-        actions.start_distillation(str(tmp_path), "", "", "lorad", 4, "lorad", 8, 10, 1e-3, 1e-2, 3,
+        actions.start_distillation(str(tmp_path), "", "", "lorad", 4, "lorad", 8, 10, 1e-3, 1e-2, 2, 1,
                                    str(tmp_path / "r"))
     with pytest.raises(actions.UIError, match="write a prompt"):
         actions.generate_images("", "", "  ", 0, 1, False)

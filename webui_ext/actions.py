@@ -69,6 +69,12 @@ def positive_float(value, name: str) -> float:
     return float(value)
 
 
+def cfg_scale(value, name: str) -> float:
+    if value is None or not float(value) >= 1:
+        raise UIError(f"{name} must be 1 (no guidance) or more, got {value}")
+    return float(value)
+
+
 def output_folder(text: str) -> str:
     text = (text or "").strip()
     if not text:
@@ -80,7 +86,7 @@ def output_folder(text: str) -> str:
 
 
 def start_distillation(teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student,
-                       lr_fake, guidance, out, resume=False, sample_every=None) -> DistillJob:
+                       lr_fake, guidance, fake_guidance, out, resume=False, sample_every=None) -> DistillJob:
     from training.distill import DistillConfig
 
     teacher = model_path(teacher)
@@ -94,7 +100,8 @@ def start_distillation(teacher, prompts_path, pasted, student, student_rank, fak
         student_rank=positive_int(student_rank, "student rank"), fake=fake,
         fake_rank=positive_int(fake_rank, "fake rank"), steps=steps,
         lr_student=positive_float(lr_student, "student learning rate"),
-        lr_fake=positive_float(lr_fake, "fake learning rate"), guidance=positive_float(guidance, "CFG"),
+        lr_fake=positive_float(lr_fake, "fake learning rate"), guidance=cfg_scale(guidance, "teacher CFG"),
+        fake_guidance=cfg_scale(fake_guidance, "fake model CFG"),
         checkpoint_every=max(1, min(100, steps // 4)), sample_every=sample_every or max(1, min(100, steps // 4)),
         report_to="none", resume=bool(resume))
     return DistillJob.start(config)

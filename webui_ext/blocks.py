@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from training.distill import EMBEDDED_DEFAULTS
 from wadi_core import students
 
 from . import actions
@@ -66,16 +67,20 @@ def distill_tab(gr) -> None:
                                       "built-in shapes model")
             prompts_path = gr.Textbox(label="Prompt file", placeholder="prompts.txt (one per line, or JSONL)")
             pasted = gr.Textbox(label="...or paste prompts, one per line", lines=4)
+            d = EMBEDDED_DEFAULTS  # the fields start at the embedded world's measured recipe
             with gr.Row():
                 student = gr.Dropdown(list(students.KINDS), value="lorad", label="Student adapter")
-                student_rank = gr.Number(value=24, precision=0, label="Student rank")
+                student_rank = gr.Number(value=d["student_rank"], precision=0, label="Student rank")
                 fake = gr.Dropdown(list(students.KINDS), value="lorad", label="Fake adapter")
-                fake_rank = gr.Number(value=8, precision=0, label="Fake rank")
+                fake_rank = gr.Number(value=d["fake_rank"], precision=0, label="Fake rank")
             with gr.Row():
-                steps = gr.Number(value=600, precision=0, label="Steps", elem_id="wadi_steps")
-                lr_student = gr.Number(value=5e-3, label="Student learning rate")
-                lr_fake = gr.Number(value=1e-2, label="Fake learning rate")
-                guidance = gr.Number(value=3.0, label="CFG (teacher and fake)")
+                steps = gr.Number(value=d["steps"], precision=0, label="Steps", elem_id="wadi_steps")
+                lr_student = gr.Number(value=d["lr_student"], label="Student learning rate")
+                lr_fake = gr.Number(value=d["lr_fake"], label="Fake learning rate")
+                guidance = gr.Number(value=d["guidance"], label="Teacher CFG")
+                fake_guidance = gr.Number(value=d["fake_guidance"], label="Fake model CFG",
+                                          info="1: the student aims at the teacher's guided images (DMD2); "
+                                               "= teacher CFG: the paper's script")
             out = gr.Textbox(label="Output folder", value="wadi-ui-run", elem_id="wadi_distill_out")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="wadi_start")
@@ -93,7 +98,7 @@ def distill_tab(gr) -> None:
             after = gr.Markdown("", elem_id="wadi_after")
 
     settings = [teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student, lr_fake,
-                guidance, out]
+                guidance, fake_guidance, out]
 
     def launch(resume_run, *values):
         try:
