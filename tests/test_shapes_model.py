@@ -268,3 +268,6 @@ def test_training_script_side_loss_resumes_and_is_not_exported(tmp_path):
     assert all(abs(x["loss"] - y["loss"]) <= 1e-5 * x["loss"] for x, y in zip(unet, resumed))
     C.load_components(tmp_path / "model")  # a plain SD folder: the head is not part of it
     assert not any("side" in p.name for p in (tmp_path / "model").rglob("*"))
+    assert T.main(["--work", str(tmp_path / "c"), *common, "--side-from", "2"]) == 0
+    late = [e for e in state_log(tmp_path / "c") if e["stage"] == "unet"]
+    assert ["side" in e for e in late] == [False, False, True]  # the side loss starts at --side-from

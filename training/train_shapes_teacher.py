@@ -30,11 +30,11 @@ from training import side_loss
 STATE = "state.pt"
 # Settings of the layout loss: they may be changed when a finished run is resumed for a layout stage.
 LATE_SETTINGS = ("layout_weight", "layout_min_t", "layout_share", "layout_steps", "layout_lr", "layout_from",
-                 "side_weight")
+                 "side_weight", "side_from")
 # Settings that decide the VAE stage: a run may reuse the finished VAE of another run that agrees on them.
 VAE_SETTINGS = ("seed", "vae_steps", "vae_batch", "vae_lr", "relation_share")
 # Settings added after runs were made with them absent: an old state holds the value they had then.
-LATER_DEFAULTS = {"latent_pool": 0, "layout_from": 0, "side_weight": 0.0}
+LATER_DEFAULTS = {"latent_pool": 0, "layout_from": 0, "side_weight": 0.0, "side_from": 0}
 
 
 def parse_args(argv=None):
@@ -72,6 +72,9 @@ def parse_args(argv=None):
                    help="weight of the side loss (training/side_loss.py): the text encoder learns to say which "
                         "object of a relation goes on which side; without it the teacher gets the order of "
                         "relations at random. In the UNet and layout stages")
+    p.add_argument("--side-from", type=int, default=0, metavar="STEP",
+                   help="in the UNet stage, add the side loss from this step on (from step 0 it was measured to "
+                        "slow down shape learning, docs/shapes.md)")
     p.add_argument("--latent-pool", type=int, default=0, metavar="N",
                    help="encode N rendered training scenes once after the VAE stage and draw the UNet stage's "
                         "batches from them (saves the VAE encoder pass of every step, ~20%% of its time); "
@@ -251,7 +254,7 @@ def train_unet(c: C.Components, args, state: dict, work: Path, stage: str = "une
             g["lr"] = lr * cosine_lr(step, steps, args.warmup // (4 if layout_stage else 1))
         weight = layout_weight if layout_stage or step >= args.layout_from else 0.0
         parts = diffusion_loss(c, args, stage, step, weight, pool)
-        if head:
+        if head and (layout_stage or step >= args.side_from):
             prompts = side_loss.prompts_for_step(args.seed, step + 1_000_000 * layout_stage)
             parts["side"] = side_loss.side_loss(c, head, prompts)
             parts["loss"] = parts["loss"] + args.side_weight * parts["side"]
