@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from training.distill_defaults import EMBEDDED_DEFAULTS, PAPER_DEFAULTS
 from wadi_core import fileio, students, vsd
 from wadi_core.dit import is_dit_folder
 from wadi_core.ema import EMA
@@ -43,16 +44,6 @@ SAMPLE_PROMPTS = ("a red circle", "a large blue square", "a small green triangle
                   "a yellow circle on the right", "a purple square left of an orange circle",
                   "a blue triangle above a red square", "an orange triangle", "a green circle below a yellow square")
 
-# Paper defaults (SD1.5 / SD2.1) and the smaller ones of the embedded world. None in a config means
-# "the default for this teacher".
-PAPER_DEFAULTS = dict(student_rank=256, fake_rank=32, lr_student=1e-4, lr_fake=1e-2, guidance=1.5, batch_size=128,
-                      steps=20000, sample_guidance=7.5, fake_updates=1, ema=0.0)
-# The embedded world's budget is 15 CPU minutes; three fake updates per student step over 600 steps beat
-# one update over 900 steps in the same time, an EMA of the student (decay 0.99) lowered FID by a fifth
-# in two seeds of the same run, and an unguided fake model with the teacher at CFG 2 raised shape accuracy
-# by 11-12 points in two seeds with FID under 2x the teacher's (docs/results.md).
-EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=5e-3, lr_fake=1e-2, guidance=2.0, fake_guidance=1.0,
-                         batch_size=16, steps=600, sample_guidance=3.0, fake_updates=3, ema=0.99)
 # Settings that must match to resume a checkpoint (the rest, like --steps, may change).
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
