@@ -73,8 +73,8 @@ def parse_args(argv=None):
                         "object of a relation goes on which side; without it the teacher gets the order of "
                         "relations at random. In the UNet and layout stages")
     p.add_argument("--side-from", type=int, default=0, metavar="STEP",
-                   help="in the UNet stage, add the side loss from this step on (from step 0 it was measured to "
-                        "slow down shape learning, docs/shapes.md)")
+                   help="in the UNet stage, add the side loss from this step on (0, the default, is the measured "
+                        "best: started late it no longer teaches position, docs/shapes.md)")
     p.add_argument("--latent-pool", type=int, default=0, metavar="N",
                    help="encode N rendered training scenes once after the VAE stage and draw the UNet stage's "
                         "batches from them (saves the VAE encoder pass of every step, ~20%% of its time); "
