@@ -216,3 +216,76 @@ def test_regression_loss_is_the_latent_mse():
     x0, target = torch.zeros(2, 4, 8, 8), torch.ones(2, 4, 8, 8)
     assert vsd.regression_loss(x0, target).item() == 1.0
     assert vsd.regression_loss(target, target).item() == 0.0
+
+
+def write_real_images(folder, count=3):
+    from PIL import Image
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"real{i}.png")
+        if i:  # one image without a caption: it is shown to the discriminator with the empty prompt
+            (folder / f"real{i}.txt").write_text(PROMPTS[i] + "\n")
+    return folder
+
+
+def test_gan_term_trains_its_head_logs_both_losses_and_resumes_exactly(tmp_path, sd_dir, prompt_file):
+    real = write_real_images(tmp_path / "real")
+    kw = dict(gan_weight=0.5, gan_disc_weight=0.1, gan_images=str(real))
+    whole = Distiller(config(tmp_path, sd_dir, prompt_file, "whole", **kw), progress=False)
+    assert whole.real["captions"] == ["", PROMPTS[1], PROMPTS[2]]
+    initial = {k: v.clone() for k, v in whole._unwrapped_head().state_dict().items()}
+    whole.run()
+    trained = whole._unwrapped_head().state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)  # the head did learn
+    history = json.loads((tmp_path / "whole" / "history.json").read_text())
+    assert all(h["loss_gan"] > 0 and h["loss_discriminator"] > 0 for h in history)
+
+    first = Distiller(config(tmp_path, sd_dir, prompt_file, "parts", **kw), progress=False)
+    first.run(should_stop=lambda: first.step == 2)
+    second = Distiller(config(tmp_path, sd_dir, prompt_file, "parts", resume=True, **kw), progress=False)
+    second.run()
+    a = load_file(tmp_path / "whole" / "student.safetensors")
+    b = load_file(tmp_path / "parts" / "student.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ResumeMismatch, match="gan_weight=0.5.*gan_weight=0.0"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, "parts", steps=5, resume=True), progress=False)
+
+
+def test_gan_generator_pass_reaches_the_student_and_leaves_the_fake_model_alone(tmp_path, sd_dir, prompt_file):
+    d = Distiller(config(tmp_path, sd_dir, prompt_file, gan_weight=1.0, gan_images=str(write_real_images(
+        tmp_path / "real"))), progress=False)
+    x0, noise, t = torch.randn(2, *d.shape, requires_grad=True), torch.randn(2, *d.shape), torch.tensor([100, 700])
+    cond = d.embed(PROMPTS[:2])
+    eps, loss = d._gan_generator_pass(x0, noise, t, cond)
+    loss.backward()
+    assert x0.grad is not None and x0.grad.abs().sum() > 0
+    assert all(p.grad is None and p.requires_grad for p in d.fake_params)  # frozen only for the pass
+    with torch.no_grad():  # its eps is the fake model's conditional eps, the VSD gradient's fake term at CFG 1
+        expected = d._eps(d.fake, d.teacher.scheduler.add_noise(x0, noise, t), t, cond, 1.0)
+    assert torch.allclose(eps, expected, atol=1e-5) and not eps.requires_grad
+
+
+def test_gan_term_needs_real_images_for_other_teachers(tmp_path, sd_dir, prompt_file):
+    with pytest.raises(ValueError, match="--gan-images FOLDER"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, gan_weight=0.1), progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, gan_weight=0.1, gan_images=str(tmp_path / "nope")),
+                  progress=False)
+
+
+def test_gan_term_renders_the_prompts_of_the_embedded_world(tmp_path):
+    from wadi_core.shapes.judge import judge
+    from wadi_core.sampling import decode
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a red circle\na photo of a cat\n")
+    with pytest.raises(ValueError, match="'a photo of a cat' is not a prompt of the shapes world"):
+        Distiller(DistillConfig(out=str(tmp_path / "bad"), prompts=str(bad), gan_weight=0.1, report_to="none"),
+                  progress=False)
+    d = Distiller(DistillConfig(out=str(tmp_path / "run"), gan_weight=0.1, report_to="none"), progress=False)
+    prompts = [d.prompts[0], d.prompts[-1]]  # a single-object and a relation prompt of the training split
+    latents, cond = d._real_latents(prompts, torch.Generator().manual_seed(0))
+    assert latents.shape == (2, *d.shape) and torch.equal(cond, d.embed(prompts))
+    images = decode(d.teacher, latents)  # the VAE's reconstructions of the renders still show the prompts
+    assert all(judge(image, prompt).correct for image, prompt in zip(images, prompts))

@@ -127,3 +127,14 @@ def test_distill_a_dit_teacher_resume_generate_and_export(tmp_path):
     assert np.abs(with_adapter.astype(int) - baked.astype(int)).max() <= 2
     assert main(["generate", "--model", str(teacher), "--prompt", "a red circle", "--steps", "3",
                  "--out", str(tmp_path / "gen"), "--quiet"]) == 0
+
+
+def test_gan_head_reads_the_middle_transformer_block_of_a_dit():
+    from wadi_core import gan
+    model = tiny_pixart()
+    tap = gan.FeatureTap(model)
+    with tap.capture():
+        run(model)
+    channels = gan.feature_channels(model)
+    assert channels == 16 and tap.features.shape == (1, 16, channels)  # 4x4 patches of 2x2 on an 8x8 latent
+    assert gan.DiscriminatorHead(channels)(tap.features).shape == (1,)

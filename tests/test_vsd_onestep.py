@@ -72,3 +72,27 @@ def test_one_step_generation_uses_t999_and_the_x0_formula():
         abar = c.scheduler.alphas_cumprod[999]
         assert torch.allclose(predict_x0(original.__self__, c.scheduler, noise, text),
                               (noise - (1 - abar).sqrt() * eps) / abar.sqrt(), atol=1e-5)
+
+
+def test_gan_losses_and_head_shapes():
+    from wadi_core import gan
+    high, low = torch.full((4,), 5.0), torch.full((4,), -5.0)
+    assert gan.discriminator_loss(high, low) < 0.02 < gan.discriminator_loss(low, high)
+    assert gan.generator_loss(high) < 0.01 < gan.generator_loss(low)
+    head = gan.DiscriminatorHead(64)
+    assert head(torch.randn(3, 64, 2, 2)).shape == (3,)  # UNet features: a patch classifier
+    assert head(torch.randn(3, 10, 64)).shape == (3,)  # DiT tokens
+
+
+def test_feature_tap_reads_the_mid_block_only_while_capturing():
+    from conftest import tiny_unet
+    from wadi_core import gan
+    unet = tiny_unet()
+    tap = gan.FeatureTap(unet)
+    x, t, cond = torch.randn(2, 4, 16, 16), torch.tensor([1, 2]), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        unet(x, t, cond)
+        assert tap.features is None
+        with tap.capture():
+            unet(x, t, cond)
+    assert tap.features.shape == (2, gan.feature_channels(unet), 8, 8)

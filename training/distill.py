@@ -13,6 +13,7 @@ the uninterrupted one exactly on CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -26,16 +27,20 @@ import torch
 from tqdm.auto import tqdm
 
 from training.distill_defaults import EMBEDDED_DEFAULTS, PAPER_DEFAULTS
-from wadi_core import fileio, students, vsd
+from wadi_core import fileio, gan, students, vsd
 from wadi_core.dit import is_dit_folder
 from wadi_core.ema import EMA
 from wadi_core.families import family_of_model
-from wadi_core.images import side_by_side
+from wadi_core.highres import encode
+from wadi_core.images import read_image_folder, side_by_side
 from wadi_core.onestep import predict_x0
 from wadi_core.plots import loss_curves
 from wadi_core.prompts import read_prompts
 from wadi_core.sampling import check_eps_prediction, decode, initial_latents, latent_shape, sample, sample_latents
 from wadi_core.shapes import prompts_of
+from wadi_core.shapes.dataset import render_batch
+from wadi_core.shapes.render import scene_for_prompt
+from wadi_core.shapes.world import NotJudgeable, parse_prompt
 from wadi_core.shapes.components import MODEL_DIR, load_components
 
 CHECKPOINT = "checkpoint"
@@ -48,7 +53,7 @@ SAMPLE_PROMPTS = ("a red circle", "a large blue square", "a small green triangle
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
                "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
-               "regression_weight")
+               "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -82,6 +87,13 @@ class DistillConfig:
     # x0 is also pulled toward the teacher's latent by regression_weight x MSE.
     regression_pairs: int = 0
     regression_weight: float = 0.25
+    # DMD2's GAN term (off by default, not part of WaDi): a head on the fake model's middle features tells noised
+    # real latents from noised student latents. Real images: renders of each batch's prompts for the embedded
+    # world, else --gan-images (captions from same-named .txt files).
+    gan_weight: float = 0.0  # the student's GAN loss weight
+    gan_disc_weight: float = 0.01  # the discriminator loss weight inside the fake model's update
+    gan_images: str | None = None
+    gan_head_lr: float = 1e-3
     ema: float | None = None  # 0 = off; else the decay of an EMA of the student's trainable weights
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
@@ -107,8 +119,9 @@ class DistillConfig:
             for key in ("student_preset", "fake_preset"):
                 values[key] = values[key].replace("unet-", "dit-", 1) if values[key].startswith("unet-") \
                     else values[key]
-        if values["prompts"]:
-            values["prompts"] = str(Path(values["prompts"]).expanduser().resolve())
+        for key in ("prompts", "gan_images"):
+            if values[key]:
+                values[key] = str(Path(values[key]).expanduser().resolve())
         return DistillConfig(**values)
 
     def check(self) -> None:
@@ -128,6 +141,11 @@ class DistillConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.regression_pairs < 0 or self.regression_weight < 0:
             raise ValueError("--regression-pairs and --regression-weight must be 0 or more")
+        if min(self.gan_weight, self.gan_disc_weight) < 0 or not self.gan_head_lr > 0:
+            raise ValueError("--gan-weight and --gan-disc-weight must be 0 or more, --gan-head-lr positive")
+        if self.gan_weight and not self.gan_images and not is_embedded(self.teacher):
+            raise ValueError("the GAN term needs real images for this teacher: pass --gan-images FOLDER (PNG/JPEG, "
+                             "captions in same-named .txt files), or --gan-weight 0")
         if self.guidance < 1 or (self.fake_guidance is not None and self.fake_guidance < 1):
             raise ValueError("--guidance and --fake-guidance must be 1 (no guidance) or more")
         if not 0 <= self.ema < 1:
@@ -140,6 +158,14 @@ class DistillConfig:
 
     def fake_spec(self) -> students.AdapterSpec:
         return students.AdapterSpec(self.fake, self.fake_rank, self.fake_preset)
+
+
+def _parses(prompt: str) -> bool:
+    try:
+        parse_prompt(prompt)
+        return True
+    except NotJudgeable:
+        return False
 
 
 class Diverged(RuntimeError):
@@ -214,14 +240,20 @@ class Distiller:
         # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
         fused = device.type in ("cpu", "cuda")
         self.opt_student = torch.optim.AdamW(self.student_params, lr=config.lr_student, weight_decay=0.0, fused=fused)
-        self.opt_fake = torch.optim.AdamW(self.fake_params, lr=config.lr_fake, weight_decay=0.0, fused=fused)
+        self.gan_head = self._gan_head(device) if config.gan_weight else None
+        head_params = list(self.gan_head.parameters()) if self.gan_head else []
+        groups = [{"params": self.fake_params}] + ([{"params": head_params, "lr": config.gan_head_lr}] if head_params
+                                                   else [])
+        self.opt_fake = torch.optim.AdamW(groups, lr=config.lr_fake, weight_decay=0.0, fused=fused)
         self.student, self.fake, self.opt_student, self.opt_fake = self.accelerator.prepare(
             self.student, self.fake, self.opt_student, self.opt_fake)
+        self.fake_params += head_params  # clipped, checkpointed and updated with the fake model
         self.ema = EMA(self.student_params, config.ema) if config.ema else None
 
         self.abar = self.teacher.scheduler.alphas_cumprod.to(device)
         self.final_t = self.teacher.scheduler.config.num_train_timesteps - 1
         self.shape = latent_shape(self.teacher)
+        self.real = self._real_images() if self.gan_head else None
         self._embeddings = self._precompute_embeddings()
         started = time.perf_counter()
         self.pairs = self._regression_pairs() if config.regression_pairs else None
@@ -271,6 +303,28 @@ class Distiller:
             model.enable_gradient_checkpointing()
         return model.train()
 
+    def _gan_head(self, device) -> torch.nn.Module:
+        torch.manual_seed(self.config.seed + 1)
+        self.tap = gan.FeatureTap(self.fake)
+        return gan.DiscriminatorHead(gan.feature_channels(self.fake)).to(device).train()
+
+    def _real_images(self) -> dict | None:
+        """--gan-images as uint8 images and captions; None for the embedded world, whose real images are
+        renders of each batch's own prompts."""
+        c = self.config
+        if not c.gan_images:
+            bad = [p for p in self.prompts if not _parses(p)]
+            if bad:
+                raise ValueError(f"the GAN term renders real images of the prompts, but '{bad[0]}' is not a prompt of "
+                                 "the shapes world; use its training prompts, pass --gan-images, or --gan-weight 0")
+            return None
+        names, images = read_image_folder(c.gan_images, self.teacher.vae.config.sample_size)
+        folder = Path(c.gan_images).expanduser()
+        captions = [(folder / name).with_suffix(".txt").read_text().strip()
+                    if (folder / name).with_suffix(".txt").is_file() else "" for name in names]
+        self.log(f"GAN term: {len(names)} real images from {folder}, {sum(map(bool, captions))} with captions")
+        return {"images": images, "captions": captions}
+
     @torch.no_grad()
     def _precompute_embeddings(self) -> dict[str, torch.Tensor] | None:
         """Text embeddings of every prompt, computed once (the text encoder is frozen)."""
@@ -278,8 +332,9 @@ class Distiller:
         if len(self.prompts) > 20000:
             return None  # too many to keep: encode per batch instead
         out = {}
-        for start in range(0, len(self.prompts), 256):
-            chunk = self.prompts[start:start + 256]
+        texts = list(dict.fromkeys(self.prompts + (self.real["captions"] if self.real else [])))
+        for start in range(0, len(texts), 256):
+            chunk = texts[start:start + 256]
             for prompt, emb in zip(chunk, self.teacher.encode_prompts(chunk)):
                 out[prompt] = emb
         return out
@@ -347,13 +402,21 @@ class Distiller:
             t = vsd.sample_generator_timesteps(n, gen, device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
             x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
+            fake_scale = c.guidance if c.fake_guidance is None else c.fake_guidance
+            eps_fake = loss_gan = None
+            if self.gan_head:  # the same noised x0, with its graph, through the (frozen) fake model and head
+                eps_fake, loss_gan = self._gan_generator_pass(x0, noise, t, cond)
+                if fake_scale != 1:
+                    eps_fake = None
             with torch.no_grad():
                 eps_real = self._eps(self.teacher.unet, x_t, t, cond, c.guidance)
-                fake_scale = c.guidance if c.fake_guidance is None else c.fake_guidance
-                eps_fake = self._eps(self.fake, x_t, t, cond, fake_scale)
+                if eps_fake is None:
+                    eps_fake = self._eps(self.fake, x_t, t, cond, fake_scale)
             grad = vsd.score_gradient(x0.detach(), x_t, eps_real, eps_fake, self.abar[t], c.gradient_mode)
             loss_g = vsd.generator_loss(x0, grad)
             loss = loss_g
+            if loss_gan is not None:
+                loss = loss + c.gan_weight * loss_gan
             if pick is not None:
                 target = self.pairs["latents"][pick].to(device)
                 loss_r = vsd.regression_loss(x0[:len(pick)], target)
@@ -366,17 +429,54 @@ class Distiller:
                 self.opt_student.step()
             self.opt_student.zero_grad(set_to_none=True)
 
-        # 5: the fake model learns the student's current distribution (--fake-updates times)
-        for _ in range(c.fake_updates):
-            loss_f = self._fake_update(x0.detach(), cond, gen)
+        # 5: the fake model learns the student's current distribution (--fake-updates times); with the GAN
+        # term its head learns real from student latents in the first of them
+        real = self._real_latents(prompts, gen) if self.gan_head else None
+        for update in range(c.fake_updates):
+            loss_f, loss_d = self._fake_update(x0.detach(), cond, gen, real if update == 0 else None)
+            if update == 0:
+                first_loss_d = loss_d
         finite_f = bool(torch.isfinite(loss_f))
         record = {"loss_student": loss_g.item(), "loss_fake": loss_f.item(), "finite": finite and finite_f,
                   "grad_norm": grad.norm().item() / math.sqrt(n)}
         if pick is not None:
             record["loss_regression"] = loss_r.item()
+        if loss_gan is not None:
+            record["loss_gan"], record["loss_discriminator"] = loss_gan.item(), first_loss_d.item()
         return record
 
-    def _fake_update(self, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _gan_generator_pass(self, x0, noise, t, cond):
+        """The student's GAN loss on its noised x0, and the fake model's conditional eps there (the VSD
+        gradient's fake term at CFG 1, so the pass costs only the backward through the fake's first half)."""
+        fake = self.accelerator.unwrap_model(self.fake)  # no DDP: no fake weight takes a gradient here
+        x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu())
+        with gan.frozen(self.fake_params), self.tap.capture(), self.accelerator.autocast():
+            dtype = next(fake.parameters()).dtype
+            eps = fake(x_t.to(dtype), t, cond.to(dtype)).sample.float()
+            loss = gan.generator_loss(self._unwrapped_head()(self.tap.features))
+        return eps.detach(), loss
+
+    def _unwrapped_head(self):
+        return self.accelerator.unwrap_model(self.gan_head)
+
+    @torch.no_grad()
+    def _real_latents(self, prompts: list[str], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of real latents and their text embeddings for the discriminator."""
+        n = len(prompts)
+        if self.real is None:  # the embedded world: renders of this batch's own prompts
+            rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=gen)))
+            images = render_batch([scene_for_prompt(parse_prompt(p), rng) for p in prompts])
+            captions = prompts
+        else:
+            pick = torch.randint(len(self.real["captions"]), (n,), generator=gen).tolist()
+            images = self.real["images"][pick]
+            captions = [self.real["captions"][i] for i in pick]
+        return encode(self.teacher, images).float(), self.embed(captions)
+
+    def _fake_update(self, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator,
+                     real: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """One step of the fake model's eps loss on the student's x0; with ``real`` (latents, embeddings) also
+        of the discriminator loss, real and student latents noised alike in one batch. Returns both losses."""
         c, acc, device = self.config, self.accelerator, self.accelerator.device
         n = x0.shape[0]
         with acc.accumulate(self.fake):
@@ -385,17 +485,26 @@ class Distiller:
             x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu()).to(device)
             drop = (torch.rand(n, generator=gen) < c.null_prompt_share).to(device)
             cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
-            with acc.autocast():
+            if real is not None:
+                real_t = self.teacher.scheduler.add_noise(real[0].to(device), noise, t.cpu()).to(device)
+                real_cond = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), real[1])
+                x_t, t, cond_f = torch.cat([x_t, real_t]), torch.cat([t, t]), torch.cat([cond_f, real_cond])
+            with acc.autocast(), (self.tap.capture() if real is not None else contextlib.nullcontext()):
                 dtype = next(self.fake.parameters()).dtype
                 pred = self.fake(x_t.to(dtype), t, cond_f.to(dtype)).sample
-            loss = vsd.fake_model_loss(pred, noise, self.abar[t])
+            loss = vsd.fake_model_loss(pred[:n], noise, self.abar[t[:n]])
+            loss_d = torch.zeros(())
+            if real is not None:
+                student_logits, real_logits = self.gan_head(self.tap.features).chunk(2)
+                loss_d = gan.discriminator_loss(real_logits, student_logits)
+                loss = loss + c.gan_disc_weight * loss_d
             if torch.isfinite(loss):
                 acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(self.fake_params, 1.0)
                 self.opt_fake.step()
             self.opt_fake.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach(), loss_d.detach()
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (``grad_accum`` micro-batches) on both networks; returns its losses."""
@@ -412,7 +521,8 @@ class Distiller:
                 raise Diverged(f"the losses were NaN/Inf for {self.bad_steps} steps in a row (up to step "
                                f"{self.step + 1}); stopped. The last good checkpoint is in {self.out / CHECKPOINT}; "
                                "lower the learning rates or use --mixed-precision no, then --resume")
-        logged = ("loss_student", "loss_fake", "grad_norm") + (("loss_regression",) if self.pairs else ())
+        logged = ("loss_student", "loss_fake", "grad_norm") + (("loss_regression",) if self.pairs else ()) + \
+            (("loss_gan", "loss_discriminator") if self.gan_head else ())
         record = {"step": self.step + 1, **{k: float(np.mean([r[k] for r in results])) for k in logged},
                   "skipped": not finite, "seconds": time.perf_counter() - started}
         self.history.append(record)
@@ -494,6 +604,9 @@ class Distiller:
                   "fake score model loss": [r["loss_fake"] for r in self.history]}
         if self.pairs:
             curves["regression loss"] = [r["loss_regression"] for r in self.history]
+        if self.gan_head:
+            curves["GAN loss (student)"] = [r["loss_gan"] for r in self.history]
+            curves["discriminator loss"] = [r["loss_discriminator"] for r in self.history]
         loss_curves(curves, path,
                     title=f"WaDi distillation ({self.config.student} student, {self.config.fake} fake)")
         (self.out / "history.json").write_text(json.dumps(self.history))
@@ -511,6 +624,7 @@ class Distiller:
             "fake": students.trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec()),
             "opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
             "ema": self.ema.shadow if self.ema else None,
+            "gan_head": self._unwrapped_head().state_dict() if self.gan_head else None,
             "torch_rng": torch.get_rng_state(),
         }
         with fileio.atomic_dir(self.out / CHECKPOINT, overwrite=True) as tmp:
@@ -535,6 +649,8 @@ class Distiller:
         students.load_trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec(), state["fake"])
         self.opt_student.load_state_dict(state["opt_student"])
         self.opt_fake.load_state_dict(state["opt_fake"])
+        if self.gan_head:
+            self._unwrapped_head().load_state_dict(state["gan_head"])
         if self.ema and state["ema"] is not None:
             for s, saved in zip(self.ema.shadow, state["ema"]):
                 s.copy_(saved)
@@ -635,6 +751,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DMD's regression loss (not part of WaDi; off by default): make N teacher samples before "
                         "training and pull the student's one-step output for their noise toward them")
     p.add_argument("--regression-weight", type=float, default=d.regression_weight)
+    p.add_argument("--gan-weight", type=float, default=d.gan_weight,
+                   help="DMD2's GAN term (not part of WaDi; 0 = off): weight of the student's GAN loss against a "
+                        "head on the fake model's middle features")
+    p.add_argument("--gan-disc-weight", type=float, default=d.gan_disc_weight,
+                   help="weight of the discriminator loss in the fake model's update")
+    p.add_argument("--gan-images", metavar="FOLDER",
+                   help="real images for the GAN term (captions in same-named .txt files); the embedded world "
+                        "renders its own")
+    p.add_argument("--gan-head-lr", type=float, default=d.gan_head_lr)
     p.add_argument("--ema", type=float, help="EMA decay of the student adapter, 0 = off (paper's script: off, "
                                              "optionally 0.999; embedded default 0.99)")
     p.add_argument("--seed", type=int, default=d.seed)

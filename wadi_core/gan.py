@@ -1,0 +1,95 @@
+"""DMD2's GAN term (Yin et al. 2024, not part of WaDi): a small discriminator head on the fake score model's
+middle features, trained to tell noised real latents from noised student latents; the student is pushed
+to make its latents look real to it. The fake model's own features serve as the discriminator backbone,
+so the only new weights are the head's.
+
+The non-saturating losses: the head minimises ``softplus(-D(real)) + softplus(D(fake))``, the student
+``softplus(-D(fake))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def feature_module(model: nn.Module) -> nn.Module:
+    """The block whose output the head reads: a UNet's mid block (its lowest resolution), or the middle
+    transformer block of a DiT."""
+    if getattr(model, "mid_block", None) is not None:
+        return model.mid_block
+    blocks = getattr(model, "transformer_blocks", None)
+    if blocks:
+        return blocks[len(blocks) // 2]
+    raise ValueError(f"{type(model).__name__} has neither a mid_block nor transformer_blocks; the GAN term needs "
+                     "one of them (turn it off with --gan-weight 0)")
+
+
+def feature_channels(model: nn.Module) -> int:
+    """Channels of :func:`feature_module`'s output."""
+    if getattr(model, "mid_block", None) is not None:
+        return model.config.block_out_channels[-1]
+    return model.transformer_blocks[0].norm1.normalized_shape[0]
+
+
+class FeatureTap:
+    """Keeps the latest output of :func:`feature_module` while :meth:`capture` is active."""
+
+    def __init__(self, model: nn.Module):
+        self.features: torch.Tensor | None = None
+        self._active = False
+        feature_module(model).register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if self._active:
+            self.features = output[0] if isinstance(output, tuple) else output
+
+    @contextlib.contextmanager
+    def capture(self):
+        self._active, self.features = True, None
+        try:
+            yield self
+        finally:
+            self._active = False
+
+
+class DiscriminatorHead(nn.Module):
+    """Features -> one logit per sample: a patch classifier (UNet features ``[n, C, h, w]``) or a token
+    classifier (DiT features ``[n, tokens, C]``), averaged over patches or tokens."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+        self.conv = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(groups, channels),
+                                  nn.SiLU(), nn.Conv2d(channels, 1, 1))
+        self.tokens = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, channels), nn.SiLU(),
+                                    nn.Linear(channels, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.conv(features.float()) if features.dim() == 4 else self.tokens(features.float())
+        return logits.flatten(1).mean(1)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-fake_logits).mean()
+
+
+@contextlib.contextmanager
+def frozen(params):
+    """Parameters that take no gradient inside the block (the student's GAN pass through the fake model)."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
