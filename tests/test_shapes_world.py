@@ -121,3 +121,18 @@ def test_prompt_files(tmp_path):
         read_prompts(tmp_path / "bad.jsonl")
     with pytest.raises(PromptFileError, match="does not exist"):
         read_prompts(tmp_path / "missing.txt")
+
+
+def test_attribute_confusion_counts_hits_and_what_is_drawn_instead():
+    import runpy
+    from pathlib import Path
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "attribute_confusion.py"))
+    prompts = ["a red circle", "an orange square", "a blue triangle left of a red circle"]
+    rng = np.random.default_rng(0)
+    renders = render_batch([scene_for_prompt(parse_prompt(p), rng) for p in prompts])
+    table = script["confusion"](renders, prompts)
+    assert table["color"] == {"red": {"red": 1}, "orange": {"orange": 1}}  # relation prompts are left out
+    swapped = script["confusion"](renders[[1, 0]], prompts[:2])  # each image under the other's prompt
+    assert swapped["color"] == {"red": {"orange": 1}, "orange": {"red": 1}}
+    assert swapped["shape"] == {"circle": {"square": 1}, "square": {"circle": 1}}
+    assert "orange     0/1" in script["report"](swapped)

@@ -1,0 +1,73 @@
+"""Which colours and shapes a shapes-world generator gets wrong, and what it draws instead.
+
+    python scripts/attribute_confusion.py --student runs/demo/student.safetensors   # one-step student
+    python scripts/attribute_confusion.py                                            # the teacher, 25 steps
+
+On the single-object prompts of `wadi eval`'s held-out set (same prompts and seeds), prints per colour and per
+shape how often the judge finds it, and for the misses the colour / shape of the largest object drawn instead.
+Results: docs/results.md, "Session 11".
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wadi_core.evaluate import evaluate_student, evaluate_teacher  # noqa: E402
+from wadi_core.shapes import parse_prompt, sample_prompts  # noqa: E402
+from wadi_core.shapes.components import MODEL_DIR  # noqa: E402
+from wadi_core.shapes.judge import judge  # noqa: E402
+
+
+def confusion(images, prompts) -> dict[str, dict[str, collections.Counter]]:
+    """``{"color"|"shape": {wanted: Counter(drawn)}}`` over single-object prompts; drawn is the wanted value
+    when the judge accepts it, else the largest object's value (``"nothing"`` when no object is found)."""
+    out = {"color": collections.defaultdict(collections.Counter), "shape": collections.defaultdict(collections.Counter)}
+    for image, text in zip(images, prompts):
+        prompt = parse_prompt(text)
+        if prompt.relation:
+            continue
+        verdict = judge(image, prompt)
+        largest = max(verdict.objects, key=lambda o: o.area) if verdict.objects else None
+        for index, attribute in enumerate(("color", "shape")):
+            wanted = prompt.objects[0][index]
+            drawn = wanted if verdict.checks[attribute] else getattr(largest, attribute, "nothing")
+            out[attribute][wanted][drawn] += 1
+    return out
+
+
+def report(table: dict[str, dict[str, collections.Counter]]) -> str:
+    lines = []
+    for attribute, rows in table.items():
+        lines.append(f"{attribute}:")
+        for wanted, drawn in sorted(rows.items()):
+            total = sum(drawn.values())
+            misses = ", ".join(f"{k} {v}" for k, v in drawn.most_common() if k != wanted) or "-"
+            lines.append(f"  {wanted:8s} {drawn[wanted]:3d}/{total:<3d} ({drawn[wanted] / total:6.1%})  drawn instead: "
+                         f"{misses}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--student", help="a one-step student adapter (default: the teacher with 25 DDIM steps)")
+    p.add_argument("--model", default=str(MODEL_DIR))
+    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's CFG")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    prompts = [q.caption() for q in sample_prompts(args.num_prompts, "heldout", seed=args.seed)]
+    if args.student:
+        _, images = evaluate_student(args.model, args.student, prompts, seed=args.seed)
+    else:
+        _, images = evaluate_teacher(args.model, prompts, seed=args.seed, guidance=args.guidance)
+    print(report(confusion(images, prompts)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
