@@ -96,3 +96,9 @@ def test_feature_tap_reads_the_mid_block_only_while_capturing():
         with tap.capture():
             unet(x, t, cond)
     assert tap.features.shape == (2, gan.feature_channels(unet), 8, 8)
+    last = gan.FeatureTap(unet, "last")  # the last up block: the full latent resolution
+    with torch.no_grad(), last.capture():
+        unet(x, t, cond)
+    assert last.features.shape == (2, gan.feature_channels(unet, "last"), 16, 16) == (2, 32, 16, 16)
+    with pytest.raises(ValueError, match="unknown GAN feature place 'top'"):
+        gan.FeatureTap(unet, "top")

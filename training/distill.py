@@ -53,7 +53,8 @@ SAMPLE_PROMPTS = ("a red circle", "a large blue square", "a small green triangle
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
                "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
-               "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr")
+               "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr",
+               "gan_features")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -94,6 +95,7 @@ class DistillConfig:
     gan_disc_weight: float = 0.01  # the discriminator loss weight inside the fake model's update
     gan_images: str | None = None
     gan_head_lr: float = 1e-3
+    gan_features: str = "mid"  # mid: the UNet's mid block (DMD2); last: its last up block (full resolution)
     ema: float | None = None  # 0 = off; else the decay of an EMA of the student's trainable weights
     seed: int = 0
     mixed_precision: str = "no"  # no | fp16 | bf16
@@ -305,8 +307,9 @@ class Distiller:
 
     def _gan_head(self, device) -> torch.nn.Module:
         torch.manual_seed(self.config.seed + 1)
-        self.tap = gan.FeatureTap(self.fake)
-        return gan.DiscriminatorHead(gan.feature_channels(self.fake)).to(device).train()
+        self.tap = gan.FeatureTap(self.fake, self.config.gan_features)
+        channels = gan.feature_channels(self.fake, self.config.gan_features)
+        return gan.DiscriminatorHead(channels).to(device).train()
 
     def _real_images(self) -> dict | None:
         """--gan-images as uint8 images and captions; None for the embedded world, whose real images are
@@ -760,6 +763,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="real images for the GAN term (captions in same-named .txt files); the embedded world "
                         "renders its own")
     p.add_argument("--gan-head-lr", type=float, default=d.gan_head_lr)
+    p.add_argument("--gan-features", default=d.gan_features, choices=gan.FEATURES,
+                   help="where the discriminator head reads the fake model: mid (the UNet's mid block, as DMD2) or "
+                        "last (its last up block, full latent resolution)")
     p.add_argument("--ema", type=float, help="EMA decay of the student adapter, 0 = off (paper's script: off, "
                                              "optionally 0.999; embedded default 0.99)")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -16,32 +16,38 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def feature_module(model: nn.Module) -> nn.Module:
-    """The block whose output the head reads: a UNet's mid block (its lowest resolution), or the middle
-    transformer block of a DiT."""
+FEATURES = ("mid", "last")
+
+
+def feature_module(model: nn.Module, where: str = "mid") -> nn.Module:
+    """The block whose output the head reads. ``mid``: a UNet's mid block (its lowest resolution, DMD2's
+    choice) or the middle transformer block of a DiT; ``last``: the last up block of a UNet (the full latent
+    resolution, where a small latent keeps its fine detail) or the last transformer block of a DiT."""
+    if where not in FEATURES:
+        raise ValueError(f"unknown GAN feature place '{where}'; choose one of: {', '.join(FEATURES)}")
     if getattr(model, "mid_block", None) is not None:
-        return model.mid_block
+        return model.mid_block if where == "mid" else model.up_blocks[-1]
     blocks = getattr(model, "transformer_blocks", None)
     if blocks:
-        return blocks[len(blocks) // 2]
+        return blocks[len(blocks) // 2] if where == "mid" else blocks[-1]
     raise ValueError(f"{type(model).__name__} has neither a mid_block nor transformer_blocks; the GAN term needs "
                      "one of them (turn it off with --gan-weight 0)")
 
 
-def feature_channels(model: nn.Module) -> int:
+def feature_channels(model: nn.Module, where: str = "mid") -> int:
     """Channels of :func:`feature_module`'s output."""
     if getattr(model, "mid_block", None) is not None:
-        return model.config.block_out_channels[-1]
+        return model.config.block_out_channels[-1 if where == "mid" else 0]
     return model.transformer_blocks[0].norm1.normalized_shape[0]
 
 
 class FeatureTap:
     """Keeps the latest output of :func:`feature_module` while :meth:`capture` is active."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, where: str = "mid"):
         self.features: torch.Tensor | None = None
         self._active = False
-        feature_module(model).register_forward_hook(self._hook)
+        feature_module(model, where).register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
         if self._active:
