@@ -9,6 +9,7 @@ import torch
 
 from wadi_core import controlnet as C
 from wadi_core import onestep
+from wadi_core.sampling import image_size
 from wadi_core.shapes.components import load_components
 
 PROMPT = "a red circle"
@@ -39,7 +40,7 @@ def test_one_step_controlnet_equals_diffusers_pipeline_with_lcm_at_999(sd_dir):
 
     components = load_components(sd_dir)
     net = random_controlnet(components)
-    size = components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
+    size = image_size(components)
     hint = control_images(1, size)
     ours = C.generate(components, net, [PROMPT], hint, seeds=[3])
     pipe = StableDiffusionControlNetPipeline(

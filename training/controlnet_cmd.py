@@ -25,6 +25,7 @@ from wadi_core.plots import loss_curves
 from wadi_core.shapes import accuracy_report, render_batch, sample_scenes
 from wadi_core.shapes.components import MODEL_DIR, load_components
 from wadi_core.shapes.judge import foreground_mask
+from wadi_core.sampling import image_size
 from wadi_core.shapes.render import silhouette
 
 CHECKPOINT = "checkpoint"
@@ -114,7 +115,7 @@ def run_train(args) -> int:
     if not embedded and not args.data:
         raise ValueError("a real teacher needs --data (JSONL of image, condition, caption)")
     teacher = load_components(args.teacher)
-    size = teacher.unet.config.sample_size * 2 ** (len(teacher.vae.config.block_out_channels) - 1)
+    size = image_size(teacher)
     data = JsonlData(args.data, size) if args.data else None
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

@@ -36,7 +36,8 @@ from wadi_core.images import read_image_folder, side_by_side
 from wadi_core.onestep import predict_x0
 from wadi_core.plots import loss_curves
 from wadi_core.prompts import read_prompts
-from wadi_core.sampling import check_eps_prediction, decode, initial_latents, latent_shape, sample, sample_latents
+from wadi_core.sampling import (check_eps_prediction, decode, image_size, initial_latents, latent_shape, sample,
+                                sample_latents)
 from wadi_core.shapes import prompts_of
 from wadi_core.shapes.dataset import render_batch
 from wadi_core.shapes.render import scene_for_prompt
@@ -321,7 +322,7 @@ class Distiller:
                 raise ValueError(f"the GAN term renders real images of the prompts, but '{bad[0]}' is not a prompt of "
                                  "the shapes world; use its training prompts, pass --gan-images, or --gan-weight 0")
             return None
-        names, images = read_image_folder(c.gan_images, self.teacher.vae.config.sample_size)
+        names, images = read_image_folder(c.gan_images, image_size(self.teacher))
         folder = Path(c.gan_images).expanduser()
         captions = [(folder / name).with_suffix(".txt").read_text().strip()
                     if (folder / name).with_suffix(".txt").is_file() else "" for name in names]

@@ -18,7 +18,7 @@ from wadi_core import dreambooth as D
 from wadi_core import fileio, metrics, onestep, students
 from wadi_core.images import labelled_grid, read_image_folder
 from wadi_core.plots import loss_curves
-from wadi_core.sampling import sample
+from wadi_core.sampling import image_size, sample
 from wadi_core.shapes import novel
 from wadi_core.shapes.components import MODEL_DIR, load_components
 from wadi_core.shapes.features import load_feature_net
@@ -67,10 +67,6 @@ def register(sub) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(run=run_eval)
-
-
-def image_size(components) -> int:
-    return components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
 
 
 def class_images(args, components, folder: Path) -> np.ndarray | None:

@@ -12,7 +12,7 @@ from wadi_core.evaluate import evaluate_images, load_image_folder, render_floor,
 from wadi_core.metrics import load_feature_network
 from wadi_core.images import labelled_grid
 from wadi_core.prompts import read_prompts
-from wadi_core.sampling import sample
+from wadi_core.sampling import image_size, sample
 from wadi_core.shapes import sample_prompts
 
 from .generate_cmd import add_model_args, is_one_step, load_generator
@@ -47,8 +47,7 @@ def metric_inputs(args, components) -> tuple[object, object]:
     feature_net = load_feature_network(args.fid_features) if args.fid_features else None
     reference = None
     if args.reference:
-        image_size = components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
-        reference = load_image_folder(args.reference, image_size)
+        reference = load_image_folder(args.reference, image_size(components))
     return feature_net, reference
 
 

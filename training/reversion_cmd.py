@@ -19,7 +19,7 @@ from wadi_core import embeddings, fileio, onestep, students
 from wadi_core.images import labelled_grid
 from wadi_core.plots import loss_curves
 from wadi_core.reversion import ReVersionConfig, read_exemplars, train_relation
-from wadi_core.sampling import sample
+from wadi_core.sampling import image_size, sample
 from wadi_core.shapes import novel
 from wadi_core.shapes.components import MODEL_DIR, load_components
 
@@ -71,7 +71,7 @@ def register(sub) -> None:
 def run_train(args) -> int:
     out = fileio.check_output(args.out, args.overwrite)
     teacher = load_components(args.teacher)
-    size = teacher.unet.config.sample_size * 2 ** (len(teacher.vae.config.block_out_channels) - 1)
+    size = image_size(teacher)
     relation = None if args.exemplars else novel.novel_relation(args.relation)
     init = args.init or (relation.init if relation else "and")
     config = ReVersionConfig(token=args.token, init=init, steps=args.steps, batch_size=args.batch_size,

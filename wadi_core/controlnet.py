@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import onestep
-from .sampling import sample
+from .sampling import image_size, sample
 
 
 # The shipped ControlNet of the embedded world: silhouettes (shapes white on black) -> placement.
@@ -110,8 +110,7 @@ def generate(components, controlnet, prompts: Sequence[str], control_images: np.
         raise ValueError(f"{len(prompts)} prompts but {len(control_images)} control images; give one per prompt")
     check_fits(controlnet, components.unet)
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
-    image_size = components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
-    control = control_tensor(np.asarray(control_images), image_size)
+    control = control_tensor(np.asarray(control_images), image_size(components))
     out = []
     for start in range(0, len(prompts), batch_size):
         stop = start + batch_size

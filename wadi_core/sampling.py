@@ -36,6 +36,11 @@ def initial_latents(seeds: Sequence[int], shape: tuple[int, ...], dtype=torch.fl
                         for s in seeds])
 
 
+def image_size(components) -> int:
+    """The side in pixels of the images the model draws at its training resolution."""
+    return components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+
 def latent_shape(components, scale: int = 1) -> tuple[int, int, int]:
     """``(channels, side, side)`` of the latents; ``scale`` > 1 draws above the training resolution."""
     size = components.unet.config.sample_size * scale
