@@ -289,3 +289,18 @@ def test_gan_term_renders_the_prompts_of_the_embedded_world(tmp_path):
     assert latents.shape == (2, *d.shape) and torch.equal(cond, d.embed(prompts))
     images = decode(d.teacher, latents)  # the VAE's reconstructions of the renders still show the prompts
     assert all(judge(image, prompt).correct for image, prompt in zip(images, prompts))
+
+
+def test_generator_timestep_range_is_an_option_checked_against_the_teacher(tmp_path, sd_dir, prompt_file,
+                                                                            monkeypatch):
+    drawn = []
+    original = vsd.sample_generator_timesteps
+    monkeypatch.setattr(vsd, "sample_generator_timesteps", lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1])
+    Distiller(config(tmp_path, sd_dir, prompt_file, "range", generator_t_min=100, generator_t_max=300, steps=2),
+              progress=False).run()
+    assert len(drawn) == 2 and all(100 <= int(t) <= 300 for ts in drawn for t in ts)
+    with pytest.raises(ValueError, match="--generator-t-max 1000 is beyond this teacher's last timestep 999"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, "far", generator_t_max=1000), progress=False)
+    with pytest.raises(ValueError, match="0 <= min <= max, got 500 and 400"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, "swap", generator_t_min=500, generator_t_max=400),
+                  progress=False)

@@ -51,6 +51,8 @@ def test_fake_loss_weights_by_alpha_bar_and_timestep_ranges():
     g = torch.Generator().manual_seed(0)
     t = vsd.sample_generator_timesteps(20000, g)
     assert int(t.min()) == 20 and int(t.max()) == 980
+    t = vsd.sample_generator_timesteps(20000, g, t_range=(100, 600))
+    assert int(t.min()) == 100 and int(t.max()) == 600
     t = vsd.sample_fake_timesteps(20000, generator=g)
     assert int(t.min()) == 0 and int(t.max()) == 999
     assert torch.equal(vsd.guided(torch.zeros(1), torch.ones(1), 1.5), torch.tensor([1.5]))

@@ -55,7 +55,8 @@ RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset"
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
                "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
                "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr",
-               "gan_features")
+               "gan_features",
+               "generator_t_min", "generator_t_max")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -82,6 +83,8 @@ class DistillConfig:
     # its target is the guided one that the teacher's CFG samples come from.
     fake_guidance: float | None = None
     gradient_mode: str = "wadi"
+    generator_t_min: int = vsd.GENERATOR_T_RANGE[0]  # the VSD gradient's timesteps (inclusive; the spec's range)
+    generator_t_max: int = vsd.GENERATOR_T_RANGE[1]
     null_prompt_share: float = 0.1  # empty prompts in the fake model's loss
     fake_updates: int | None = None  # fake-model steps per student step (the paper: 1; DMD2: 5; embedded: 3)
     # DMD's regression loss (off by default, not part of WaDi): the teacher's multi-step latents for this many
@@ -149,6 +152,9 @@ class DistillConfig:
         if self.gan_weight and not self.gan_images and not is_embedded(self.teacher):
             raise ValueError("the GAN term needs real images for this teacher: pass --gan-images FOLDER (PNG/JPEG, "
                              "captions in same-named .txt files), or --gan-weight 0")
+        if not 0 <= self.generator_t_min <= self.generator_t_max:
+            raise ValueError(f"--generator-t-min / --generator-t-max must satisfy 0 <= min <= max, got "
+                             f"{self.generator_t_min} and {self.generator_t_max}")
         if self.guidance < 1 or (self.fake_guidance is not None and self.fake_guidance < 1):
             raise ValueError("--guidance and --fake-guidance must be 1 (no guidance) or more")
         if not 0 <= self.ema < 1:
@@ -255,6 +261,9 @@ class Distiller:
 
         self.abar = self.teacher.scheduler.alphas_cumprod.to(device)
         self.final_t = self.teacher.scheduler.config.num_train_timesteps - 1
+        if config.generator_t_max > self.final_t:
+            raise ValueError(f"--generator-t-max {config.generator_t_max} is beyond this teacher's last timestep "
+                             f"{self.final_t}; give at most {self.final_t}")
         self.shape = latent_shape(self.teacher)
         self.real = self._real_images() if self.gan_head else None
         self._embeddings = self._precompute_embeddings()
@@ -403,7 +412,7 @@ class Distiller:
         with acc.accumulate(self.student):
             with acc.autocast():
                 x0 = predict_x0(self.student, self.teacher.scheduler, z, cond).float()
-            t = vsd.sample_generator_timesteps(n, gen, device)
+            t = vsd.sample_generator_timesteps(n, gen, device, (c.generator_t_min, c.generator_t_max))
             noise = torch.randn(x0.shape, generator=gen).to(device)
             x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
             fake_scale = c.guidance if c.fake_guidance is None else c.fake_guidance
@@ -749,6 +758,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CFG of the fake model alone (paper: the same as --guidance, as in the paper's script; "
                         "embedded 1, which targets the teacher's guided distribution, as in DMD2)")
     p.add_argument("--gradient-mode", default=d.gradient_mode, choices=vsd.GRADIENT_MODES)
+    p.add_argument("--generator-t-min", type=int, default=d.generator_t_min,
+                   help="lowest timestep of the VSD gradient (spec: 20)")
+    p.add_argument("--generator-t-max", type=int, default=d.generator_t_max,
+                   help="highest timestep of the VSD gradient (spec: 980)")
     p.add_argument("--fake-updates", type=int,
                    help="fake score model steps per student step (paper 1; embedded default 3; DMD2 uses 5)")
     p.add_argument("--regression-pairs", type=int, default=d.regression_pairs, metavar="N",

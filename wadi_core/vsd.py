@@ -31,8 +31,10 @@ def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> to
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-def sample_generator_timesteps(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    low, high = GENERATOR_T_RANGE
+def sample_generator_timesteps(n: int, generator: torch.Generator | None = None, device=None,
+                               t_range: tuple[int, int] = GENERATOR_T_RANGE) -> torch.Tensor:
+    """Timesteps of the VSD gradient, uniform in ``t_range`` (inclusive; the spec's range by default)."""
+    low, high = t_range
     return torch.randint(low, high + 1, (n,), generator=generator).to(device)
 
 
