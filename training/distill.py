@@ -54,8 +54,7 @@ SAMPLE_PROMPTS = ("a red circle", "a large blue square", "a small green triangle
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
                "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
-               "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr",
-               "gan_features",
+               "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr", "gan_features",
                "generator_t_min", "generator_t_max")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
@@ -249,13 +248,15 @@ class Distiller:
         # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
         fused = device.type in ("cpu", "cuda")
         self.opt_student = torch.optim.AdamW(self.student_params, lr=config.lr_student, weight_decay=0.0, fused=fused)
-        self.gan_head = self._gan_head(device) if config.gan_weight else None
-        head_params = list(self.gan_head.parameters()) if self.gan_head else []
+        head = self._gan_head(device) if config.gan_weight else None
+        head_params = list(head.parameters()) if head is not None else []
         groups = [{"params": self.fake_params}] + ([{"params": head_params, "lr": config.gan_head_lr}] if head_params
                                                    else [])
         self.opt_fake = torch.optim.AdamW(groups, lr=config.lr_fake, weight_decay=0.0, fused=fused)
         self.student, self.fake, self.opt_student, self.opt_fake = self.accelerator.prepare(
             self.student, self.fake, self.opt_student, self.opt_fake)
+        # wrapped like the fake model, so that its gradients are averaged across processes too
+        self.gan_head = self.accelerator.prepare(head) if head is not None else None
         self.fake_params += head_params  # clipped, checkpointed and updated with the fake model
         self.ema = EMA(self.student_params, config.ema) if config.ema else None
 
@@ -265,7 +266,7 @@ class Distiller:
             raise ValueError(f"--generator-t-max {config.generator_t_max} is beyond this teacher's last timestep "
                              f"{self.final_t}; give at most {self.final_t}")
         self.shape = latent_shape(self.teacher)
-        self.real = self._real_images() if self.gan_head else None
+        self.real = self._real_images() if self.gan_head is not None else None
         self._embeddings = self._precompute_embeddings()
         started = time.perf_counter()
         self.pairs = self._regression_pairs() if config.regression_pairs else None
@@ -417,7 +418,7 @@ class Distiller:
             x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
             fake_scale = c.guidance if c.fake_guidance is None else c.fake_guidance
             eps_fake = loss_gan = None
-            if self.gan_head:  # the same noised x0, with its graph, through the (frozen) fake model and head
+            if self.gan_head is not None:  # the same noised x0, with its graph, through the frozen fake and head
                 eps_fake, loss_gan = self._gan_generator_pass(x0, noise, t, cond)
                 if fake_scale != 1:
                     eps_fake = None
@@ -444,7 +445,7 @@ class Distiller:
 
         # 5: the fake model learns the student's current distribution (--fake-updates times); with the GAN
         # term its head learns real from student latents in the first of them
-        real = self._real_latents(prompts, gen) if self.gan_head else None
+        real = self._real_latents(prompts, gen) if self.gan_head is not None else None
         for update in range(c.fake_updates):
             loss_f, loss_d = self._fake_update(x0.detach(), cond, gen, real if update == 0 else None)
             if update == 0:
@@ -460,7 +461,8 @@ class Distiller:
 
     def _gan_generator_pass(self, x0, noise, t, cond):
         """The student's GAN loss on its noised x0, and the fake model's conditional eps there (the VSD
-        gradient's fake term at CFG 1, so the pass costs only the backward through the fake's first half)."""
+        gradient's fake term at CFG 1, so the pass adds only a backward: with ``mid`` features, through the
+        fake's first half)."""
         fake = self.accelerator.unwrap_model(self.fake)  # no DDP: no fake weight takes a gradient here
         x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu())
         with gan.frozen(self.fake_params), self.tap.capture(), self.accelerator.autocast():
@@ -535,7 +537,7 @@ class Distiller:
                                f"{self.step + 1}); stopped. The last good checkpoint is in {self.out / CHECKPOINT}; "
                                "lower the learning rates or use --mixed-precision no, then --resume")
         logged = ("loss_student", "loss_fake", "grad_norm") + (("loss_regression",) if self.pairs else ()) + \
-            (("loss_gan", "loss_discriminator") if self.gan_head else ())
+            (("loss_gan", "loss_discriminator") if self.gan_head is not None else ())
         record = {"step": self.step + 1, **{k: float(np.mean([r[k] for r in results])) for k in logged},
                   "skipped": not finite, "seconds": time.perf_counter() - started}
         self.history.append(record)
@@ -617,7 +619,7 @@ class Distiller:
                   "fake score model loss": [r["loss_fake"] for r in self.history]}
         if self.pairs:
             curves["regression loss"] = [r["loss_regression"] for r in self.history]
-        if self.gan_head:
+        if self.gan_head is not None:
             curves["GAN loss (student)"] = [r["loss_gan"] for r in self.history]
             curves["discriminator loss"] = [r["loss_discriminator"] for r in self.history]
         loss_curves(curves, path,
@@ -637,7 +639,7 @@ class Distiller:
             "fake": students.trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec()),
             "opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
             "ema": self.ema.shadow if self.ema else None,
-            "gan_head": self._unwrapped_head().state_dict() if self.gan_head else None,
+            "gan_head": self._unwrapped_head().state_dict() if self.gan_head is not None else None,
             "torch_rng": torch.get_rng_state(),
         }
         with fileio.atomic_dir(self.out / CHECKPOINT, overwrite=True) as tmp:
@@ -662,7 +664,7 @@ class Distiller:
         students.load_trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec(), state["fake"])
         self.opt_student.load_state_dict(state["opt_student"])
         self.opt_fake.load_state_dict(state["opt_fake"])
-        if self.gan_head:
+        if self.gan_head is not None:
             self._unwrapped_head().load_state_dict(state["gan_head"])
         if self.ema and state["ema"] is not None:
             for s, saved in zip(self.ema.shadow, state["ema"]):
