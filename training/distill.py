@@ -168,14 +168,6 @@ class DistillConfig:
         return students.AdapterSpec(self.fake, self.fake_rank, self.fake_preset)
 
 
-def _parses(prompt: str) -> bool:
-    try:
-        parse_prompt(prompt)
-        return True
-    except NotJudgeable:
-        return False
-
-
 class Diverged(RuntimeError):
     """Raised after ``max_bad_steps`` consecutive non-finite losses; the last good checkpoint stays."""
 
@@ -327,15 +319,18 @@ class Distiller:
         renders of each batch's own prompts."""
         c = self.config
         if not c.gan_images:
-            bad = [p for p in self.prompts if not _parses(p)]
-            if bad:
-                raise ValueError(f"the GAN term renders real images of the prompts, but '{bad[0]}' is not a prompt of "
-                                 "the shapes world; use its training prompts, pass --gan-images, or --gan-weight 0")
+            for prompt in self.prompts:
+                try:
+                    parse_prompt(prompt)
+                except NotJudgeable:
+                    raise ValueError(f"the GAN term renders real images of the prompts, but '{prompt}' is not a prompt "
+                                     "of the shapes world; use its training prompts, pass --gan-images, or "
+                                     "--gan-weight 0") from None
             return None
         names, images = read_image_folder(c.gan_images, image_size(self.teacher))
-        folder = Path(c.gan_images).expanduser()
-        captions = [(folder / name).with_suffix(".txt").read_text().strip()
-                    if (folder / name).with_suffix(".txt").is_file() else "" for name in names]
+        folder = Path(c.gan_images)
+        sidecars = [(folder / name).with_suffix(".txt") for name in names]
+        captions = [path.read_text().strip() if path.is_file() else "" for path in sidecars]
         self.log(f"GAN term: {len(names)} real images from {folder}, {sum(map(bool, captions))} with captions")
         return {"images": images, "captions": captions}
 
@@ -501,9 +496,9 @@ class Distiller:
             drop = (torch.rand(n, generator=gen) < c.null_prompt_share).to(device)
             cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
             if real is not None:
-                real_t = self.teacher.scheduler.add_noise(real[0].to(device), noise, t.cpu()).to(device)
+                real_noisy = self.teacher.scheduler.add_noise(real[0].to(device), noise, t.cpu()).to(device)
                 real_cond = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), real[1])
-                x_t, t, cond_f = torch.cat([x_t, real_t]), torch.cat([t, t]), torch.cat([cond_f, real_cond])
+                x_t, t, cond_f = torch.cat([x_t, real_noisy]), torch.cat([t, t]), torch.cat([cond_f, real_cond])
             with acc.autocast(), (self.tap.capture() if real is not None else contextlib.nullcontext()):
                 dtype = next(self.fake.parameters()).dtype
                 pred = self.fake(x_t.to(dtype), t, cond_f.to(dtype)).sample
