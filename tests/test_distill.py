@@ -161,6 +161,24 @@ def test_student_file_loads_for_generation_and_merged_export_matches(tmp_path, s
     assert np.abs(a - b).max() <= 1
 
 
+def test_a_student_with_convolutions_trains_reloads_and_merges(tmp_path, sd_dir, prompt_file):
+    """--student-preset unet-student-conv (ours): the convolutions turn too, and the adapter file and the merged
+    export draw what the trained student drew."""
+    merged = tmp_path / "merged"
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=2, student_preset="unet-student-conv",
+                           export_merged=str(merged)), progress=False)
+    path = run.run()
+    layers = {k.rsplit(".", 1)[0] for k in load_file(path) if k.endswith(".lorad_up")}
+    assert any(k.endswith("resnets_0_conv1") for k in layers)  # adapter files use kohya-style names
+    expected = run.student_images(PROMPTS[:2], [0, 1])
+    teacher = load_components(sd_dir)
+    students.apply_adapter_file(teacher.unet, path)
+    assert np.abs(onestep.generate(teacher, PROMPTS[:2], [0, 1], progress=False).astype(int)
+                  - expected.astype(int)).max() <= 1
+    assert np.abs(onestep.generate(load_components(merged), PROMPTS[:2], [0, 1], progress=False).astype(int)
+                  - expected.astype(int)).max() <= 1
+
+
 def test_a_lora_student_cannot_be_loaded_on_another_base(tmp_path, sd_dir, prompt_file):
     path = Distiller(config(tmp_path, sd_dir, prompt_file, steps=1), progress=False).run()
     other = load_components()  # the embedded shapes model: another architecture

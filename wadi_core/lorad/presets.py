@@ -17,13 +17,14 @@ FAKE_EXCLUDED = ("proj_in", "proj_out", "time_emb_proj")
 
 @dataclass(frozen=True)
 class Preset:
-    """A rule over ``nn.Linear`` module names (diffusers naming)."""
+    """A rule over ``nn.Linear`` module names (diffusers naming); with ``conv`` also over convolutions."""
 
     name: str
     description: str
     paper_rank: int
     under: tuple[str, ...] = ()  # name must start with one of these ("" = anywhere)
     exclude: tuple[str, ...] = field(default=())  # name must contain none of these
+    conv: bool = False  # also convolutions (their kernels flattened into rows; not in the paper)
 
     def selects(self, name: str) -> bool:
         if self.under and not name.startswith(self.under):
@@ -37,6 +38,9 @@ PRESETS: dict[str, Preset] = {
         Preset("unet-student", "every Linear in the UNet's down, mid and up blocks", 256, UNET_BLOCKS),
         Preset("unet-fake", "unet-student minus proj_in, proj_out and time_emb_proj", 32,
                UNET_BLOCKS, FAKE_EXCLUDED),
+        # Not the paper's: a UNet keeps most of its spatial weights in the resnets' convolutions.
+        Preset("unet-student-conv", "unet-student plus every convolution in the down, mid and up blocks", 256,
+               UNET_BLOCKS, conv=True),
         Preset("dit-student", "every Linear of the DiT except the adaln_single timestep embedder", 128,
                (), ("adaln_single",)),
         Preset("dit-fake", "Linear layers under transformer_blocks minus proj_in, proj_out, time_emb_proj",
@@ -59,18 +63,18 @@ def select_targets(model: nn.Module, preset: str | None = None, targets: Sequenc
     """The ``(name, module)`` pairs a preset or glob patterns choose.
 
     ``targets`` are shell-style globs over module names (``"*attn1.to_q"``); ``exclude`` globs
-    remove names again. Presets choose only ``nn.Linear``; patterns also choose convolutions
-    when ``include_conv`` is set (flattened kernels, not in the paper).
+    remove names again. Presets choose ``nn.Linear`` (and convolutions where the preset says so);
+    patterns also choose convolutions when ``include_conv`` is set (flattened kernels, not in the paper).
     """
     if (preset is None) == (targets is None):
         raise ValueError("give exactly one of a preset name or a list of target patterns")
-    kinds = ADAPTABLE if include_conv else (nn.Linear,)
     rule = get_preset(preset) if preset is not None else None
+    kinds = ADAPTABLE if (rule.conv if rule is not None else include_conv) else (nn.Linear,)
     chosen = []
     for name, module in model.named_modules():
         if not isinstance(module, kinds) or not name:
             continue
-        if rule is not None and (not isinstance(module, nn.Linear) or not rule.selects(name)):
+        if rule is not None and not rule.selects(name):
             continue
         if targets is not None and not any(fnmatch.fnmatchcase(name, pat) for pat in targets):
             continue
