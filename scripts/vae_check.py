@@ -34,6 +34,9 @@ SHOWN = ("single/color", "single/shape", "single/size", "single/position", "rela
 def load_vae(model: str | None, work: str | None):
     from diffusers import AutoencoderKL
     if work is None:
+        if not (Path(model) / "vae" / "config.json").is_file():
+            raise SystemExit(f"{Path(model) / 'vae' / 'config.json'} does not exist: --model must be a model folder "
+                             "with a vae/ subfolder (as `wadi generate --model` takes)")
         return AutoencoderKL.from_pretrained(model, subfolder="vae")
     state_file = Path(work) / "state.pt"
     if not state_file.is_file():

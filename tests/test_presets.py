@@ -72,12 +72,13 @@ def test_conv_preset_adds_the_block_convolutions(models):
     """unet-student-conv (ours, not the paper's) = unet-student plus every convolution under the blocks,
     each counted with its kernel flattened into rows; a Linear-only preset ignores include_conv."""
     from torch import nn
+    from wadi_core.lorad.presets import UNET_BLOCKS
     model = models["sd15"]
     linear = {name for name, _ in lorad.select_targets(model, preset="unet-student")}
     assert {name for name, _ in lorad.select_targets(model, preset="unet-student", include_conv=True)} == linear
     chosen = dict(lorad.select_targets(model, preset="unet-student-conv"))
     convs = {name: m for name, m in model.named_modules()
-             if isinstance(m, nn.Conv2d) and name.startswith(("down_blocks.", "mid_block.", "up_blocks."))}
+             if isinstance(m, nn.Conv2d) and name.startswith(UNET_BLOCKS)}
     assert set(chosen) == linear | set(convs)
     assert "down_blocks.0.resnets.0.conv1" in chosen and "conv_in" not in chosen and "conv_out" not in chosen
     _, linear_params = lorad.preset_parameter_count(model, "unet-student", 8)
