@@ -145,13 +145,18 @@ def test_other_student_types_train_and_reload(tmp_path, sd_dir, prompt_file, kin
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_student_file_loads_for_generation_and_merged_export_matches(tmp_path, sd_dir, prompt_file):
+def test_student_file_loads_for_generation_and_merged_export_matches(tmp_path, sd_dir, prompt_file, capsys):
     merged = tmp_path / "merged"
     run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, export_merged=str(merged)), progress=False)
     path = run.run()
     out = tmp_path / "gen"
     assert main(["generate", "--model", str(sd_dir), "--student", str(path), "--prompt", PROMPTS[0],
                  "--out", str(out), "--quiet"]) == 0
+    assert "distilled from" not in capsys.readouterr().out  # on its own teacher: nothing to say
+    # on another model of the same architecture: it loads, with a note naming its own teacher
+    assert main(["generate", "--model", str(merged), "--student", str(path), "--prompt", PROMPTS[0],
+                 "--out", str(tmp_path / "gen-other"), "--quiet"]) == 0
+    assert f"distilled from {sd_dir.resolve()}" in capsys.readouterr().out
     out_merged = tmp_path / "gen-merged"
     assert main(["generate", "--model", str(merged), "--one-step", "--prompt", PROMPTS[0],
                  "--out", str(out_merged), "--quiet"]) == 0
@@ -322,3 +327,21 @@ def test_generator_timestep_range_is_an_option_checked_against_the_teacher(tmp_p
     with pytest.raises(ValueError, match="0 <= min <= max, got 500 and 400"):
         Distiller(config(tmp_path, sd_dir, prompt_file, "swap", generator_t_min=500, generator_t_max=400),
                   progress=False)
+
+
+def test_learning_rate_schedule_sets_both_networks_rates_each_step(tmp_path, sd_dir, prompt_file):
+    from wadi_core.schedules import lr_factor
+
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=4, lr_fake=2e-2, lr_schedule="cosine", lr_warmup=1),
+                    progress=False)
+    rates = []
+    run.run(on_step=lambda record: rates.append((run.opt_student.param_groups[0]["lr"],
+                                                 run.opt_fake.param_groups[0]["lr"])))
+    factors = [lr_factor("cosine", step, 4, 1) for step in range(4)]
+    assert factors[0] == 1.0 and factors[1] == 1.0 and 0 < factors[3] < factors[2] < 1
+    assert rates == [pytest.approx((1e-2 * f, 2e-2 * f)) for f in factors]
+    with pytest.raises(ResumeMismatch, match="lr_schedule='cosine'.*lr_schedule='constant'"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, steps=5, lr_fake=2e-2, resume=True), progress=False)
+    for bad, message in ((dict(lr_schedule="warm"), "--lr-schedule 'warm'"), (dict(lr_warmup=4), "--lr-warmup-steps")):
+        with pytest.raises(ValueError, match=message):
+            config(tmp_path, sd_dir, prompt_file, **bad).resolved(embedded=False).check()

@@ -36,6 +36,7 @@ from wadi_core.images import read_image_folder, side_by_side
 from wadi_core.onestep import predict_x0
 from wadi_core.plots import loss_curves
 from wadi_core.prompts import read_prompts
+from wadi_core.schedules import LR_SCHEDULES, lr_factor
 from wadi_core.sampling import (check_eps_prediction, decode, image_size, initial_latents, latent_shape, sample,
                                 sample_latents)
 from wadi_core.shapes import prompts_of
@@ -55,7 +56,7 @@ RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset"
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
                "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
                "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr", "gan_features",
-               "generator_t_min", "generator_t_max")
+               "generator_t_min", "generator_t_max", "lr_schedule", "lr_warmup")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -76,6 +77,9 @@ class DistillConfig:
     grad_accum: int = 1
     lr_student: float | None = None
     lr_fake: float | None = None
+    # both networks' rates follow it, so the fake model's pace keeps its ratio to the student's
+    lr_schedule: str = "constant"  # constant | cosine | linear (to 0 at the last step), after lr_warmup steps
+    lr_warmup: int = 0
     guidance: float | None = None  # CFG on teacher and fake inside the VSD gradient
     # CFG of the fake model alone; None: the same as the teacher's (the paper's script). With CFG on both, the
     # gradient vanishes when the student matches the teacher's *unguided* distribution; with 1 here (DMD, DMD2)
@@ -144,6 +148,11 @@ class DistillConfig:
         for name in ("lr_student", "lr_fake"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown --lr-schedule '{self.lr_schedule}'; choose one of: {', '.join(LR_SCHEDULES)}")
+        if not 0 <= self.lr_warmup < self.steps:
+            raise ValueError(f"--lr-warmup-steps must be 0 or more and fewer than --steps ({self.steps}), "
+                             f"got {self.lr_warmup}")
         if self.regression_pairs < 0 or self.regression_weight < 0:
             raise ValueError("--regression-pairs and --regression-weight must be 0 or more")
         if min(self.gan_weight, self.gan_disc_weight) < 0 or not self.gan_head_lr > 0:
@@ -251,6 +260,7 @@ class Distiller:
         self.gan_head = self.accelerator.prepare(head) if head is not None else None
         self.fake_params += head_params  # clipped, checkpointed and updated with the fake model
         self.ema = EMA(self.student_params, config.ema) if config.ema else None
+        self.base_lrs = [[group["lr"] for group in opt.param_groups] for opt in (self.opt_student, self.opt_fake)]
 
         self.abar = self.teacher.scheduler.alphas_cumprod.to(device)
         self.final_t = self.teacher.scheduler.config.num_train_timesteps - 1
@@ -519,6 +529,7 @@ class Distiller:
     def train_step(self) -> dict[str, float]:
         """One optimiser step (``grad_accum`` micro-batches) on both networks; returns its losses."""
         started = time.perf_counter()
+        self._set_learning_rates()
         results = [self._micro_step(m) for m in range(self.config.grad_accum)]
         finite = all(r["finite"] for r in results)
         if finite:
@@ -540,6 +551,13 @@ class Distiller:
         self.step += 1
         self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=self.step)
         return record
+
+    def _set_learning_rates(self) -> None:
+        c = self.config
+        factor = lr_factor(c.lr_schedule, self.step, c.steps, c.lr_warmup)
+        for opt, base in zip((self.opt_student, self.opt_fake), self.base_lrs):
+            for group, lr in zip(opt.param_groups, base):
+                group["lr"] = lr * factor
 
     def run(self, should_stop: Callable[[], bool] = lambda: False,
             on_step: Callable[[dict], None] | None = None) -> Path | None:
@@ -748,6 +766,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="prompts per micro-batch and process (paper 128; embedded 16)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr-student", type=float, help="student learning rate (paper 1e-4; embedded 5e-3)")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help="learning-rate schedule of both networks over --steps (cosine and linear end at 0)")
+    p.add_argument("--lr-warmup-steps", dest="lr_warmup", type=int, default=d.lr_warmup,
+                   help="steps of linear warmup before the schedule")
     p.add_argument("--lr-fake", type=float, help="fake model learning rate (paper 1e-2)")
     p.add_argument("--guidance", type=float, help="CFG of teacher and fake in the VSD gradient (paper 1.5; "
                                                   "embedded 2)")

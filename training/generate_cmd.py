@@ -54,6 +54,10 @@ def load_generator(args) -> tuple[object, Callable[[list[str], list[int], bool],
     for i, spec in enumerate(args.student):
         path, strength = parse_adapter_spec(spec)
         students.apply_adapter_file(components.unet, path, name=f"student{i}", strength=strength)
+        teacher = students.other_teacher(path, args.model)
+        if teacher:  # allowed (as a LoRA on another checkpoint), but rarely meant with the default --model
+            print(f"note: {path} was distilled from {teacher}, and is applied to {args.model} as asked; "
+                  f"pass --model {teacher} to sample it on its own teacher")
 
     def one_step(prompts, seeds, progress):
         return onestep.generate(components, prompts, seeds, args.batch_size, progress=progress)

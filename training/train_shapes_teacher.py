@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from wadi_core import fileio
 from wadi_core.ema import EMA
 from wadi_core.images import to_tensor
+from wadi_core.schedules import cosine_lr
 from wadi_core.shapes import components as C
 from wadi_core.shapes.dataset import render_batch, sample_scenes
 from training import side_loss
@@ -108,12 +108,6 @@ def images_for_step(seed: int, stage: str, step: int, batch: int, relation_share
     scenes = sample_scenes(batch, "train", seed=seed * 1_000_003 + step * 2 + (stage == "unet"),
                            relation_share=relation_share)
     return to_tensor(render_batch(scenes)), [s.caption for s in scenes]
-
-
-def cosine_lr(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def save_state(work: Path, state: dict) -> None:

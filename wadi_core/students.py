@@ -127,6 +127,15 @@ def read_spec(path: str | os.PathLike) -> AdapterSpec:
     return AdapterSpec(kind, int(meta.get("wadi.rank", 0) or 0), meta.get("wadi.preset", "custom"))
 
 
+def other_teacher(path: str | os.PathLike, model_dir: str | os.PathLike) -> str | None:
+    """The teacher a distilled student records (``wadi.teacher``) when it is another model folder on this machine
+    than ``model_dir``; None when it is the same, unrecorded, or not here (a file from another machine)."""
+    teacher = read_adapter_safetensors(path, tensors=False)[0].get("wadi.teacher")
+    if not teacher or not Path(teacher).exists():
+        return None
+    return None if Path(teacher).resolve() == Path(model_dir).resolve() else teacher
+
+
 def apply_adapter_file(model: nn.Module, path: str | os.PathLike, name: str = "default",
                        strength: float = 1.0) -> AdapterSpec:
     """Load a file written by :func:`save_adapter_file` (or any LoRaD file) onto ``model`` for inference.
