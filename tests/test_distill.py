@@ -314,19 +314,33 @@ def test_gan_term_renders_the_prompts_of_the_embedded_world(tmp_path):
     assert all(judge(image, prompt).correct for image, prompt in zip(images, prompts))
 
 
-def test_generator_timestep_range_is_an_option_checked_against_the_teacher(tmp_path, sd_dir, prompt_file,
-                                                                            monkeypatch):
-    drawn = []
+def test_generator_timestep_range_and_its_late_phase_are_options_checked_against_the_teacher(
+        tmp_path, sd_dir, prompt_file, monkeypatch):
+    drawn, ranges = [], []
     original = vsd.sample_generator_timesteps
-    monkeypatch.setattr(vsd, "sample_generator_timesteps", lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1])
-    Distiller(config(tmp_path, sd_dir, prompt_file, "range", generator_t_min=100, generator_t_max=300, steps=2),
-              progress=False).run()
-    assert len(drawn) == 2 and all(100 <= int(t) <= 300 for ts in drawn for t in ts)
+
+    def recording(n, gen, device, t_range):
+        ranges.append(t_range)
+        drawn.append(original(n, gen, device, t_range))
+        return drawn[-1]
+    monkeypatch.setattr(vsd, "sample_generator_timesteps", recording)
+    Distiller(config(tmp_path, sd_dir, prompt_file, "range", generator_t_min=100, generator_t_max=300, steps=3,
+                     late_steps=1, late_t_max=150), progress=False).run()
+    assert ranges == [(100, 300), (100, 300), (100, 150)]
+    assert all(100 <= int(t) <= 300 for ts in drawn[:2] for t in ts) and all(100 <= int(t) <= 150 for t in drawn[2])
+    # the late phase is part of the configuration a checkpoint must match
+    with pytest.raises(ResumeMismatch, match="late_steps=1 but this run asks for late_steps=0"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, "range", generator_t_min=100, generator_t_max=300, steps=4,
+                         resume=True), progress=False)
     with pytest.raises(ValueError, match="--generator-t-max 1000 is beyond this teacher's last timestep 999"):
         Distiller(config(tmp_path, sd_dir, prompt_file, "far", generator_t_max=1000), progress=False)
-    with pytest.raises(ValueError, match="0 <= min <= max, got 500 and 400"):
-        Distiller(config(tmp_path, sd_dir, prompt_file, "swap", generator_t_min=500, generator_t_max=400),
-                  progress=False)
+    for bad, message in ((dict(generator_t_min=500, generator_t_max=400), "0 <= min <= max, got 500 and 400"),
+                         (dict(late_t_max=400), "--late-t-max needs --late-steps"),
+                         (dict(late_steps=2), "needs --late-t-max"),
+                         (dict(steps=2, late_steps=3, late_t_max=400), "between 1 and --steps \\(2\\)"),
+                         (dict(late_steps=2, late_t_max=990), "--late-t-max must lie between")):
+        with pytest.raises(ValueError, match=message):
+            config(tmp_path, sd_dir, prompt_file, **bad).resolved(embedded=False).check()
 
 
 def test_learning_rate_schedule_sets_both_networks_rates_each_step(tmp_path, sd_dir, prompt_file):

@@ -56,7 +56,7 @@ RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset"
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
                "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
                "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr", "gan_features",
-               "generator_t_min", "generator_t_max", "lr_schedule", "lr_warmup")
+               "generator_t_min", "generator_t_max", "late_steps", "late_t_max", "lr_schedule", "lr_warmup")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -88,6 +88,10 @@ class DistillConfig:
     gradient_mode: str = "wadi"
     generator_t_min: int = vsd.GENERATOR_T_RANGE[0]  # the VSD gradient's timesteps (inclusive; the spec's range)
     generator_t_max: int = vsd.GENERATOR_T_RANGE[1]
+    # the last late_steps steps draw the gradient's timesteps up to late_t_max only: colour is decided at low noise,
+    # layout at high noise, so a late low-noise phase refines colour once the layout is learnt
+    late_steps: int = 0
+    late_t_max: int | None = None
     null_prompt_share: float = 0.1  # empty prompts in the fake model's loss
     fake_updates: int | None = None  # fake-model steps per student step (the paper: 1; DMD2: 5; embedded: 3)
     # DMD's regression loss (off by default, not part of WaDi): the teacher's multi-step latents for this many
@@ -163,6 +167,15 @@ class DistillConfig:
         if not 0 <= self.generator_t_min <= self.generator_t_max:
             raise ValueError(f"--generator-t-min / --generator-t-max must satisfy 0 <= min <= max, got "
                              f"{self.generator_t_min} and {self.generator_t_max}")
+        if self.late_steps:
+            if not 0 < self.late_steps <= self.steps or self.late_t_max is None:
+                raise ValueError(f"--late-steps must be between 1 and --steps ({self.steps}) and needs --late-t-max, "
+                                 f"got {self.late_steps} and {self.late_t_max}")
+            if not self.generator_t_min <= self.late_t_max <= self.generator_t_max:
+                raise ValueError(f"--late-t-max must lie between --generator-t-min ({self.generator_t_min}) and "
+                                 f"--generator-t-max ({self.generator_t_max}), got {self.late_t_max}")
+        elif self.late_steps < 0 or self.late_t_max is not None:
+            raise ValueError("--late-t-max needs --late-steps N (1 or more): the number of final steps it applies to")
         if self.guidance < 1 or (self.fake_guidance is not None and self.fake_guidance < 1):
             raise ValueError("--guidance and --fake-guidance must be 1 (no guidance) or more")
         if not 0 <= self.ema < 1:
@@ -418,7 +431,7 @@ class Distiller:
         with acc.accumulate(self.student):
             with acc.autocast():
                 x0 = predict_x0(self.student, self.teacher.scheduler, z, cond).float()
-            t = vsd.sample_generator_timesteps(n, gen, device, (c.generator_t_min, c.generator_t_max))
+            t = vsd.sample_generator_timesteps(n, gen, device, self.generator_t_range())
             noise = torch.randn(x0.shape, generator=gen).to(device)
             x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
             fake_scale = c.guidance if c.fake_guidance is None else c.fake_guidance
@@ -551,6 +564,12 @@ class Distiller:
         self.step += 1
         self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=self.step)
         return record
+
+    def generator_t_range(self) -> tuple[int, int]:
+        """The VSD gradient's timestep range at this step (a pure function of the step, so resuming is exact)."""
+        c = self.config
+        late = c.late_steps and self.step >= c.steps - c.late_steps
+        return c.generator_t_min, c.late_t_max if late else c.generator_t_max
 
     def _set_learning_rates(self) -> None:
         c = self.config
@@ -781,6 +800,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lowest timestep of the VSD gradient (spec: 20)")
     p.add_argument("--generator-t-max", type=int, default=d.generator_t_max,
                    help="highest timestep of the VSD gradient (spec: 980)")
+    p.add_argument("--late-steps", type=int, default=d.late_steps, metavar="N",
+                   help="for the last N steps, draw the VSD gradient's timesteps up to --late-t-max only "
+                        "(embedded default: see docs/results.md)")
+    p.add_argument("--late-t-max", type=int, default=d.late_t_max, metavar="T",
+                   help="highest timestep of the VSD gradient in the last --late-steps steps")
     p.add_argument("--fake-updates", type=int,
                    help="fake score model steps per student step (paper 1; embedded default 3; DMD2 uses 5)")
     p.add_argument("--regression-pairs", type=int, default=d.regression_pairs, metavar="N",
