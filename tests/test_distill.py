@@ -325,22 +325,27 @@ def test_generator_timestep_range_and_its_late_phase_are_options_checked_against
         return drawn[-1]
     monkeypatch.setattr(vsd, "sample_generator_timesteps", recording)
     Distiller(config(tmp_path, sd_dir, prompt_file, "range", generator_t_min=100, generator_t_max=300, steps=3,
-                     late_steps=1, late_t_max=150), progress=False).run()
+                     late_fraction=0.3, late_t_max=150), progress=False).run()
     assert ranges == [(100, 300), (100, 300), (100, 150)]
     assert all(100 <= int(t) <= 300 for ts in drawn[:2] for t in ts) and all(100 <= int(t) <= 150 for t in drawn[2])
     # the late phase is part of the configuration a checkpoint must match
-    with pytest.raises(ResumeMismatch, match="late_steps=1 but this run asks for late_steps=0"):
+    with pytest.raises(ResumeMismatch, match="late_fraction=0.3 but this run asks for late_fraction=0.0"):
         Distiller(config(tmp_path, sd_dir, prompt_file, "range", generator_t_min=100, generator_t_max=300, steps=4,
                          resume=True), progress=False)
     with pytest.raises(ValueError, match="--generator-t-max 1000 is beyond this teacher's last timestep 999"):
         Distiller(config(tmp_path, sd_dir, prompt_file, "far", generator_t_max=1000), progress=False)
     for bad, message in ((dict(generator_t_min=500, generator_t_max=400), "0 <= min <= max, got 500 and 400"),
-                         (dict(late_t_max=400), "--late-t-max needs --late-steps"),
-                         (dict(late_steps=2), "needs --late-t-max"),
-                         (dict(steps=2, late_steps=3, late_t_max=400), "between 1 and --steps \\(2\\)"),
-                         (dict(late_steps=2, late_t_max=990), "--late-t-max must lie between")):
+                         (dict(late_t_max=400), "--late-t-max needs --late-fraction"),
+                         (dict(late_fraction=0.5), "needs --late-t-max"),
+                         (dict(late_fraction=1.0, late_t_max=400), "--late-fraction must be 0"),
+                         (dict(late_fraction=0.5, late_t_max=990), "--late-t-max must lie between")):
         with pytest.raises(ValueError, match=message):
             config(tmp_path, sd_dir, prompt_file, **bad).resolved(embedded=False).check()
+    # the embedded world's defaults carry a late phase; the paper's none
+    embedded = DistillConfig(out=str(tmp_path / "e")).resolved(embedded=True)
+    assert (embedded.late_fraction, embedded.late_t_max) == (0.375, 400)
+    paper = config(tmp_path, sd_dir, prompt_file).resolved(embedded=False)
+    assert (paper.late_fraction, paper.late_t_max) == (0.0, None)
 
 
 def test_learning_rate_schedule_sets_both_networks_rates_each_step(tmp_path, sd_dir, prompt_file):

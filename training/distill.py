@@ -56,7 +56,7 @@ RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset"
                "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
                "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
                "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr", "gan_features",
-               "generator_t_min", "generator_t_max", "late_steps", "late_t_max", "lr_schedule", "lr_warmup")
+               "generator_t_min", "generator_t_max", "late_fraction", "late_t_max", "lr_schedule", "lr_warmup")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -88,9 +88,9 @@ class DistillConfig:
     gradient_mode: str = "wadi"
     generator_t_min: int = vsd.GENERATOR_T_RANGE[0]  # the VSD gradient's timesteps (inclusive; the spec's range)
     generator_t_max: int = vsd.GENERATOR_T_RANGE[1]
-    # the last late_steps steps draw the gradient's timesteps up to late_t_max only: colour is decided at low noise,
-    # layout at high noise, so a late low-noise phase refines colour once the layout is learnt
-    late_steps: int = 0
+    # the last late_fraction of the steps draw the gradient's timesteps up to late_t_max only: colour is decided at
+    # low noise, layout at high noise, so a late low-noise phase refines colour once the layout is learnt
+    late_fraction: float | None = None  # paper: 0 (off)
     late_t_max: int | None = None
     null_prompt_share: float = 0.1  # empty prompts in the fake model's loss
     fake_updates: int | None = None  # fake-model steps per student step (the paper: 1; DMD2: 5; embedded: 3)
@@ -127,6 +127,11 @@ class DistillConfig:
         for key, value in defaults.items():
             if values[key] is None:
                 values[key] = value
+        if not values["late_fraction"]:  # no late phase: its top timestep means nothing
+            if self.late_t_max is not None:
+                raise ValueError("--late-t-max needs --late-fraction F (more than 0), the share of the last steps "
+                                 "it applies to")
+            values["late_t_max"] = None
         values["teacher"] = str(Path(values["teacher"]).expanduser().resolve())
         if is_dit_folder(values["teacher"]):  # a DiT teacher: the DiT versions of the default presets
             for key in ("student_preset", "fake_preset"):
@@ -167,15 +172,14 @@ class DistillConfig:
         if not 0 <= self.generator_t_min <= self.generator_t_max:
             raise ValueError(f"--generator-t-min / --generator-t-max must satisfy 0 <= min <= max, got "
                              f"{self.generator_t_min} and {self.generator_t_max}")
-        if self.late_steps:
-            if not 0 < self.late_steps <= self.steps or self.late_t_max is None:
-                raise ValueError(f"--late-steps must be between 1 and --steps ({self.steps}) and needs --late-t-max, "
-                                 f"got {self.late_steps} and {self.late_t_max}")
+        if not 0 <= self.late_fraction < 1:
+            raise ValueError(f"--late-fraction must be 0 (off) or more and less than 1, got {self.late_fraction}")
+        if self.late_fraction:
+            if self.late_t_max is None:
+                raise ValueError("--late-fraction needs --late-t-max T, the top timestep of the late phase")
             if not self.generator_t_min <= self.late_t_max <= self.generator_t_max:
                 raise ValueError(f"--late-t-max must lie between --generator-t-min ({self.generator_t_min}) and "
                                  f"--generator-t-max ({self.generator_t_max}), got {self.late_t_max}")
-        elif self.late_steps < 0 or self.late_t_max is not None:
-            raise ValueError("--late-t-max needs --late-steps N (1 or more): the number of final steps it applies to")
         if self.guidance < 1 or (self.fake_guidance is not None and self.fake_guidance < 1):
             raise ValueError("--guidance and --fake-guidance must be 1 (no guidance) or more")
         if not 0 <= self.ema < 1:
@@ -565,10 +569,13 @@ class Distiller:
         self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=self.step)
         return record
 
+    def late_steps(self) -> int:
+        return round(self.config.late_fraction * self.config.steps)
+
     def generator_t_range(self) -> tuple[int, int]:
         """The VSD gradient's timestep range at this step (a pure function of the step, so resuming is exact)."""
         c = self.config
-        late = c.late_steps and self.step >= c.steps - c.late_steps
+        late = self.late_steps() and self.step >= c.steps - self.late_steps()
         return c.generator_t_min, c.late_t_max if late else c.generator_t_max
 
     def _set_learning_rates(self) -> None:
@@ -686,7 +693,7 @@ class Distiller:
         except Exception as err:
             raise ValueError(f"cannot read the checkpoint {path} ({err}); it is damaged — start again with "
                              "--overwrite") from None
-        defaults = {f.name: f.default for f in fields(DistillConfig)}
+        defaults = {f.name: f.default for f in fields(DistillConfig)} | {"late_fraction": 0.0}
         for key in RESUME_KEYS:  # a key missing from an older checkpoint had its default then
             saved, now = state["config"].get(key, defaults[key]), getattr(self.config, key)
             if saved != now:
@@ -781,7 +788,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fake", default=d.fake, choices=students.KINDS, help="fake score model adapter type")
     p.add_argument("--fake-rank", type=int, help="fake rank (paper 32; embedded default 8)")
     p.add_argument("--fake-preset", default=d.fake_preset)
-    p.add_argument("--steps", type=int, help="optimiser steps (embedded default 600)")
+    p.add_argument("--steps", type=int, help="optimiser steps (embedded default 800)")
     p.add_argument("--batch-size", type=int, help="prompts per micro-batch and process (paper 128; embedded 16)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--lr-student", type=float, help="student learning rate (paper 1e-4; embedded 5e-3)")
@@ -800,11 +807,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lowest timestep of the VSD gradient (spec: 20)")
     p.add_argument("--generator-t-max", type=int, default=d.generator_t_max,
                    help="highest timestep of the VSD gradient (spec: 980)")
-    p.add_argument("--late-steps", type=int, default=d.late_steps, metavar="N",
-                   help="for the last N steps, draw the VSD gradient's timesteps up to --late-t-max only "
-                        "(embedded default: see docs/results.md)")
-    p.add_argument("--late-t-max", type=int, default=d.late_t_max, metavar="T",
-                   help="highest timestep of the VSD gradient in the last --late-steps steps")
+    p.add_argument("--late-fraction", type=float, metavar="F",
+                   help="for the last F of the steps, draw the VSD gradient's timesteps up to --late-t-max only, a "
+                        "low-noise phase that refines colours (paper 0 = off; embedded 0.375)")
+    p.add_argument("--late-t-max", type=int, metavar="T",
+                   help="highest timestep of the VSD gradient in the late phase (embedded 400)")
     p.add_argument("--fake-updates", type=int,
                    help="fake score model steps per student step (paper 1; embedded default 3; DMD2 uses 5)")
     p.add_argument("--regression-pairs", type=int, default=d.regression_pairs, metavar="N",
