@@ -569,13 +569,10 @@ class Distiller:
         self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=self.step)
         return record
 
-    def late_steps(self) -> int:
-        return round(self.config.late_fraction * self.config.steps)
-
     def generator_t_range(self) -> tuple[int, int]:
         """The VSD gradient's timestep range at this step (a pure function of the step, so resuming is exact)."""
         c = self.config
-        late = self.late_steps() and self.step >= c.steps - self.late_steps()
+        late = c.late_fraction and self.step >= c.steps - round(c.late_fraction * c.steps)
         return c.generator_t_min, c.late_t_max if late else c.generator_t_max
 
     def _set_learning_rates(self) -> None:
@@ -693,6 +690,7 @@ class Distiller:
         except Exception as err:
             raise ValueError(f"cannot read the checkpoint {path} ({err}); it is damaged — start again with "
                              "--overwrite") from None
+        # late_fraction's field default is None ("per teacher"); checkpoints from before it had no late phase
         defaults = {f.name: f.default for f in fields(DistillConfig)} | {"late_fraction": 0.0}
         for key in RESUME_KEYS:  # a key missing from an older checkpoint had its default then
             saved, now = state["config"].get(key, defaults[key]), getattr(self.config, key)
