@@ -1,7 +1,10 @@
 """The paper's Table 2 in miniature: the same WaDi distillation budget with the student trained
 as LoRaD, LoRA, DoRA (PEFT) or full fine-tuning, several seeds each, on the embedded world.
 
-    python benchmarks/ablation.py --out runs/ablation --steps 300 --seeds 0 1 2
+    python benchmarks/ablation.py --out runs/ablation --seeds 0 1 2
+
+The budget and recipe default to the embedded world's (``wadi demo``'s): its steps, fake updates per step,
+student EMA and low-noise last phase; only the student's kind, rank and learning rate change.
 
 For every run: held-out prompt accuracy and domain FID of the one-step student, trainable
 parameters, seconds per training step, and the mean row norm / direction change of the student's
@@ -17,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from training.distill import DistillConfig, Distiller
+from training.distill_defaults import EMBEDDED_DEFAULTS
 from wadi_core import analysis, students
 from wadi_core.evaluate import evaluate_student
 from wadi_core.lorad.presets import select_targets
@@ -31,6 +35,8 @@ DEFAULT_RANKS = {"lorad": 24, "lora": 18, "dora": 18, "full": 0}
 # factors and raw weights need smaller steps (not tuned beyond this; see docs/results.md).
 DEFAULT_LRS = {"lorad": 5e-3, "lora": 1e-3, "dora": 1e-3, "full": 1e-4}
 SHOWN = ("single/color", "single/shape", "relation/relation")
+# What makes two runs comparable besides kind and seed (rows of another recipe are left out of the table).
+RECIPE = ("steps", "fake_updates", "ema")
 
 
 def weight_changes(adapter: Path) -> dict[str, float]:
@@ -56,9 +62,18 @@ def run_one(kind: str, seed: int, args) -> dict:
     prompts = [p.caption() for p in sample_prompts(args.num_prompts, "heldout", seed=1000)]
     metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
     step_seconds = statistics.median(r["seconds"] for r in distiller.history)
-    return {"kind": kind, "seed": seed, "steps": args.steps, "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind], "trainable": trainable,
-            "step_seconds": step_seconds, "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"],
+    return {"kind": kind, "seed": seed, **recipe_of(args), "late_fraction": distiller.config.late_fraction,
+            "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind], "trainable": trainable, "step_seconds": step_seconds, "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"],
             **weight_changes(adapter)}
+
+
+def recipe_of(args) -> dict:
+    return {key: getattr(args, key) for key in RECIPE}
+
+
+def same_recipe(row: dict, args) -> bool:
+    written_before_the_recipe_was = {"fake_updates": 1, "ema": 0.0}  # those rows all ran with these
+    return all({**written_before_the_recipe_was, **row}[key] == value for key, value in recipe_of(args).items())
 
 
 def summarise(rows: list[dict]) -> str:
@@ -82,7 +97,7 @@ def summarise(rows: list[dict]) -> str:
     lines += ["", f"{len(rows) // max(1, len({r['kind'] for r in rows}))} seeds per row (mean ± standard deviation). "
               f"Norm change: {analysis.DEFINITIONS['norm_change']}; direction change: the "
               f"{analysis.DEFINITIONS['direction_change'].split(';')[0]}; both mean over rows and over the unet-student "
-              "layers. s/step: seed 0 alone on 2 threads, seeds 1-2 on 1 thread beside another job."]
+              "layers. s/step: the median seconds per training step of the runs."]
     return "\n".join(lines)
 
 
@@ -91,13 +106,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--kinds", nargs="+", default=list(DEFAULT_RANKS), choices=students.KINDS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=EMBEDDED_DEFAULTS["steps"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-prompts", type=int, default=256)
-    p.add_argument("--fake-updates", type=int, default=1,
-                   help="fake-model steps per student step (1, as in the paper and the recorded table)")
-    p.add_argument("--ema", type=float, default=0.0,
-                   help="EMA decay of the student (the table in docs/results.md was measured without; the demo uses 0.99)")
+    p.add_argument("--fake-updates", type=int, default=EMBEDDED_DEFAULTS["fake_updates"],
+                   help="fake-model steps per student step (the paper: 1)")
+    p.add_argument("--ema", type=float, default=EMBEDDED_DEFAULTS["ema"], help="EMA decay of the student (0 = off)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--recompute-changes", action="store_true",
                    help="recompute the weight changes of finished runs from their student files")
@@ -107,7 +121,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.json"
     rows = json.loads(results.read_text()) if results.exists() else []  # finished runs are kept
-    rows = [r for r in rows if r["steps"] == args.steps]  # runs of another budget are not comparable
+    rows = [r for r in rows if same_recipe(r, args)]  # runs of another budget or recipe are not comparable
     if args.recompute_changes:
         for row in rows:
             row.update(weight_changes(out / row["kind"] / f"seed{row['seed']}" / "student.safetensors"))

@@ -37,3 +37,13 @@ def test_ablation_table(tmp_path):
     assert lorad["norm_change"] < 1e-6 < lorad["direction_change"]  # rotations keep every row's norm
     assert full["trainable"] > lorad["trainable"]
     assert "full fine-tuning" in (tmp_path / "table.md").read_text()
+
+
+def test_ablation_keeps_only_rows_of_the_same_recipe():
+    from argparse import Namespace
+    from benchmarks.ablation import same_recipe
+    args = Namespace(steps=800, fake_updates=3, ema=0.99)
+    assert same_recipe({"steps": 800, "fake_updates": 3, "ema": 0.99}, args)
+    assert not same_recipe({"steps": 600, "fake_updates": 3, "ema": 0.99}, args)
+    assert not same_recipe({"steps": 800}, args)  # written before the recipe was recorded: 1 update, no EMA
+    assert same_recipe({"steps": 800}, Namespace(steps=800, fake_updates=1, ema=0.0))
