@@ -2,10 +2,12 @@
 
     python scripts/attribute_confusion.py --student runs/demo/student.safetensors   # one-step student
     python scripts/attribute_confusion.py                                            # the teacher, 25 steps
+    python scripts/attribute_confusion.py --student S --grid squares.png --shape square   # look at them
 
 On the single-object prompts of `wadi eval`'s held-out set (same prompts and seeds), prints per colour and per
-shape how often the judge finds it, and for the misses the colour / shape of the largest object drawn instead.
-Results: docs/results.md, "Session 11".
+shape how often the judge finds it, and for the misses the colour / shape of the largest object drawn instead;
+then per shape how much of its bounding box the object of the prompt's colour fills (the judge calls 0.84 or
+more a square). Results: docs/results.md, "Session 11" and "Session 15".
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from wadi_core.evaluate import evaluate_student, evaluate_teacher  # noqa: E402
+from wadi_core.images import labelled_grid  # noqa: E402
 from wadi_core.shapes import parse_prompt, sample_prompts  # noqa: E402
 from wadi_core.shapes.components import MODEL_DIR  # noqa: E402
 from wadi_core.shapes.judge import judge  # noqa: E402
@@ -40,6 +45,40 @@ def confusion(images, prompts) -> dict[str, dict[str, collections.Counter]]:
     return out
 
 
+def box_fill(image, prompt):
+    """How much of its bounding box the largest object of the prompt's colour fills (None if there is none)."""
+    color = prompt.objects[0][0]
+    found = next((o for o in judge(image, prompt).objects if o.color == color), None)
+    return float(found.mask.mean()) if found is not None else None
+
+
+def fill_report(images, prompts) -> str:
+    fills = collections.defaultdict(list)
+    for image, text in zip(images, prompts):
+        prompt = parse_prompt(text)
+        if not prompt.relation and (fill := box_fill(image, prompt)) is not None:
+            fills[prompt.objects[0][1]].append(fill)
+    lines = ["box fill of the object of the prompt's colour (median, 10th-90th percentile; square >= 0.84):"]
+    for shape, values in sorted(fills.items()):
+        low, mid, high = np.percentile(values, [10, 50, 90])
+        lines.append(f"  {shape:8s} {mid:.3f} ({low:.3f}-{high:.3f})")
+    return "\n".join(lines)
+
+
+def shape_grid(images, prompts, shape: str):
+    """The single-object prompts asking for ``shape``, each labelled with what the judge saw and its box fill."""
+    picked, labels = [], []
+    for image, text in zip(images, prompts):
+        prompt = parse_prompt(text)
+        if prompt.relation or prompt.objects[0][1] != shape:
+            continue
+        verdict, fill = judge(image, prompt), box_fill(image, prompt)
+        drawn = "ok" if verdict.checks["shape"] else "wrong"
+        picked.append(image)
+        labels.append(f"{text}: {drawn}" + (f", fill {fill:.2f}" if fill is not None else ""))
+    return labelled_grid(np.stack(picked), labels)
+
+
 def report(table: dict[str, dict[str, collections.Counter]]) -> str:
     lines = []
     for attribute, rows in table.items():
@@ -59,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-prompts", type=int, default=256)
     p.add_argument("--guidance", type=float, default=3.0, help="the teacher's CFG")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", metavar="PNG", help="also write the images of the single-object prompts of --shape")
+    p.add_argument("--shape", default="square", choices=("circle", "square", "triangle"))
     args = p.parse_args(argv)
     prompts = [q.caption() for q in sample_prompts(args.num_prompts, "heldout", seed=args.seed)]
     if args.student:
@@ -66,6 +107,10 @@ def main(argv=None) -> int:
     else:
         _, images = evaluate_teacher(args.model, prompts, seed=args.seed, guidance=args.guidance)
     print(report(confusion(images, prompts)))
+    print(fill_report(images, prompts))
+    if args.grid:
+        shape_grid(images, prompts, args.shape).save(args.grid)
+        print(f"wrote {args.grid}")
     return 0
 
 

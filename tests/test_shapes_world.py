@@ -136,3 +136,8 @@ def test_attribute_confusion_counts_hits_and_what_is_drawn_instead():
     assert swapped["color"] == {"red": {"orange": 1}, "orange": {"red": 1}}
     assert swapped["shape"] == {"circle": {"square": 1}, "square": {"circle": 1}}
     assert "orange     0/1" in script["report"](swapped)
+    fills = script["fill_report"](renders, prompts)  # a rendered square fills its box, a circle about pi/4 of it
+    median = {line.split()[0]: float(line.split()[1]) for line in fills.splitlines()[1:]}
+    assert median["square"] > 0.84 > median["circle"] > 0.7
+    grid = script["shape_grid"](renders, prompts, "square")  # one labelled cell: the single-object square prompt
+    assert grid.width == 8 * 128
