@@ -63,8 +63,8 @@ def run_one(kind: str, seed: int, args) -> dict:
     metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
     step_seconds = statistics.median(r["seconds"] for r in distiller.history)
     return {"kind": kind, "seed": seed, **recipe_of(args), "late_fraction": distiller.config.late_fraction,
-            "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind], "trainable": trainable, "step_seconds": step_seconds, "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"],
-            **weight_changes(adapter)}
+            "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind], "trainable": trainable, "step_seconds": step_seconds,
+            "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"], **weight_changes(adapter)}
 
 
 def recipe_of(args) -> dict:
@@ -82,22 +82,24 @@ def summarise(rows: list[dict]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return statistics.mean(values), sd
 
-    lines = ["| student | trainable | s/step | FID | " + " | ".join(SHOWN) + " | norm change | direction change |",
-             "|---|---|---|---|" + "---|" * len(SHOWN) + "---|---|"]
+    lines = ["| student | seeds | trainable | s/step | FID | " + " | ".join(SHOWN)
+             + " | norm change | direction change |",
+             "|---|---|---|---|---|" + "---|" * len(SHOWN) + "---|---|"]
     for kind in dict.fromkeys(r["kind"] for r in rows):
         group = [r for r in rows if r["kind"] == kind]
         fid = mean_std(r["fid"] for r in group)
         acc = [mean_std(r["accuracy"][k] for r in group) for k in SHOWN]
         label = ("full fine-tuning" if kind == "full" else f"{kind} r{group[0]['rank']}") + f", lr {group[0]['lr']:g}"
-        lines.append(f"| {label} | {group[0]['trainable']:,} | {statistics.mean(r['step_seconds'] for r in group):.2f}"
-                     f" | {fid[0]:.0f} ± {fid[1]:.0f} | "
+        step_seconds = statistics.mean(r["step_seconds"] for r in group)
+        lines.append(f"| {label} | {len(group)} | {group[0]['trainable']:,} | {step_seconds:.2f} | "
+                     f"{fid[0]:.0f} ± {fid[1]:.0f} | "
                      + " | ".join(f"{m:.1%} ± {s:.1%}" for m, s in acc)
                      + f" | {statistics.mean(r['norm_change'] for r in group):.2e}"
                      f" | {statistics.mean(r['direction_change'] for r in group):.2e} |")
-    lines += ["", f"{len(rows) // max(1, len({r['kind'] for r in rows}))} seeds per row (mean ± standard deviation). "
+    lines += ["", "Mean ± standard deviation over the seeds. "
               f"Norm change: {analysis.DEFINITIONS['norm_change']}; direction change: the "
-              f"{analysis.DEFINITIONS['direction_change'].split(';')[0]}; both mean over rows and over the unet-student "
-              "layers. s/step: the median seconds per training step of the runs."]
+              f"{analysis.DEFINITIONS['direction_change'].split(';')[0]}; both mean over rows and over the "
+              "unet-student layers. s/step: the median seconds per training step of the runs."]
     return "\n".join(lines)
 
 
