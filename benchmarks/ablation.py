@@ -36,7 +36,7 @@ DEFAULT_RANKS = {"lorad": 24, "lora": 18, "dora": 18, "full": 0}
 DEFAULT_LRS = {"lorad": 5e-3, "lora": 1e-3, "dora": 1e-3, "full": 1e-4}
 SHOWN = ("single/color", "single/shape", "relation/relation")
 # What makes two runs comparable besides kind and seed (rows of another recipe are left out of the table).
-RECIPE = ("steps", "fake_updates", "ema")
+RECIPE = ("steps", "fake_updates", "ema", "late_fraction")
 
 
 def weight_changes(adapter: Path) -> dict[str, float]:
@@ -54,6 +54,7 @@ def run_one(kind: str, seed: int, args) -> dict:
     folder.parent.mkdir(parents=True, exist_ok=True)
     config = DistillConfig(out=str(folder), student=kind, student_rank=args.ranks[kind], steps=args.steps,
                            lr_student=DEFAULT_LRS[kind], fake_updates=args.fake_updates, ema=args.ema,
+                           late_fraction=args.late_fraction,
                            batch_size=args.batch_size, seed=seed, report_to="none", checkpoint_every=args.steps,
                            sample_every=args.steps, overwrite=True)
     distiller = Distiller(config, progress=not args.quiet)
@@ -62,9 +63,8 @@ def run_one(kind: str, seed: int, args) -> dict:
     prompts = [p.caption() for p in sample_prompts(args.num_prompts, "heldout", seed=1000)]
     metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
     step_seconds = statistics.median(r["seconds"] for r in distiller.history)
-    return {"kind": kind, "seed": seed, **recipe_of(args), "late_fraction": distiller.config.late_fraction,
-            "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind], "trainable": trainable, "step_seconds": step_seconds,
-            "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"], **weight_changes(adapter)}
+    return {"kind": kind, "seed": seed, **recipe_of(args), "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind],
+            "trainable": trainable, "step_seconds": step_seconds, "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"], **weight_changes(adapter)}
 
 
 def recipe_of(args) -> dict:
@@ -72,7 +72,7 @@ def recipe_of(args) -> dict:
 
 
 def same_recipe(row: dict, args) -> bool:
-    written_before_the_recipe_was = {"fake_updates": 1, "ema": 0.0}  # those rows all ran with these
+    written_before_the_recipe_was = {"fake_updates": 1, "ema": 0.0, "late_fraction": 0.0}  # those rows ran so
     return all({**written_before_the_recipe_was, **row}[key] == value for key, value in recipe_of(args).items())
 
 
@@ -114,6 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--fake-updates", type=int, default=EMBEDDED_DEFAULTS["fake_updates"],
                    help="fake-model steps per student step (the paper: 1)")
     p.add_argument("--ema", type=float, default=EMBEDDED_DEFAULTS["ema"], help="EMA decay of the student (0 = off)")
+    p.add_argument("--late-fraction", type=float, default=EMBEDDED_DEFAULTS["late_fraction"],
+                   help="the last fraction of the steps at low noise only (wadi distill --late-fraction; 0 = off)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--recompute-changes", action="store_true",
                    help="recompute the weight changes of finished runs from their student files")

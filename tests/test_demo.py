@@ -42,8 +42,9 @@ def test_ablation_table(tmp_path):
 def test_ablation_keeps_only_rows_of_the_same_recipe():
     from argparse import Namespace
     from benchmarks.ablation import same_recipe
-    args = Namespace(steps=800, fake_updates=3, ema=0.99)
-    assert same_recipe({"steps": 800, "fake_updates": 3, "ema": 0.99}, args)
-    assert not same_recipe({"steps": 600, "fake_updates": 3, "ema": 0.99}, args)
-    assert not same_recipe({"steps": 800}, args)  # written before the recipe was recorded: 1 update, no EMA
-    assert same_recipe({"steps": 800}, Namespace(steps=800, fake_updates=1, ema=0.0))
+    args = Namespace(steps=800, fake_updates=3, ema=0.99, late_fraction=0.375)
+    row = {"steps": 800, "fake_updates": 3, "ema": 0.99, "late_fraction": 0.375}
+    assert same_recipe(row, args)
+    assert not same_recipe({**row, "steps": 600}, args) and not same_recipe({**row, "late_fraction": 0.0}, args)
+    assert not same_recipe({"steps": 800}, args)  # written before the recipe was recorded: 1 update, no EMA, ...
+    assert same_recipe({"steps": 800}, Namespace(steps=800, fake_updates=1, ema=0.0, late_fraction=0.0))
