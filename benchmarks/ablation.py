@@ -64,7 +64,8 @@ def run_one(kind: str, seed: int, args) -> dict:
     metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
     step_seconds = statistics.median(r["seconds"] for r in distiller.history)
     return {"kind": kind, "seed": seed, **recipe_of(args), "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind],
-            "trainable": trainable, "step_seconds": step_seconds, "fid": metrics["fid"], "accuracy": metrics["prompt_accuracy"], **weight_changes(adapter)}
+            "trainable": trainable, "step_seconds": step_seconds, "fid": metrics["fid"],
+            "accuracy": metrics["prompt_accuracy"], **weight_changes(adapter)}
 
 
 def recipe_of(args) -> dict:
