@@ -45,10 +45,11 @@ def confusion(images, prompts) -> dict[str, dict[str, collections.Counter]]:
     return out
 
 
-def box_fill(image, prompt):
-    """How much of its bounding box the largest object of the prompt's colour fills (None if there is none)."""
-    color = prompt.objects[0][0]
-    found = next((o for o in judge(image, prompt).objects if o.color == color), None)
+def box_fill(verdict):
+    """How much of its bounding box the largest object of the (single-object) prompt's colour fills in a judge's
+    verdict (None if there is none)."""
+    color = verdict.prompt.objects[0][0]
+    found = next((o for o in verdict.objects if o.color == color), None)
     return float(found.mask.mean()) if found is not None else None
 
 
@@ -56,7 +57,7 @@ def fill_report(images, prompts) -> str:
     fills = collections.defaultdict(list)
     for image, text in zip(images, prompts):
         prompt = parse_prompt(text)
-        if not prompt.relation and (fill := box_fill(image, prompt)) is not None:
+        if not prompt.relation and (fill := box_fill(judge(image, prompt))) is not None:
             fills[prompt.objects[0][1]].append(fill)
     lines = ["box fill of the object of the prompt's colour (median, 10th-90th percentile; square >= 0.84):"]
     for shape, values in sorted(fills.items()):
@@ -72,7 +73,8 @@ def shape_grid(images, prompts, shape: str):
         prompt = parse_prompt(text)
         if prompt.relation or prompt.objects[0][1] != shape:
             continue
-        verdict, fill = judge(image, prompt), box_fill(image, prompt)
+        verdict = judge(image, prompt)
+        fill = box_fill(verdict)
         drawn = "ok" if verdict.checks["shape"] else "wrong"
         picked.append(image)
         labels.append(f"{text}: {drawn}" + (f", fill {fill:.2f}" if fill is not None else ""))
