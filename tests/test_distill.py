@@ -105,6 +105,19 @@ def test_a_non_empty_output_folder_is_not_reused_silently(tmp_path, sd_dir, prom
         Distiller(config(tmp_path, sd_dir, prompt_file, steps=1), progress=False)
 
 
+def test_interval_zero_switches_checkpoints_and_intermediate_samples_off(tmp_path, sd_dir, prompt_file):
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, checkpoint_every=0, sample_every=0), progress=False)
+    written, saved, save = [], [], run.save_checkpoint
+    run.write_samples = lambda: written.append(run.step)
+    run.save_checkpoint = lambda: (saved.append(run.step), save())
+    run.run()
+    assert written == [0, 3]  # the start and the end only
+    assert saved == [3]  # the final checkpoint only
+    assert (tmp_path / "run" / "student.safetensors").is_file()
+    with pytest.raises(ValueError, match="0 \\(off\\) or more"):
+        Distiller(config(tmp_path, sd_dir, prompt_file, "bad", sample_every=-1), progress=False)
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, sd_dir, prompt_file, monkeypatch):
     run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=10, max_bad_steps=3), progress=False)
     good_loss = vsd.generator_loss

@@ -152,6 +152,8 @@ class DistillConfig:
         if self.gradient_mode not in vsd.GRADIENT_MODES:
             raise ValueError(f"unknown --gradient-mode '{self.gradient_mode}'; choose one of: "
                              f"{', '.join(vsd.GRADIENT_MODES)}")
+        if self.checkpoint_every < 0 or self.sample_every < 0:
+            raise ValueError("--checkpoint-every and --sample-every must be 0 (off) or more")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, not '{self.mixed_precision}'")
         for name in ("lr_student", "lr_fake"):
@@ -200,6 +202,11 @@ class Diverged(RuntimeError):
 
 class ResumeMismatch(ValueError):
     pass
+
+
+def every(step: int, interval: int) -> bool:
+    """True on each interval-th step; an interval of 0 switches the periodic action off."""
+    return interval > 0 and step % interval == 0
 
 
 def is_embedded(teacher: str) -> bool:
@@ -597,9 +604,9 @@ class Distiller:
                 bar.set_postfix(student=f"{record['loss_student']:.3g}", fake=f"{record['loss_fake']:.3g}")
                 if on_step:
                     on_step(record)
-                if self.step % c.checkpoint_every == 0 and self.step < c.steps and not record["skipped"]:
+                if every(self.step, c.checkpoint_every) and self.step < c.steps and not record["skipped"]:
                     self.save_checkpoint()
-                if self.step % c.sample_every == 0 or self.step == c.steps:
+                if every(self.step, c.sample_every) or self.step == c.steps:
                     self.write_samples()
                 if should_stop() and self.step < c.steps:
                     self.save_checkpoint()
@@ -833,8 +840,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "fp16", "bf16"))
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--sample-every", type=int, default=d.sample_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between resumable checkpoints, 0 = none before the end")
+    p.add_argument("--sample-every", type=int, default=d.sample_every,
+                   help="steps between sample grids, 0 = only at the start and the end")
     p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
                    help="stop after this many consecutive NaN/Inf steps")
     p.add_argument("--export-merged", help="also write the teacher folder with the student merged into its UNet")
