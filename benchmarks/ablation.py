@@ -78,23 +78,23 @@ def same_recipe(row: dict, args) -> bool:
 
 
 def summarise(rows: list[dict]) -> str:
-    def mean_std(values):
+    def mean_std(values, fmt):
+        """The mean, with the standard deviation where there is more than one seed."""
         values = list(values)
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.mean(values), sd
+        text = format(statistics.mean(values), fmt)
+        return text + (f" ± {statistics.stdev(values):{fmt}}" if len(values) > 1 else "")
 
     lines = ["| student | seeds | trainable | s/step | FID | " + " | ".join(SHOWN)
              + " | norm change | direction change |",
              "|---|---|---|---|---|" + "---|" * len(SHOWN) + "---|---|"]
     for kind in dict.fromkeys(r["kind"] for r in rows):
         group = [r for r in rows if r["kind"] == kind]
-        fid = mean_std(r["fid"] for r in group)
-        acc = [mean_std(r["accuracy"][k] for r in group) for k in SHOWN]
+        fid = mean_std((r["fid"] for r in group), ".0f")
+        acc = [mean_std((r["accuracy"][k] for r in group), ".1%") for k in SHOWN]
         label = ("full fine-tuning" if kind == "full" else f"{kind} r{group[0]['rank']}") + f", lr {group[0]['lr']:g}"
         step_seconds = statistics.mean(r["step_seconds"] for r in group)
         lines.append(f"| {label} | {len(group)} | {group[0]['trainable']:,} | {step_seconds:.2f} | "
-                     f"{fid[0]:.0f} ± {fid[1]:.0f} | "
-                     + " | ".join(f"{m:.1%} ± {s:.1%}" for m, s in acc)
+                     f"{fid} | " + " | ".join(acc)
                      + f" | {statistics.mean(r['norm_change'] for r in group):.2e}"
                      f" | {statistics.mean(r['direction_change'] for r in group):.2e} |")
     lines += ["", "Mean ± standard deviation over the seeds. "

@@ -48,3 +48,12 @@ def test_ablation_keeps_only_rows_of_the_same_recipe():
     assert not same_recipe({**row, "steps": 600}, args) and not same_recipe({**row, "late_fraction": 0.0}, args)
     assert not same_recipe({"steps": 800}, args)  # written before the recipe was recorded: 1 update, no EMA, ...
     assert same_recipe({"steps": 800}, Namespace(steps=800, fake_updates=1, ema=0.0, late_fraction=0.0))
+
+
+def test_ablation_table_shows_a_spread_only_over_several_seeds():
+    from benchmarks.ablation import summarise
+    rows = json.loads((Path(__file__).parents[1] / "docs" / "ablation_results_demo_recipe.json").read_text())
+    lorad = [r for r in rows if r["kind"] == "lorad"]
+    three, one = summarise(lorad).splitlines()[2], summarise(lorad[:1]).splitlines()[2]
+    assert "| 3 |" in three and "1254 ± 34 |" in three  # the measured mean ± standard deviation of three seeds
+    assert "| 1 |" in one and "±" not in one and "| 1218 |" in one
