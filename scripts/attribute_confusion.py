@@ -28,15 +28,21 @@ from wadi_core.shapes.components import MODEL_DIR  # noqa: E402
 from wadi_core.shapes.judge import judge  # noqa: E402
 
 
-def confusion(images, prompts) -> dict[str, dict[str, collections.Counter]]:
-    """``{"color"|"shape": {wanted: Counter(drawn)}}`` over single-object prompts; drawn is the wanted value
-    when the judge accepts it, else the largest object's value (``"nothing"`` when no object is found)."""
-    out = {"color": collections.defaultdict(collections.Counter), "shape": collections.defaultdict(collections.Counter)}
+def judged(images, prompts) -> list[tuple]:
+    """``(image, prompt text, parsed prompt, verdict)`` for the single-object prompts: each image judged once."""
+    out = []
     for image, text in zip(images, prompts):
         prompt = parse_prompt(text)
-        if prompt.relation:
-            continue
-        verdict = judge(image, prompt)
+        if not prompt.relation:
+            out.append((image, text, prompt, judge(image, prompt)))
+    return out
+
+
+def confusion(verdicts) -> dict[str, dict[str, collections.Counter]]:
+    """``{"color"|"shape": {wanted: Counter(drawn)}}`` over ``judged(...)``; drawn is the wanted value when the
+    judge accepts it, else the largest object's value (``"nothing"`` when no object is found)."""
+    out = {"color": collections.defaultdict(collections.Counter), "shape": collections.defaultdict(collections.Counter)}
+    for _, _, prompt, verdict in verdicts:
         largest = max(verdict.objects, key=lambda o: o.area) if verdict.objects else None
         for index, attribute in enumerate(("color", "shape")):
             wanted = prompt.objects[0][index]
@@ -53,11 +59,10 @@ def box_fill(verdict):
     return float(found.mask.mean()) if found is not None else None
 
 
-def fill_report(images, prompts) -> str:
+def fill_report(verdicts) -> str:
     fills = collections.defaultdict(list)
-    for image, text in zip(images, prompts):
-        prompt = parse_prompt(text)
-        if not prompt.relation and (fill := box_fill(judge(image, prompt))) is not None:
+    for _, _, prompt, verdict in verdicts:
+        if (fill := box_fill(verdict)) is not None:
             fills[prompt.objects[0][1]].append(fill)
     lines = ["box fill of the object of the prompt's colour (median, 10th-90th percentile; square >= 0.84):"]
     for shape, values in sorted(fills.items()):
@@ -66,19 +71,18 @@ def fill_report(images, prompts) -> str:
     return "\n".join(lines)
 
 
-def shape_grid(images, prompts, shape: str):
-    """The single-object prompts asking for ``shape``, each labelled with what the judge saw and its box fill."""
+def shape_grid(verdicts, shape: str):
+    """The prompts of ``judged(...)`` asking for ``shape``, each labelled with the judge's verdict and its box fill
+    (None when no prompt asks for it)."""
     picked, labels = [], []
-    for image, text in zip(images, prompts):
-        prompt = parse_prompt(text)
-        if prompt.relation or prompt.objects[0][1] != shape:
+    for image, text, prompt, verdict in verdicts:
+        if prompt.objects[0][1] != shape:
             continue
-        verdict = judge(image, prompt)
         fill = box_fill(verdict)
-        drawn = "ok" if verdict.checks["shape"] else "wrong"
         picked.append(image)
-        labels.append(f"{text}: {drawn}" + (f", fill {fill:.2f}" if fill is not None else ""))
-    return labelled_grid(np.stack(picked), labels)
+        labels.append(f"{text}: {'ok' if verdict.checks['shape'] else 'wrong'}"
+                      + (f", fill {fill:.2f}" if fill is not None else ""))
+    return labelled_grid(np.stack(picked), labels) if picked else None
 
 
 def report(table: dict[str, dict[str, collections.Counter]]) -> str:
@@ -108,10 +112,15 @@ def main(argv=None) -> int:
         _, images = evaluate_student(args.model, args.student, prompts, seed=args.seed)
     else:
         _, images = evaluate_teacher(args.model, prompts, seed=args.seed, guidance=args.guidance)
-    print(report(confusion(images, prompts)))
-    print(fill_report(images, prompts))
+    verdicts = judged(images, prompts)
+    print(report(confusion(verdicts)))
+    print(fill_report(verdicts))
     if args.grid:
-        shape_grid(images, prompts, args.shape).save(args.grid)
+        grid = shape_grid(verdicts, args.shape)
+        if grid is None:
+            p.error(f"no single-object prompt among the {args.num_prompts} asks for a {args.shape}; no --grid "
+                    "written: raise --num-prompts")
+        grid.save(args.grid)
         print(f"wrote {args.grid}")
     return 0
 

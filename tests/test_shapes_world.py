@@ -130,14 +130,15 @@ def test_attribute_confusion_counts_hits_and_what_is_drawn_instead():
     prompts = ["a red circle", "an orange square", "a blue triangle left of a red circle"]
     rng = np.random.default_rng(0)
     renders = render_batch([scene_for_prompt(parse_prompt(p), rng) for p in prompts])
-    table = script["confusion"](renders, prompts)
+    verdicts = script["judged"](renders, prompts)
+    table = script["confusion"](verdicts)
     assert table["color"] == {"red": {"red": 1}, "orange": {"orange": 1}}  # relation prompts are left out
-    swapped = script["confusion"](renders[[1, 0]], prompts[:2])  # each image under the other's prompt
+    swapped = script["confusion"](script["judged"](renders[[1, 0]], prompts[:2]))  # each image under the other's prompt
     assert swapped["color"] == {"red": {"orange": 1}, "orange": {"red": 1}}
     assert swapped["shape"] == {"circle": {"square": 1}, "square": {"circle": 1}}
     assert "orange     0/1" in script["report"](swapped)
-    fills = script["fill_report"](renders, prompts)  # a rendered square fills its box, a circle about pi/4 of it
+    fills = script["fill_report"](verdicts)  # a rendered square fills its box, a circle about pi/4 of it
     median = {line.split()[0]: float(line.split()[1]) for line in fills.splitlines()[1:]}
     assert median["square"] > 0.84 > median["circle"] > 0.7
-    grid = script["shape_grid"](renders, prompts, "square")  # one labelled cell: the single-object square prompt
+    grid = script["shape_grid"](verdicts, "square")  # one labelled cell: the single-object square prompt
     assert grid.width == 8 * 128
