@@ -31,9 +31,6 @@ from wadi_core.weight_sources import open_source
 # Ranks chosen so that LoRaD, LoRA and DoRA train about the same number of parameters
 # (LoRaD needs r * (out + in/2) per layer, LoRA r * (out + in)).
 DEFAULT_RANKS = {"lorad": 24, "lora": 18, "dora": 18, "full": 0}
-# Student learning rates per kind: LoRaD's angles take the embedded default; additive LoRA/DoRA
-# factors and raw weights need smaller steps (not tuned beyond this; see docs/results.md).
-DEFAULT_LRS = {"lorad": 5e-3, "lora": 1e-3, "dora": 1e-3, "full": 1e-4}
 SHOWN = ("single/color", "single/shape", "relation/relation")
 # What makes two runs comparable besides kind and seed (rows of another recipe are left out of the table).
 RECIPE = ("steps", "fake_updates", "ema", "late_fraction")
@@ -52,9 +49,9 @@ def weight_changes(adapter: Path) -> dict[str, float]:
 def run_one(kind: str, seed: int, args) -> dict:
     folder = Path(args.out) / kind / f"seed{seed}"
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # each kind trains at its own default learning rate (training/distill_defaults.py: LR_BY_KIND)
     config = DistillConfig(out=str(folder), student=kind, student_rank=args.ranks[kind], steps=args.steps,
-                           lr_student=DEFAULT_LRS[kind], fake_updates=args.fake_updates, ema=args.ema,
-                           late_fraction=args.late_fraction,
+                           fake_updates=args.fake_updates, ema=args.ema, late_fraction=args.late_fraction,
                            batch_size=args.batch_size, seed=seed, report_to="none", checkpoint_every=args.steps,
                            sample_every=args.steps, overwrite=True)
     distiller = Distiller(config, progress=not args.quiet)
@@ -63,7 +60,7 @@ def run_one(kind: str, seed: int, args) -> dict:
     prompts = [p.caption() for p in sample_prompts(args.num_prompts, "heldout", seed=1000)]
     metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
     step_seconds = statistics.median(r["seconds"] for r in distiller.history)
-    return {"kind": kind, "seed": seed, **recipe_of(args), "rank": args.ranks[kind], "lr": DEFAULT_LRS[kind],
+    return {"kind": kind, "seed": seed, **recipe_of(args), "rank": args.ranks[kind], "lr": distiller.config.lr_student,
             "trainable": trainable, "step_seconds": step_seconds, "fid": metrics["fid"],
             "accuracy": metrics["prompt_accuracy"], **weight_changes(adapter)}
 

@@ -21,7 +21,8 @@ def test_demo_writes_its_report(tmp_path):
         assert {"fid", "prompt_accuracy", "images_per_second"} <= set(metrics[model])
     assert metrics["speedup"] > 1
     assert metrics["parameters"]["student_trainable"] == 611_712  # LoRaD rank 24 on unet-student
-    assert "one-step LoRaD student" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "one-step student (LoRaD)" in report and "(lorad rank 24, learning rate 0.005)" in report
     assert (out / "distill" / "student.safetensors").is_file()
     assert main(["demo", "--out", str(out), "--steps", "1", "--quiet"]) == 2  # never replaced silently
 

@@ -14,7 +14,7 @@ from training.cli import main
 from training.distill import DistillConfig, Distiller, Diverged, ResumeMismatch
 from wadi_core import onestep, students, vsd
 from wadi_core.prompts import PromptFileError
-from wadi_core.shapes.components import load_components
+from wadi_core.shapes.components import MODEL_DIR, load_components
 
 PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
 
@@ -97,6 +97,22 @@ def test_embedded_world_guides_the_teacher_alone_and_other_teachers_guide_both(s
     paper = DistillConfig(out="x", teacher=str(sd_dir)).resolved(embedded=False)
     assert (paper.guidance, paper.fake_guidance) == (1.5, None)
     assert DistillConfig(out="x", fake_guidance=2.0).resolved(embedded=True).fake_guidance == 2.0
+
+
+def test_each_adapter_kind_takes_its_own_default_learning_rate(sd_dir):
+    # LoRaD's angles take 5e-3 on the embedded world; additive factors and raw weights would diverge or drift there
+    # (the ablation's and session 11's measured rates); a real teacher's full UNet gets DMD2's SD1.5 rate.
+    def rates(embedded, **kinds):
+        c = DistillConfig(out="x", teacher=str(MODEL_DIR if embedded else sd_dir), **kinds).resolved(embedded)
+        return c.lr_student, c.lr_fake
+    assert rates(True) == (5e-3, 1e-2)
+    assert rates(True, student="lora", fake="lora") == (1e-3, 3e-3)
+    assert rates(True, student="dora", fake="full") == (1e-3, 5e-4)
+    assert rates(True, student="full") == (1e-4, 1e-2)
+    assert rates(False) == (1e-4, 1e-2)  # the paper's
+    assert rates(False, student="full", fake="full") == (1e-5, 1e-5)
+    assert rates(False, student="lora") == (1e-4, 1e-2)
+    assert rates(True, student="full", lr_student=3e-4) == (3e-4, 1e-2)  # a given rate is kept
 
 
 def test_a_non_empty_output_folder_is_not_reused_silently(tmp_path, sd_dir, prompt_file):

@@ -167,6 +167,14 @@ def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
         actions.generate_images("", str(tmp_path / "notes.txt"), "a red circle", 0, 1, False)
 
 
+def test_the_learning_rate_fields_follow_the_adapter_kind(tmp_path):
+    from webui_ext import actions
+    assert actions.learning_rate_for("student", "lorad", actions.EMBEDDED) == 5e-3
+    assert actions.learning_rate_for("student", "full", "") == 1e-4
+    assert actions.learning_rate_for("fake", "lora", actions.EMBEDDED) == 3e-3
+    assert actions.learning_rate_for("student", "full", str(tmp_path)) == 1e-5  # a real teacher: DMD2's rate
+
+
 def test_a_second_start_on_a_training_folder_is_refused(tmp_path):
     from training.distill import DistillConfig
     from webui_ext import jobs

@@ -30,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="wadi-demo", help="output folder (default: wadi-demo)")
     p.add_argument("--steps", type=int, default=None, help="distillation steps (default: the embedded default)")
     p.add_argument("--num-prompts", type=int, default=256, help="held-out prompts to evaluate on")
-    p.add_argument("--student", default="lorad", choices=students.KINDS)
+    p.add_argument("--student", default="lorad", choices=students.KINDS,
+                   help="student adapter type, each at its own default learning rate (see wadi distill --help)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regression-pairs", type=int, default=0, metavar="N",
                    help="add DMD's regression loss on N teacher samples (see wadi distill --help)")
@@ -48,8 +49,10 @@ def evaluate_teacher_and_student(student_path: Path, prompts: list[str], seed: i
 
 
 def report_markdown(metrics: dict) -> str:
-    t, s = metrics["teacher"], metrics["student"]
-    rows = ["| | teacher (25-step DDIM, CFG 3) | one-step LoRaD student | student / teacher |", "|---|---|---|---|"]
+    t, s, c = metrics["teacher"], metrics["student"], metrics["config"]
+    trained_as = students.AdapterSpec(c["student"], c["student_rank"], c["student_preset"]).label()
+    kind = "LoRaD" if c["student"] == "lorad" else trained_as
+    rows = [f"| | teacher (25-step DDIM, CFG 3) | one-step student ({kind}) | student / teacher |", "|---|---|---|---|"]
     for key in ATTRIBUTES:
         if key in t["prompt_accuracy"]:
             a, b = t["prompt_accuracy"][key], s["prompt_accuracy"][key]
@@ -63,9 +66,8 @@ def report_markdown(metrics: dict) -> str:
     return "\n".join([
         "# wadi demo",
         "",
-        f"The shipped shapes teacher was distilled into a one-step student with a LoRaD adapter "
-        f"({metrics['config']['student']} rank {metrics['config']['student_rank']}) in "
-        f"{metrics['distillation_steps']} steps ({metrics['distillation_minutes']:.1f} min on this machine). "
+        f"The shipped shapes teacher was distilled into a one-step student ({trained_as}, learning rate "
+        f"{c['lr_student']:g}) in {metrics['distillation_steps']} steps ({metrics['distillation_minutes']:.1f} min on this machine). "
         f"Evaluated on {metrics['prompts']} held-out prompts (never seen in training); the judge reads colour, "
         "shape, size, position and relation back from the pixels.",
         "",

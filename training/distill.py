@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from training.distill_defaults import EMBEDDED_DEFAULTS, PAPER_DEFAULTS
+from training.distill_defaults import EMBEDDED_DEFAULTS, PAPER_DEFAULTS, default_lr
 from wadi_core import fileio, gan, students, vsd
 from wadi_core.dit import is_dit_folder
 from wadi_core.ema import EMA
@@ -124,6 +124,9 @@ class DistillConfig:
         """A copy with every None replaced by the default for this teacher."""
         defaults = EMBEDDED_DEFAULTS if embedded else PAPER_DEFAULTS
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for role in ("student", "fake"):
+            if values[f"lr_{role}"] is None:
+                values[f"lr_{role}"] = default_lr(role, values[role], embedded)
         for key, value in defaults.items():
             if values[key] is None:
                 values[key] = value
@@ -796,12 +799,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps (embedded default 800)")
     p.add_argument("--batch-size", type=int, help="prompts per micro-batch and process (paper 128; embedded 16)")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr-student", type=float, help="student learning rate (paper 1e-4; embedded 5e-3)")
+    p.add_argument("--lr-student", type=float, help="student learning rate (LoRaD: paper 1e-4, embedded 5e-3; "
+                                                     "embedded LoRA/DoRA 1e-3, full 1e-4; full, real teacher 1e-5)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help="learning-rate schedule of both networks over --steps (cosine and linear end at 0)")
     p.add_argument("--lr-warmup-steps", dest="lr_warmup", type=int, default=d.lr_warmup,
                    help="steps of linear warmup before the schedule")
-    p.add_argument("--lr-fake", type=float, help="fake model learning rate (paper 1e-2)")
+    p.add_argument("--lr-fake", type=float, help="fake model learning rate (LoRaD: 1e-2; embedded LoRA/DoRA 3e-3, "
+                                                  "full 5e-4; full, real teacher 1e-5)")
     p.add_argument("--guidance", type=float, help="CFG of teacher and fake in the VSD gradient (paper 1.5; "
                                                   "embedded 2)")
     p.add_argument("--fake-guidance", type=float,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.distill_defaults import default_lr
 from wadi_core.shapes.components import MODEL_DIR
 
 from .jobs import CommandJob, DistillJob, JobRefused
@@ -28,11 +29,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UIError, JobRefused, *cli_errors())
 
 
+def names_embedded(text: str) -> bool:
+    """Whether a teacher field asks for the embedded model (empty or its label)."""
+    return (text or "").strip() in ("", EMBEDDED)
+
+
 def model_path(text: str) -> str:
     """The embedded default, or an existing folder / .safetensors file."""
-    text = (text or "").strip()
-    if not text or text == EMBEDDED:
+    if names_embedded(text):
         return str(MODEL_DIR)
+    text = text.strip()
     path = Path(text).expanduser().resolve()
     if not path.exists():
         raise UIError(f"the model path {path} does not exist; give a diffusers folder or a .safetensors file, "
@@ -83,6 +89,12 @@ def output_folder(text: str) -> str:
     if not path.parent.is_dir():
         raise UIError(f"the folder {path.parent} for the output does not exist; create it first")
     return str(path)
+
+
+def learning_rate_for(role: str, kind: str, teacher: str) -> float:
+    """The default learning rate of the student or fake ``role`` trained as ``kind`` (LoRaD's angles take larger
+    steps than additive factors or raw weights), for the field to follow its adapter dropdown."""
+    return default_lr(role, kind, names_embedded(teacher))
 
 
 def start_distillation(teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student,

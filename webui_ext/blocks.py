@@ -121,6 +121,10 @@ def distill_tab(gr) -> None:
         job.stop()
         return "stopping after the current step (a checkpoint is written; Resume continues it)"
 
+    student.change(lambda kind, model: actions.learning_rate_for("student", kind, model), inputs=[student, teacher],
+                   outputs=[lr_student])
+    fake.change(lambda kind, model: actions.learning_rate_for("fake", kind, model), inputs=[fake, teacher],
+                outputs=[lr_fake])
     start.click(on_start, inputs=settings, outputs=[status, loss, samples])
     resume.click(on_resume, inputs=settings, outputs=[status, loss, samples])
     stop.click(on_stop, inputs=[out], outputs=[after], queue=False)  # never waits behind a running Start
