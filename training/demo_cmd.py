@@ -67,7 +67,8 @@ def report_markdown(metrics: dict) -> str:
         "# wadi demo",
         "",
         f"The shipped shapes teacher was distilled into a one-step student ({trained_as}, learning rate "
-        f"{c['lr_student']:g}) in {metrics['distillation_steps']} steps ({metrics['distillation_minutes']:.1f} min on this machine). "
+        f"{c['lr_student']:g}) in {metrics['distillation_steps']} steps "
+        f"({metrics['distillation_minutes']:.1f} min on this machine). "
         f"Evaluated on {metrics['prompts']} held-out prompts (never seen in training); the judge reads colour, "
         "shape, size, position and relation back from the pixels.",
         "",

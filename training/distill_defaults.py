@@ -19,13 +19,12 @@ EMBEDDED_DEFAULTS = dict(student_rank=24, fake_rank=8, lr_student=5e-3, lr_fake=
 # another adapter kind takes its own rate unless one is given. Embedded: the students' rates of the adapter ablation
 # and the fake models' of session 11 (docs/results.md). Real teachers: DMD2's rate for a fully trained SD1.5 UNet;
 # LoRA and DoRA keep the paper's rates there (not measured on SD here).
-LR_BY_KIND = {
-    True: {"student": {"lora": 1e-3, "dora": 1e-3, "full": 1e-4}, "fake": {"lora": 3e-3, "dora": 3e-3, "full": 5e-4}},
-    False: {"student": {"full": 1e-5}, "fake": {"full": 1e-5}},
-}
+EMBEDDED_LRS_BY_KIND = {"student": {"lora": 1e-3, "dora": 1e-3, "full": 1e-4},
+                        "fake": {"lora": 3e-3, "dora": 3e-3, "full": 5e-4}}
+PAPER_LRS_BY_KIND = {"student": {"full": 1e-5}, "fake": {"full": 1e-5}}
 
 
 def default_lr(role: str, kind: str, embedded: bool) -> float:
     """The default learning rate of the ``role`` ("student" or "fake") network trained as ``kind``."""
-    table = EMBEDDED_DEFAULTS if embedded else PAPER_DEFAULTS
-    return LR_BY_KIND[embedded][role].get(kind, table[f"lr_{role}"])
+    table, by_kind = (EMBEDDED_DEFAULTS, EMBEDDED_LRS_BY_KIND) if embedded else (PAPER_DEFAULTS, PAPER_LRS_BY_KIND)
+    return by_kind[role].get(kind, table[f"lr_{role}"])
