@@ -173,6 +173,7 @@ def test_the_learning_rate_fields_follow_the_adapter_kind(tmp_path):
     assert actions.learning_rate_for("student", "full", "") == 1e-4
     assert actions.learning_rate_for("fake", "lora", actions.EMBEDDED) == 3e-3
     assert actions.learning_rate_for("student", "full", str(tmp_path)) == 1e-5  # a real teacher: DMD2's rate
+    assert actions.learning_rate_for("student", "full", str(actions.MODEL_DIR)) == 1e-4  # the embedded one by path
 
 
 def test_a_second_start_on_a_training_folder_is_refused(tmp_path):

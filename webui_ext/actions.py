@@ -30,8 +30,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def names_embedded(text: str) -> bool:
-    """Whether a teacher field asks for the embedded model (empty or its label)."""
-    return (text or "").strip() in ("", EMBEDDED)
+    """Whether a teacher field asks for the embedded model (empty, its label or its folder, as `wadi distill` sees it)."""
+    text = (text or "").strip()
+    return text in ("", EMBEDDED) or Path(text).expanduser().resolve() == MODEL_DIR.resolve()
 
 
 def model_path(text: str) -> str:
