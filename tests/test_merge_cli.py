@@ -134,14 +134,14 @@ def test_bad_base_paths(tmp_path, adapters, capsys):
 
 def test_export_lora_error_falls_with_rank_and_vanishes_at_full_rank(pipeline_dir, adapters, tmp_path, capsys):
     errors = []
-    for rank in (2, 8, 256):
+    for rank in (2, 8, 64):  # 64: the full rank of the largest adapted layer
         out = tmp_path / f"lora{rank}.safetensors"
         assert main(["export-lora", "--base", str(pipeline_dir), "--adapter", str(adapters[0]), "--rank", str(rank),
                      "--dtype", "fp32", "--out", str(out), "--quiet"]) == 0
         line = [l for l in capsys.readouterr().out.splitlines() if "relative approximation error" in l][0]
         errors.append(float(line.split(":")[1].split("%")[0]) / 100)
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-5
-    lora = load_file(tmp_path / "lora256.safetensors")
+    lora = load_file(tmp_path / "lora64.safetensors")
     base = tiny_unet().state_dict()
     merged = merged_in_memory([(adapters[0], 1.0)])
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"

@@ -23,6 +23,8 @@ from wadi_core.shapes.components import load_components
 from wadi_core.weight_sources import WeightSource, open_source
 
 from .eval_cmd import add_metric_args, metric_inputs, summary_line
+from . import argtypes as A
+from .outputs import writes
 
 
 def register(sub) -> None:
@@ -38,12 +40,12 @@ def register(sub) -> None:
                                       "ablation samples with (default: BASE, when it is such a folder)")
     p.add_argument("--sampler", default="one-step", choices=("one-step", *SAMPLERS),
                    help="how the swap ablation samples (default one-step: OTHER is a distilled model)")
-    p.add_argument("--steps", type=int, default=25, help="steps of a multi-step --sampler")
-    p.add_argument("--guidance", type=float, default=3.0, help="CFG scale of a multi-step --sampler")
+    p.add_argument("--steps", type=A.positive_int, default=25, help="steps of a multi-step --sampler")
+    p.add_argument("--guidance", type=A.guidance, default=3.0, help="CFG scale of a multi-step --sampler")
     p.add_argument("--prompts", help="prompt file for the swap ablation (default: held-out shapes prompts)")
-    p.add_argument("--num-prompts", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-prompts", type=A.positive_int, default=128)
+    p.add_argument("--batch-size", type=A.positive_int, default=32)
+    p.add_argument("--seed", type=A.seed, default=0)
     add_metric_args(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -134,6 +136,7 @@ def report_text(args, summary: dict, swap_rows: list, swap_note: str, num_prompt
     return "\n".join(lines) + "\n"
 
 
+@writes("out")
 def run(args) -> int:
     out = fileio.check_output(args.out, args.overwrite)
     base = open_source(args.base)

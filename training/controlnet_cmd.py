@@ -19,14 +19,17 @@ from tqdm.auto import tqdm
 
 from wadi_core import controlnet as C
 from wadi_core import fileio, students
-from wadi_core.images import labelled_grid, save_pngs, side_by_side, to_tensor
+from wadi_core.images import labelled_grid, read_image, save_pngs, side_by_side, to_tensor
 from wadi_core.metrics import mask_iou
+from wadi_core.prompts import read_text
 from wadi_core.plots import loss_curves
 from wadi_core.shapes import accuracy_report, render_batch, sample_scenes
 from wadi_core.shapes.components import MODEL_DIR, load_components
 from wadi_core.shapes.judge import foreground_mask
 from wadi_core.sampling import image_size
 from wadi_core.shapes.render import silhouette
+from . import argtypes as A
+from .outputs import writes
 
 CHECKPOINT = "checkpoint"
 
@@ -36,12 +39,13 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (controlnet/ when done, checkpoint/, loss.png)")
     p.add_argument("--teacher", default=str(MODEL_DIR))
     p.add_argument("--data", help="JSONL with image, condition and caption per line (needed for a real teacher)")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=A.positive_int, default=1500)
+    p.add_argument("--batch-size", type=A.positive_int, default=32)
+    p.add_argument("--lr", type=A.learning_rate, default=1e-4)
+    p.add_argument("--caption-dropout", type=A.fraction, default=0.1)
+    p.add_argument("--checkpoint-every", type=A.count, default=250,
+                   help="steps between resumable checkpoints, 0 = none before the end")
+    p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_train)
@@ -53,13 +57,13 @@ def register(sub) -> None:
                         "silhouette ControlNet of the embedded world)")
     g.add_argument("--model", default=str(MODEL_DIR))
     g.add_argument("--student", help="a student / LoRaD file: one-step generation (else --steps of DDIM)")
-    g.add_argument("--steps", type=int, default=25)
-    g.add_argument("--guidance", type=float, default=3.0)
-    g.add_argument("--scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    g.add_argument("--steps", type=A.positive_int, default=25)
+    g.add_argument("--guidance", type=A.guidance, default=3.0)
+    g.add_argument("--scale", type=A.non_negative, default=1.0, help="ControlNet conditioning scale")
     g.add_argument("--prompt", help="prompt (with --control)")
     g.add_argument("--control", help="the control image (PNG) for --prompt")
-    g.add_argument("--eval", type=int, default=0, metavar="N", help="evaluate on N held-out embedded scenes")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--eval", type=A.count, default=0, metavar="N", help="evaluate on N held-out embedded scenes")
+    g.add_argument("--seed", type=A.seed, default=0)
     g.add_argument("--out", required=True, help="output folder (PNGs, grid.png, metrics.json with --eval)")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(run=run_generate)
@@ -82,17 +86,27 @@ class JsonlData:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"--data {path} does not exist; give a JSONL file with image, condition, caption")
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(read_text(path, "--data file").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--data {path}, line {number} is not valid JSON ({err.msg}); write one "
+                                 '{"image": ..., "condition": ..., "caption": ...} object per line') from None
         if not rows:
             raise ValueError(f"--data {path} has no rows")
         for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ValueError(f"--data {path}, line {i + 1} is not a JSON object with image, condition, caption")
             missing = {"image", "condition", "caption"} - set(row)
             if missing:
                 raise ValueError(f"--data {path}, line {i + 1}: missing {', '.join(sorted(missing))}")
 
         def load(name):
             file = (path.parent / name) if not Path(name).is_absolute() else Path(name)
-            return np.asarray(Image.open(file).convert("RGB").resize((size, size), Image.BICUBIC))
+            return np.asarray(read_image(file, f"image of --data {path}").resize((size, size), Image.BICUBIC))
         self.images = np.stack([load(r["image"]) for r in rows])
         self.hints = np.stack([load(r["condition"]) for r in rows])
         self.captions = [r["caption"] for r in rows]
@@ -105,7 +119,14 @@ class JsonlData:
 # ----- training
 
 def run_train(args) -> int:
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
+    fileio.check_output(out, overwrite=True)  # its folder exists and can be written
+    with fileio.output_lock(out):  # one run per folder; a killed run's checkpoint swap is finished first
+        fileio.clean_leftovers(out / CHECKPOINT)
+        return train(args, out)
+
+
+def train(args, out: Path) -> int:
     state_file = out / CHECKPOINT / "state.pt"
     if args.resume and not state_file.is_file():
         raise FileNotFoundError(f"nothing to resume: {state_file} does not exist")
@@ -123,7 +144,15 @@ def run_train(args) -> int:
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     history, start = [], 0
     if args.resume:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"cannot read the checkpoint {state_file} ({err}); it is damaged — start again in "
+                             "another --out") from None
+        missing = [k for k in ("controlnet", "opt", "history", "step") if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"the checkpoint {state_file} has no '{missing[0]}'; it was not written by wadi "
+                             "controlnet-train or is damaged — start again in another --out")
         net.load_state_dict(state["controlnet"])
         opt.load_state_dict(state["opt"])
         history, start = state["history"], state["step"]
@@ -151,7 +180,7 @@ def run_train(args) -> int:
         opt.step()
         history.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
+        if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < args.steps:
             with fileio.atomic_dir(out / CHECKPOINT, overwrite=True) as tmp:
                 torch.save({"controlnet": net.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                             "history": history}, tmp / "state.pt")
@@ -164,8 +193,15 @@ def run_train(args) -> int:
 
 # ----- generation and evaluation
 
+@writes("out")
 def run_generate(args) -> int:
     out = fileio.check_output(args.out, args.overwrite)
+    if args.eval:
+        _, hints, captions = shapes_batch(args.eval, args.seed, split="heldout")
+    elif args.prompt and args.control:
+        hints, captions = np.asarray(read_image(args.control, "control image"))[None], [args.prompt]
+    else:
+        raise ValueError("give --prompt and --control, or --eval N")
     components = load_components(args.model)
     net = C.load_controlnet(args.controlnet)
     C.check_fits(net, components.unet)
@@ -173,13 +209,6 @@ def run_generate(args) -> int:
         students.apply_adapter_file(components.unet, args.student)
     steps = None if args.student else args.steps
     label = "student, 1 step" if args.student else f"{args.steps} DDIM steps, CFG {args.guidance}"
-    if args.eval:
-        _, hints, captions = shapes_batch(args.eval, args.seed, split="heldout")
-    elif args.prompt and args.control:
-        from PIL import Image
-        hints, captions = np.asarray(Image.open(args.control).convert("RGB"))[None], [args.prompt]
-    else:
-        raise ValueError("give --prompt and --control, or --eval N")
     seeds = [args.seed + i for i in range(len(captions))]
     C.generate(components, net, captions[:1], hints[:1], seeds[:1], steps, args.guidance, args.scale)  # warm-up
     start = time.perf_counter()

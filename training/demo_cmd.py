@@ -20,6 +20,8 @@ from wadi_core.shapes import sample_prompts
 from wadi_core.shapes.components import MODEL_DIR
 
 from .distill import DistillConfig, Distiller, trainable_share
+from . import argtypes as A
+from .outputs import writes
 
 ATTRIBUTES = ("single/color", "single/shape", "single/size", "single/position", "relation/color",
               "relation/shape", "relation/relation")
@@ -28,12 +30,13 @@ ATTRIBUTES = ("single/color", "single/shape", "single/size", "single/position", 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="distil the embedded teacher into a one-step student and report (CPU, ~15 min)")
     p.add_argument("--out", default="wadi-demo", help="output folder (default: wadi-demo)")
-    p.add_argument("--steps", type=int, default=None, help="distillation steps (default: the embedded default)")
-    p.add_argument("--num-prompts", type=int, default=256, help="held-out prompts to evaluate on")
+    p.add_argument("--steps", type=A.positive_int, default=None,
+                   help="distillation steps (default: the embedded default)")
+    p.add_argument("--num-prompts", type=A.positive_int, default=256, help="held-out prompts to evaluate on")
     p.add_argument("--student", default="lorad", choices=students.KINDS,
                    help="student adapter type, each at its own default learning rate (see wadi distill --help)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--regression-pairs", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=A.seed, default=0)
+    p.add_argument("--regression-pairs", type=A.count, default=0, metavar="N",
                    help="add DMD's regression loss on N teacher samples (see wadi distill --help)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true")
@@ -85,6 +88,7 @@ def report_markdown(metrics: dict) -> str:
     ])
 
 
+@writes("out")
 def run(args) -> int:
     from wadi_core.evaluate import render_floor
 

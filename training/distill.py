@@ -37,13 +37,14 @@ from wadi_core.onestep import predict_x0
 from wadi_core.plots import loss_curves
 from wadi_core.prompts import read_prompts
 from wadi_core.schedules import LR_SCHEDULES, lr_factor
-from wadi_core.sampling import (check_eps_prediction, decode, image_size, initial_latents, latent_shape, sample,
-                                sample_latents)
+from wadi_core.sampling import (NonFiniteError, check_eps_prediction, decode, image_size, initial_latents,
+                                latent_shape, sample, sample_latents)
 from wadi_core.shapes import prompts_of
 from wadi_core.shapes.dataset import render_batch
 from wadi_core.shapes.render import scene_for_prompt
 from wadi_core.shapes.world import NotJudgeable, parse_prompt
 from wadi_core.shapes.components import MODEL_DIR, load_components
+from . import argtypes as A
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.pt"
@@ -53,10 +54,15 @@ SAMPLE_PROMPTS = ("a red circle", "a large blue square", "a small green triangle
 
 # Settings that must match to resume a checkpoint (the rest, like --steps, may change).
 RESUME_KEYS = ("teacher", "prompts", "student", "student_rank", "student_preset", "fake", "fake_rank", "fake_preset",
-               "lr_student", "lr_fake", "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
-               "seed", "ema", "mixed_precision", "null_prompt_share", "fake_updates", "regression_pairs",
+               "guidance", "fake_guidance", "gradient_mode", "batch_size", "grad_accum",
+               "seed", "ema", "null_prompt_share", "fake_updates", "regression_pairs",
                "regression_weight", "gan_weight", "gan_disc_weight", "gan_images", "gan_head_lr", "gan_features",
                "generator_t_min", "generator_t_max", "late_fraction", "late_t_max", "lr_schedule", "lr_warmup")
+# Settings a resumed run may change, said in its log: the way out of a divergence is to resume the last good
+# checkpoint at lower rates or without mixed precision.
+RESUME_MAY_CHANGE = ("lr_student", "lr_fake", "mixed_precision")
+# What a run writes into its folder; --overwrite removes these (and only these) before starting again.
+RUN_FILES = ("checkpoint", "samples", "student.safetensors", "history.json", "loss.png", "wadi-distill")
 # Regression pairs' seeds start here, away from the seeds of sample grids and evaluations.
 PAIR_SEED_OFFSET = 10_000_000
 
@@ -146,6 +152,10 @@ class DistillConfig:
         return DistillConfig(**values)
 
     def check(self) -> None:
+        for f in fields(self):  # NaN passes every comparison below, so refuse non-finite numbers first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, not {value}")
         if self.steps < 1:
             raise ValueError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -159,9 +169,10 @@ class DistillConfig:
             raise ValueError("--checkpoint-every and --sample-every must be 0 (off) or more")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16, not '{self.mixed_precision}'")
-        for name in ("lr_student", "lr_fake"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("lr_student", "lr_fake", "gan_head_lr"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be more than 0 and at most 1 (typical: 1e-5 to "
+                                 f"1e-2), not {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown --lr-schedule '{self.lr_schedule}'; choose one of: {', '.join(LR_SCHEDULES)}")
         if not 0 <= self.lr_warmup < self.steps:
@@ -169,8 +180,12 @@ class DistillConfig:
                              f"got {self.lr_warmup}")
         if self.regression_pairs < 0 or self.regression_weight < 0:
             raise ValueError("--regression-pairs and --regression-weight must be 0 or more")
-        if min(self.gan_weight, self.gan_disc_weight) < 0 or not self.gan_head_lr > 0:
-            raise ValueError("--gan-weight and --gan-disc-weight must be 0 or more, --gan-head-lr positive")
+        if min(self.gan_weight, self.gan_disc_weight) < 0:
+            raise ValueError("--gan-weight and --gan-disc-weight must be 0 or more")
+        if not 0 <= self.null_prompt_share <= 1:
+            raise ValueError(f"the null-prompt share must be between 0 and 1, not {self.null_prompt_share}")
+        if self.max_bad_steps < 1:
+            raise ValueError(f"--max-bad-steps must be at least 1, got {self.max_bad_steps}")
         if self.gan_weight and not self.gan_images and not is_embedded(self.teacher):
             raise ValueError("the GAN term needs real images for this teacher: pass --gan-images FOLDER (PNG/JPEG, "
                              "captions in same-named .txt files), or --gan-weight 0")
@@ -216,6 +231,15 @@ def is_embedded(teacher: str) -> bool:
     return Path(teacher).expanduser().resolve() == MODEL_DIR.resolve()
 
 
+def check_teacher(teacher: str) -> None:
+    """The teacher path is named before anything that depends on it (its prompts, its recipe) is asked for."""
+    path = Path(teacher).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"the teacher {teacher} does not exist; give a diffusers SD folder, a single-file "
+                                "SD checkpoint or a PixArt-style DiT folder (or leave out --teacher for the embedded "
+                                "model)")
+
+
 def load_prompt_list(config: DistillConfig) -> list[str]:
     if config.prompts:
         return read_prompts(config.prompts)
@@ -244,19 +268,38 @@ class Distiller:
     def __init__(self, config: DistillConfig, progress: bool = True, log: Callable[[str], None] = print):
         from accelerate import Accelerator
 
+        check_teacher(config.teacher)
         self.config = config = config.resolved(is_embedded(config.teacher))
         config.check()
-        self.out = Path(config.out)
+        self.out = Path(config.out).expanduser()
         self.log = log
         self.progress = progress
-        self._prepare_output()
         self.prompts = load_prompt_list(config)
+        fileio.check_output(self.out, overwrite=True)  # its folder exists and can be written
+        fileio.refuse_same_path(self.out, [("--teacher", config.teacher), ("--prompts", config.prompts),
+                                           ("--gan-images", config.gan_images)], inputs_may_be_inside=True)
+        if config.export_merged:  # checked now, not after the whole run
+            fileio.refuse_same_path(config.export_merged, [("--teacher", config.teacher), ("--out", self.out)])
+            fileio.check_output(config.export_merged, config.overwrite)
 
         trackers = self._trackers()
         _reset_single_process_state()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.grad_accum,
                                        log_with=trackers or None, project_dir=str(self.out))
+        self._claim = contextlib.ExitStack()  # the run folder's lock, held until the run ends
+        try:
+            self._setup(trackers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, trackers: list[str]) -> None:
+        config = self.config
+        if self.accelerator.is_main_process:
+            self._claim.enter_context(fileio.output_lock(self.out))
+            self._prepare_output()
+        self.accelerator.wait_for_everyone()
         device = self.accelerator.device
         self.teacher = load_components(config.teacher)
         check_eps_prediction(self.teacher.scheduler.config)
@@ -302,10 +345,15 @@ class Distiller:
         self.step = 0
         self.history: list[dict] = []
         self.bad_steps = 0
+        self.last_step_finite = True
+        self.checkpoint_step: int | None = None  # the step of the last good checkpoint in the run folder
         self.seconds = time.perf_counter() - started  # making the pairs is part of the training time
         self._teacher_samples = None
         if config.resume:
             self._load_checkpoint()
+        if self.accelerator.is_main_process:  # only now, so that a refused run leaves nothing behind
+            self.out.mkdir(exist_ok=True)
+            (self.out / "samples").mkdir(exist_ok=True)
         if trackers and self.accelerator.is_main_process:
             self.accelerator.init_trackers("wadi-distill", config={k: v for k, v in asdict(config).items()
                                                                    if isinstance(v, (int, float, str, bool))})
@@ -313,18 +361,26 @@ class Distiller:
     # ----- setup helpers
 
     def _prepare_output(self) -> None:
+        """Under the run folder's lock: finish what a killed run left (a checkpoint swap cut in half, temporary
+        files), then check the folder for --resume, or clear the old run for --overwrite."""
         c = self.config
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"--out {self.out} is a file; give a folder for the run")
+        for name in (CHECKPOINT, "student.safetensors"):
+            fileio.clean_leftovers(self.out / name)
         if c.resume:
             if not (self.out / CHECKPOINT / STATE_FILE).is_file():
-                raise FileNotFoundError(f"nothing to resume: {self.out / CHECKPOINT / STATE_FILE} does not exist")
+                raise FileNotFoundError(f"nothing to resume: {self.out / CHECKPOINT / STATE_FILE} does not exist; "
+                                        "start the run again with --overwrite instead of --resume")
         elif self.out.exists() and any(self.out.iterdir()):
             if not c.overwrite:
                 raise FileExistsError(f"{self.out} is not empty; pass --resume to continue the run in it, "
                                       "--overwrite to start again there, or choose another --out")
-        if not self.out.parent.exists():
-            raise FileNotFoundError(f"the folder {self.out.parent} for --out does not exist; create it first")
-        self.out.mkdir(exist_ok=True)
-        (self.out / "samples").mkdir(exist_ok=True)
+            fileio.remove_paths([self.out / name for name in RUN_FILES])  # the old run must not be resumed later
+
+    def close(self) -> None:
+        """Release the run folder (done by :meth:`run` and :meth:`finish`; call it when driving steps by hand)."""
+        self._claim.close()
 
     def _trackers(self) -> list[str]:
         if self.config.report_to == "none":
@@ -559,6 +615,7 @@ class Distiller:
         self._set_learning_rates()
         results = [self._micro_step(m) for m in range(self.config.grad_accum)]
         finite = all(r["finite"] for r in results)
+        self.last_step_finite = finite
         if finite:
             self.bad_steps = 0
             if self.ema:
@@ -567,8 +624,7 @@ class Distiller:
             self.bad_steps += 1
             if self.bad_steps >= self.config.max_bad_steps:
                 raise Diverged(f"the losses were NaN/Inf for {self.bad_steps} steps in a row (up to step "
-                               f"{self.step + 1}); stopped. The last good checkpoint is in {self.out / CHECKPOINT}; "
-                               "lower the learning rates or use --mixed-precision no, then --resume")
+                               f"{self.step + 1}); stopped. {self.divergence_advice()}")
         logged = ("loss_student", "loss_fake", "grad_norm") + (("loss_regression",) if self.pairs else ()) + \
             (("loss_gan", "loss_discriminator") if self.gan_head is not None else ())
         record = {"step": self.step + 1, **{k: float(np.mean([r[k] for r in results])) for k in logged},
@@ -612,12 +668,32 @@ class Distiller:
                 if every(self.step, c.sample_every) or self.step == c.steps:
                     self.write_samples()
                 if should_stop() and self.step < c.steps:
-                    self.save_checkpoint()
-                    self.log(f"stopped at step {self.step}; continue with --resume")
+                    if self.save_checkpoint() is not None:
+                        self.log(f"stopped at step {self.step}; continue with --resume")
+                    else:
+                        self.log(f"stopped at step {self.step}; {self.divergence_advice()}")
                     return None
+            return self.finish()
         finally:
             bar.close()
-        return self.finish()
+            self.close()
+
+    def divergence_advice(self) -> str:
+        """Where the last good checkpoint is and the command that continues from it at lower rates (the rates
+        and the mixed precision may change on resume; the other settings must not)."""
+        c = self.config
+        lower = f"--lr-student {c.lr_student / 4:.3g} --lr-fake {c.lr_fake / 4:.3g}" + \
+            (" --mixed-precision no" if c.mixed_precision != "no" else "")
+        if self.checkpoint_step is not None:
+            return (f"The last good checkpoint (step {self.checkpoint_step}) is in {self.out / CHECKPOINT}; continue "
+                    f"from it at lower rates: wadi distill --out {self.out} --resume {lower} (and the run's other "
+                    "options as before)")
+        return (f"No good checkpoint was written before it; start again at lower rates: wadi distill --out "
+                f"{self.out} --overwrite {lower} (and the run's other options as before)")
+
+    def weights_are_finite(self) -> bool:
+        tensors = self.student_params + self.fake_params + (list(self.ema.shadow) if self.ema else [])
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
 
     # ----- outputs
 
@@ -652,11 +728,15 @@ class Distiller:
         if self._teacher_samples is None:
             self._teacher_samples = sample(self.teacher, prompts, seeds, steps=25, guidance=self.config.sample_guidance,
                                            progress=False)
-        grid = side_by_side({"teacher 25 steps": self._teacher_samples,
-                             f"student, step {self.step}": self.student_images(prompts, seeds)}, prompts)
-        path = self.out / "samples" / f"step_{self.step:06d}.png"
-        grid.save(path)
-        grid.save(self.out / "samples" / "latest.png")
+        try:
+            student = self.student_images(prompts, seeds)
+        except NonFiniteError:  # a diverging step: the losses say so, and the checkpoint is not replaced
+            self.log(f"no sample grid at step {self.step}: the student's images are not finite")
+            return None
+        grid = side_by_side({"teacher 25 steps": self._teacher_samples, f"student, step {self.step}": student},
+                            prompts)
+        path = fileio.save_png(grid, self.out / "samples" / f"step_{self.step:06d}.png", overwrite=True)
+        fileio.save_png(grid, self.out / "samples" / "latest.png", overwrite=True)
         return path
 
     def write_loss_plot(self) -> Path:
@@ -670,16 +750,22 @@ class Distiller:
             curves["discriminator loss"] = [r["loss_discriminator"] for r in self.history]
         loss_curves(curves, path,
                     title=f"WaDi distillation ({self.config.student} student, {self.config.fake} fake)")
-        (self.out / "history.json").write_text(json.dumps(self.history))
+        fileio.write_text(self.out / "history.json", json.dumps(self.history), overwrite=True)
         return path
 
     def save_checkpoint(self) -> Path | None:
-        """Adapter weights, optimiser and EMA states, step and history, written atomically."""
+        """Adapter weights, optimiser and EMA states, step and history, written atomically; only a good state
+        (its last step's losses and all its weights finite), so that the checkpoint is always one to resume."""
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return None
+        if not (self.last_step_finite and self.weights_are_finite()):
+            self.log(f"no checkpoint at step {self.step}: its losses or weights are not finite; the last good one "
+                     f"(step {self.checkpoint_step}) stays" if self.checkpoint_step is not None else
+                     f"no checkpoint at step {self.step}: its losses or weights are not finite")
+            return None
         state = {
-            "config": {k: getattr(self.config, k) for k in RESUME_KEYS},
+            "config": {k: getattr(self.config, k) for k in RESUME_KEYS + RESUME_MAY_CHANGE},
             "step": self.step, "history": self.history, "seconds": self.seconds,
             "student": students.trainable_state(self.unwrapped_student(), self.config.student_spec()),
             "fake": students.trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec()),
@@ -690,6 +776,7 @@ class Distiller:
         }
         with fileio.atomic_dir(self.out / CHECKPOINT, overwrite=True) as tmp:
             torch.save(state, tmp / STATE_FILE)
+        self.checkpoint_step = self.step
         self.write_loss_plot()
         return self.out / CHECKPOINT
 
@@ -700,6 +787,11 @@ class Distiller:
         except Exception as err:
             raise ValueError(f"cannot read the checkpoint {path} ({err}); it is damaged — start again with "
                              "--overwrite") from None
+        needed = ("config", "step", "history", "seconds", "student", "fake", "opt_student", "opt_fake", "torch_rng")
+        missing = [key for key in needed if not isinstance(state, dict) or key not in state]
+        if missing or not isinstance(state["config"], dict):
+            raise ValueError(f"the checkpoint {path} has no '{(missing or ['config'])[0]}'; it was not written by "
+                             "wadi distill or is damaged — start again with --overwrite")
         # late_fraction's field default is None ("per teacher"); checkpoints from before it had no late phase
         defaults = {f.name: f.default for f in fields(DistillConfig)} | {"late_fraction": 0.0}
         for key in RESUME_KEYS:  # a key missing from an older checkpoint had its default then
@@ -707,6 +799,10 @@ class Distiller:
             if saved != now:
                 raise ResumeMismatch(f"cannot resume {self.out}: its checkpoint was made with {key}={saved!r} but "
                                      f"this run asks for {key}={now!r}; use the same settings or another --out")
+        for key in RESUME_MAY_CHANGE:
+            saved, now = state["config"].get(key), getattr(self.config, key)
+            if saved is not None and saved != now:
+                self.log(f"resuming with {key}={now!r} (the checkpoint's run used {saved!r})")
         students.load_trainable_state(self.unwrapped_student(), self.config.student_spec(), state["student"])
         students.load_trainable_state(self.accelerator.unwrap_model(self.fake), self.config.fake_spec(), state["fake"])
         self.opt_student.load_state_dict(state["opt_student"])
@@ -718,12 +814,17 @@ class Distiller:
                 s.copy_(saved)
         torch.set_rng_state(state["torch_rng"])
         self.step, self.history, self.seconds = state["step"], state["history"], state["seconds"]
+        self.checkpoint_step = self.step
         self.log(f"resumed {self.out} at step {self.step}")
 
     def finish(self) -> Path:
         """The final ``student.safetensors`` (EMA weights if EMA is on), loss plot, optional merged model."""
         self.accelerator.wait_for_everyone()
         path = self.out / "student.safetensors"
+        if not (self.last_step_finite and self.weights_are_finite()):
+            self.close()
+            raise Diverged(f"the weights are not finite after step {self.step}, so no student was written. "
+                           f"{self.divergence_advice()}")
         if self.accelerator.is_main_process:
             self.save_checkpoint()
             if self.ema:
@@ -737,6 +838,7 @@ class Distiller:
             if self.ema:
                 self.ema.swap()
         self.accelerator.end_training()
+        self.close()
         return path
 
 
@@ -744,6 +846,7 @@ def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite:
     """A copy of the teacher's diffusers folder whose UNet (or DiT) has the student baked in."""
     import shutil
 
+    fileio.refuse_same_path(out, [("--teacher", teacher), ("--student", adapter)])
     if Path(teacher).is_file():  # a single-file teacher: a single file with the student's rotations baked in
         from wadi_core.merge import merge_checkpoint
         if students.read_spec(adapter).kind != "lorad":
@@ -791,65 +894,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", help="prompt file: one per line, or JSONL with a 'caption' field "
                                      "(default for the embedded model: its training prompts)")
     p.add_argument("--student", default=d.student, choices=students.KINDS, help="student adapter type")
-    p.add_argument("--student-rank", type=int, help="student rank (paper 256; embedded default 24)")
+    p.add_argument("--student-rank", type=A.positive_int, help="student rank (paper 256; embedded default 24)")
     p.add_argument("--student-preset", default=d.student_preset)
     p.add_argument("--fake", default=d.fake, choices=students.KINDS, help="fake score model adapter type")
-    p.add_argument("--fake-rank", type=int, help="fake rank (paper 32; embedded default 8)")
+    p.add_argument("--fake-rank", type=A.positive_int, help="fake rank (paper 32; embedded default 8)")
     p.add_argument("--fake-preset", default=d.fake_preset)
-    p.add_argument("--steps", type=int, help="optimiser steps (embedded default 800)")
-    p.add_argument("--batch-size", type=int, help="prompts per micro-batch and process (paper 128; embedded 16)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--lr-student", type=float, help="student learning rate (LoRaD: paper 1e-4, embedded 5e-3; "
-                                                     "embedded LoRA/DoRA 1e-3, full 1e-4; full, real teacher 1e-5)")
+    p.add_argument("--steps", type=A.positive_int, help="optimiser steps (embedded default 800)")
+    p.add_argument("--batch-size", type=A.positive_int,
+                   help="prompts per micro-batch and process (paper 128; embedded 16)")
+    p.add_argument("--grad-accum", type=A.positive_int, default=d.grad_accum)
+    p.add_argument("--lr-student", type=A.learning_rate,
+                   help="student learning rate (LoRaD: paper 1e-4, embedded 5e-3; embedded LoRA/DoRA 1e-3, full 1e-4; "
+                        "full, real teacher 1e-5)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help="learning-rate schedule of both networks over --steps (cosine and linear end at 0)")
-    p.add_argument("--lr-warmup-steps", dest="lr_warmup", type=int, default=d.lr_warmup,
+    p.add_argument("--lr-warmup-steps", dest="lr_warmup", type=A.count, default=d.lr_warmup,
                    help="steps of linear warmup before the schedule")
-    p.add_argument("--lr-fake", type=float, help="fake model learning rate (LoRaD: 1e-2; embedded LoRA/DoRA 3e-3, "
-                                                  "full 5e-4; full, real teacher 1e-5)")
-    p.add_argument("--guidance", type=float, help="CFG of teacher and fake in the VSD gradient (paper 1.5; "
-                                                  "embedded 2)")
-    p.add_argument("--fake-guidance", type=float,
+    p.add_argument("--lr-fake", type=A.learning_rate,
+                   help="fake model learning rate (LoRaD: 1e-2; embedded LoRA/DoRA 3e-3, full 5e-4; full, real teacher "
+                        "1e-5)")
+    p.add_argument("--guidance", type=A.vsd_guidance,
+                   help="CFG of teacher and fake in the VSD gradient (paper 1.5; embedded 2)")
+    p.add_argument("--fake-guidance", type=A.vsd_guidance,
                    help="CFG of the fake model alone (paper: the same as --guidance, as in the paper's script; "
                         "embedded 1, which targets the teacher's guided distribution, as in DMD2)")
     p.add_argument("--gradient-mode", default=d.gradient_mode, choices=vsd.GRADIENT_MODES)
-    p.add_argument("--generator-t-min", type=int, default=d.generator_t_min,
+    p.add_argument("--generator-t-min", type=A.count, default=d.generator_t_min,
                    help="lowest timestep of the VSD gradient (spec: 20)")
-    p.add_argument("--generator-t-max", type=int, default=d.generator_t_max,
+    p.add_argument("--generator-t-max", type=A.count, default=d.generator_t_max,
                    help="highest timestep of the VSD gradient (spec: 980)")
-    p.add_argument("--late-fraction", type=float, metavar="F",
+    p.add_argument("--late-fraction", type=A.fraction, metavar="F",
                    help="for the last F of the steps, draw the VSD gradient's timesteps up to --late-t-max only, a "
                         "low-noise phase that refines colours (paper 0 = off; embedded 0.375)")
-    p.add_argument("--late-t-max", type=int, metavar="T",
+    p.add_argument("--late-t-max", type=A.count, metavar="T",
                    help="highest timestep of the VSD gradient in the late phase (embedded 400)")
-    p.add_argument("--fake-updates", type=int,
+    p.add_argument("--fake-updates", type=A.positive_int,
                    help="fake score model steps per student step (paper 1; embedded default 3; DMD2 uses 5)")
-    p.add_argument("--regression-pairs", type=int, default=d.regression_pairs, metavar="N",
+    p.add_argument("--regression-pairs", type=A.count, default=d.regression_pairs, metavar="N",
                    help="DMD's regression loss (not part of WaDi; off by default): make N teacher samples before "
                         "training and pull the student's one-step output for their noise toward them")
-    p.add_argument("--regression-weight", type=float, default=d.regression_weight)
-    p.add_argument("--gan-weight", type=float, default=d.gan_weight,
+    p.add_argument("--regression-weight", type=A.non_negative, default=d.regression_weight)
+    p.add_argument("--gan-weight", type=A.non_negative, default=d.gan_weight,
                    help="DMD2's GAN term (not part of WaDi; 0 = off): weight of the student's GAN loss against a "
                         "head on the fake model's middle features")
-    p.add_argument("--gan-disc-weight", type=float, default=d.gan_disc_weight,
+    p.add_argument("--gan-disc-weight", type=A.non_negative, default=d.gan_disc_weight,
                    help="weight of the discriminator loss in the fake model's update")
     p.add_argument("--gan-images", metavar="FOLDER",
                    help="real images for the GAN term (captions in same-named .txt files); the embedded world "
                         "renders its own")
-    p.add_argument("--gan-head-lr", type=float, default=d.gan_head_lr)
+    p.add_argument("--gan-head-lr", type=A.learning_rate, default=d.gan_head_lr)
     p.add_argument("--gan-features", default=d.gan_features, choices=gan.FEATURES,
                    help="where the discriminator head reads the fake model: mid (the UNet's mid block, as DMD2) or "
                         "last (its last up block, full latent resolution)")
-    p.add_argument("--ema", type=float, help="EMA decay of the student adapter, 0 = off (paper's script: off, "
+    p.add_argument("--ema", type=A.fraction, help="EMA decay of the student adapter, 0 = off (paper's script: off, "
                                              "optionally 0.999; embedded default 0.99)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=A.seed, default=d.seed)
     p.add_argument("--mixed-precision", default=d.mixed_precision, choices=("no", "fp16", "bf16"))
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+    p.add_argument("--checkpoint-every", type=A.count, default=d.checkpoint_every,
                    help="steps between resumable checkpoints, 0 = none before the end")
-    p.add_argument("--sample-every", type=int, default=d.sample_every,
+    p.add_argument("--sample-every", type=A.count, default=d.sample_every,
                    help="steps between sample grids, 0 = only at the start and the end")
-    p.add_argument("--max-bad-steps", type=int, default=d.max_bad_steps,
+    p.add_argument("--max-bad-steps", type=A.positive_int, default=d.max_bad_steps,
                    help="stop after this many consecutive NaN/Inf steps")
     p.add_argument("--export-merged", help="also write the teacher folder with the student merged into its UNet")
     p.add_argument("--report-to", default=d.report_to, choices=("tensorboard", "none"))

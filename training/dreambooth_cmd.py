@@ -25,6 +25,8 @@ from wadi_core.shapes.features import load_feature_net
 from wadi_core.shapes.world import COLORS, POSITIONS, position_phrase
 
 from .reporting import note, step_progress
+from . import argtypes as A
+from .outputs import writes
 
 ADAPTER_FILE = "subject.safetensors"
 
@@ -34,25 +36,26 @@ def register(sub) -> None:
                                           "or full fine-tuning, prior preservation)")
     p.add_argument("--out", required=True, help=f"output folder: {ADAPTER_FILE}, loss.png, samples.png")
     p.add_argument("--instance-dir", help="3-8 images of the subject (default: render the embedded subject)")
-    p.add_argument("--count", type=int, default=6, help="exemplars to render for the embedded subject")
+    p.add_argument("--count", type=A.positive_int, default=6, help="exemplars to render for the embedded subject")
     p.add_argument("--instance-prompt", default=novel.INSTANCE_PROMPT,
                    help=f"the subject's caption: a rare word and the class noun (default '{novel.INSTANCE_PROMPT}')")
     p.add_argument("--class-prompt", default=novel.CLASS_PROMPT,
                    help=f"the plain class, for prior preservation (default '{novel.CLASS_PROMPT}')")
     p.add_argument("--class-dir", help="images of the class (default: generate --num-class-images)")
-    p.add_argument("--num-class-images", type=int, default=64)
+    p.add_argument("--num-class-images", type=A.positive_int, default=64)
     p.add_argument("--model", default=str(MODEL_DIR), help="the base model (diffusers SD folder)")
     p.add_argument("--student", help="the distilled student: it generates the class images in one step, and "
                                      "with --on student it is the network fine-tuned")
     p.add_argument("--on", choices=("teacher", "student"), default="teacher", help="which network to fine-tune")
     p.add_argument("--adapter", choices=("lorad", "lora", "full"), default="lorad")
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--rank", type=A.positive_int, default=8)
     p.add_argument("--preset", default="unet-student")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, help="learning rate (default: lorad 5e-3, lora 1e-3, full 1e-4)")
-    p.add_argument("--prior-weight", type=float, default=1.0, help="weight of the prior-preservation loss (0 = off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=A.positive_int, default=300)
+    p.add_argument("--batch-size", type=A.positive_int, default=4)
+    p.add_argument("--lr", type=A.learning_rate, help="learning rate (default: lorad 5e-3, lora 1e-3, full 1e-4)")
+    p.add_argument("--prior-weight", type=A.non_negative, default=1.0,
+                   help="weight of the prior-preservation loss (0 = off)")
+    p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_train)
@@ -62,8 +65,8 @@ def register(sub) -> None:
     e.add_argument("--adapter", help=f"{ADAPTER_FILE} from wadi dreambooth (without it: the base model, the baseline)")
     e.add_argument("--student", help="evaluate in one step on this student (else the teacher, 25 DDIM steps)")
     e.add_argument("--model", default=str(MODEL_DIR))
-    e.add_argument("--count", type=int, default=48, help="images per prompt group")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--count", type=A.at_least_two, default=48, help="images per prompt group")
+    e.add_argument("--seed", type=A.seed, default=0)
     e.add_argument("--out", required=True)
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(run=run_eval)
@@ -91,6 +94,7 @@ def class_images(args, components, folder: Path) -> np.ndarray | None:
     return images
 
 
+@writes("out")
 def run_train(args) -> int:
     out = fileio.check_output(args.out, args.overwrite)
     if args.on == "student" and not args.student:
@@ -161,6 +165,7 @@ def diversity(images: np.ndarray, feature_net) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
+@writes("out")
 def run_eval(args) -> int:
     out = fileio.check_output(args.out, args.overwrite)
     components = load_components(args.model)

@@ -16,12 +16,14 @@ from wadi_core.sampling import image_size, sample
 from wadi_core.shapes import sample_prompts
 
 from .generate_cmd import add_model_args, is_one_step, load_generator
+from . import argtypes as A
+from .outputs import writes
 
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model: prompt accuracy, domain FID, images/s")
     p.add_argument("--prompts", help="a prompt file (default: held-out prompts of the shapes world)")
-    p.add_argument("--num-prompts", type=int, default=512)
+    p.add_argument("--num-prompts", type=A.positive_int, default=512)
     p.add_argument("--split", default="heldout", choices=("heldout", "train"))
     p.add_argument("--floor", action="store_true", help="also report the FID of a second set of renders")
     p.add_argument("--untrained", action="store_true",
@@ -67,6 +69,7 @@ def summary_line(name: str, result: dict) -> str:
     return "  ".join(parts)
 
 
+@writes("out", "grid")
 def run(args) -> int:
     if args.untrained and is_one_step(args):
         raise ValueError("--untrained compares against the multi-step sampler; leave out --student/--one-step")

@@ -17,6 +17,9 @@ from wadi_core.prompts import read_prompts
 from wadi_core.sampling import SAMPLERS, sample
 from wadi_core.shapes.components import MODEL_DIR, load_components
 
+from . import argtypes as A
+from .outputs import writes
+
 
 def add_model_args(p) -> None:
     p.add_argument("--model", default=str(MODEL_DIR),
@@ -29,11 +32,11 @@ def add_model_args(p) -> None:
                         "file, whose token is its file name); repeat for several")
     p.add_argument("--one-step", action="store_true",
                    help="sample --model in one step (a merged student, e.g. from wadi distill --export-merged)")
-    p.add_argument("--steps", type=int, default=25, help="sampler steps of multi-step sampling (default 25)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--steps", type=A.positive_int, default=25, help="sampler steps of multi-step sampling (default 25)")
+    p.add_argument("--guidance", type=A.guidance, default=3.0, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="image i gets seed SEED + i")
+    p.add_argument("--batch-size", type=A.positive_int, default=64)
+    p.add_argument("--seed", type=A.seed, default=0, help="image i gets seed SEED + i")
 
 
 def is_one_step(args) -> bool:
@@ -68,7 +71,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate images (multi-step with CFG, or one step with a student)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts", help="a prompt file (one per line, or JSONL with a caption field)")
-    p.add_argument("--num-per-prompt", type=int, default=1)
+    p.add_argument("--num-per-prompt", type=A.positive_int, default=1)
     p.add_argument("--out", required=True, help="output folder for the PNGs and grid.png")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -85,6 +88,7 @@ def collect_prompts(args) -> list[str]:
     return [p for p in prompts for _ in range(args.num_per_prompt)]
 
 
+@writes("out")
 def run(args) -> int:
     prompts = collect_prompts(args)
     out = Path(args.out)

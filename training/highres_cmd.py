@@ -9,7 +9,9 @@ from wadi_core import fileio, highres, onestep, students
 from wadi_core.images import labelled_grid, save_pngs
 from wadi_core.shapes.components import MODEL_DIR, load_components
 
+from . import argtypes as A
 from .generate_cmd import collect_prompts
+from .outputs import writes
 
 
 def register(sub) -> None:
@@ -18,21 +20,22 @@ def register(sub) -> None:
     p.add_argument("--student", required=True, help="the student (student.safetensors of wadi distill)")
     p.add_argument("--prompt", action="append", default=[])
     p.add_argument("--prompts")
-    p.add_argument("--num-per-prompt", type=int, default=1)
-    p.add_argument("--scale", type=int, default=2, help="resolution factor (default 2)")
+    p.add_argument("--num-per-prompt", type=A.positive_int, default=1)
+    p.add_argument("--scale", type=A.positive_int, default=2, help="resolution factor (default 2)")
     p.add_argument("--route", default="two-stage", choices=("one-step", "two-stage"),
                    help="one-step: the student on a larger latent; two-stage: student at the base size, upscale, "
                         "then a short teacher refinement")
-    p.add_argument("--strength", type=float, default=0.3, help="two-stage: share of the schedule to re-noise")
-    p.add_argument("--refine-steps", type=int, default=15,
+    p.add_argument("--strength", type=A.open_fraction, default=0.3, help="two-stage: share of the schedule to re-noise")
+    p.add_argument("--refine-steps", type=A.positive_int, default=15,
                    help="two-stage: DDIM schedule length; strength * steps of them run")
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=A.guidance, default=3.0)
+    p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(run=run)
 
 
+@writes("out")
 def run(args) -> int:
     prompts = collect_prompts(args)
     if args.scale < 1:

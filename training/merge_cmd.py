@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from wadi_core.merge import export_lora, merge_checkpoint, parse_adapter_spec
+from . import argtypes as A
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -28,7 +29,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("export-lora", help="approximate LoRaD adapters by a standard LoRA (SVD of the delta)")
     _add_common(p)
-    p.add_argument("--rank", type=int, default=64, help="LoRA rank (default 64)")
+    p.add_argument("--rank", type=A.positive_int, default=64, help="LoRA rank (default 64)")
     p.add_argument("--dtype", default="fp16", choices=tuple(DTYPES), help="tensor dtype in the file")
     p.set_defaults(run=run_export)
 

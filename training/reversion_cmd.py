@@ -24,6 +24,8 @@ from wadi_core.shapes import novel
 from wadi_core.shapes.components import MODEL_DIR, load_components
 
 from .reporting import note, step_progress
+from . import argtypes as A
+from .outputs import writes
 
 
 def register(sub) -> None:
@@ -34,21 +36,21 @@ def register(sub) -> None:
                                        "default: render the embedded world's 'inside' relation")
     p.add_argument("--relation", default="larger", choices=list(novel.NOVEL_RELATIONS),
                    help="the embedded relation to render exemplars of (without --exemplars)")
-    p.add_argument("--count", type=int, default=12, help="exemplars to render for the embedded relation")
+    p.add_argument("--count", type=A.positive_int, default=12, help="exemplars to render for the embedded relation")
     p.add_argument("--teacher", default=str(MODEL_DIR), help="the multi-step model (diffusers SD folder)")
     p.add_argument("--token", default="<R>", help="the new relation token (must not be in the vocabulary)")
     p.add_argument("--init", help="initialiser word(s) of the token's embedding (default: the embedded relation's, "
                                   "'in' for inside, 'and' for larger; 'and' with --exemplars)")
     p.add_argument("--name", default="wadi_relation", help="name of the textual-inversion file (embedding:NAME)")
     defaults = ReVersionConfig()
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--steer-weight", type=float, default=defaults.steer_weight,
+    p.add_argument("--steps", type=A.positive_int, default=defaults.steps)
+    p.add_argument("--batch-size", type=A.positive_int, default=defaults.batch_size)
+    p.add_argument("--lr", type=A.learning_rate, default=defaults.lr)
+    p.add_argument("--steer-weight", type=A.non_negative, default=defaults.steer_weight,
                    help="weight of the relation-steering loss (0 = plain textual inversion)")
-    p.add_argument("--importance-alpha", type=float, default=defaults.importance_alpha,
+    p.add_argument("--importance-alpha", type=A.non_negative, default=defaults.importance_alpha,
                    help="relation-focal timestep sampling strength (0 = uniform)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_train)
@@ -58,16 +60,17 @@ def register(sub) -> None:
     e.add_argument("--embedding", required=True, help="reversion.safetensors from wadi reversion")
     e.add_argument("--student", help="a distilled student adapter for the one-step rows")
     e.add_argument("--model", default=str(MODEL_DIR))
-    e.add_argument("--count", type=int, default=64, help="prompts (new entity pairs)")
-    e.add_argument("--steps", type=int, default=25)
-    e.add_argument("--guidance", type=float, default=3.0)
+    e.add_argument("--count", type=A.positive_int, default=64, help="prompts (new entity pairs)")
+    e.add_argument("--steps", type=A.positive_int, default=25)
+    e.add_argument("--guidance", type=A.guidance, default=3.0)
     e.add_argument("--baseline", help="the baseline word (default: the token's initialiser)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=A.seed, default=0)
     e.add_argument("--out", required=True)
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(run=run_eval)
 
 
+@writes("out")
 def run_train(args) -> int:
     out = fileio.check_output(args.out, args.overwrite)
     teacher = load_components(args.teacher)
@@ -135,6 +138,7 @@ def vae_round_trip(components, relation, pairs, seed: int) -> np.ndarray:
     return decode(components, latents)
 
 
+@writes("out")
 def run_eval(args) -> int:
     out = fileio.check_output(args.out, args.overwrite)
     meta = embeddings.read_embedding(args.embedding)[2]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from . import argtypes as A
+
 
 def register(sub) -> None:
     p = sub.add_parser("ui", help="the web UI: distil, generate and analyze from a browser tab")
     p.add_argument("--listen", action="store_true", help="listen on all interfaces (default: 127.0.0.1 only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=A.port, default=7860)
     p.set_defaults(run=run)
 
 

@@ -20,6 +20,20 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+def read_image(path, what: str = "image") -> Image.Image:
+    """One RGB image, or one clear error naming the file (missing, a folder, or not an image at all)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"the {what} {path} {state}; give a PNG or JPEG file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:  # PIL raises UnidentifiedImageError, OSError or ValueError for broken files
+        raise ValueError(f"the {what} {path} is not a readable image ({type(err).__name__}: {err}); give a PNG or "
+                         "JPEG file") from None
+
+
 def read_image_folder(folder, size: int, min_count: int = 1) -> tuple[list[str], np.ndarray]:
     """``(file names, uint8 [n, size, size, 3])``: every image in ``folder`` by name, centre-cropped
     to a square and resized."""
@@ -32,10 +46,7 @@ def read_image_folder(folder, size: int, min_count: int = 1) -> tuple[list[str],
                          "are needed; put the images there")
     out = []
     for path in files:
-        try:
-            image = Image.open(path).convert("RGB")
-        except Exception as err:
-            raise ValueError(f"{path} is not a readable image ({err}); remove or replace it") from None
+        image = read_image(path)
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
         out.append(np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))

@@ -20,19 +20,28 @@ from tqdm.auto import tqdm
 from . import fileio, keys
 from .families import build_on_meta
 from .lorad import functional as LF
-from .lorad.io import AdapterFile, encode_name, match_layers, read_adapter
+from .lorad.io import AdapterError, AdapterFile, check_strength, encode_name, match_layers, read_adapter
 from .models import WEIGHTS, Checkpoint, CheckpointError, open_checkpoint
 
 
 def parse_adapter_spec(spec: str) -> tuple[Path, float]:
-    """``"A.safetensors:0.8"`` -> ``(Path("A.safetensors"), 0.8)``; no suffix means strength 1."""
+    """``"A.safetensors:0.8"`` -> ``(Path("A.safetensors"), 0.8)``; no suffix means strength 1.
+
+    A colon that belongs to the path (``C:\\models\\a.safetensors``, or an existing file whose name has one)
+    is kept; otherwise what follows the last colon must be a finite number."""
     head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            return Path(head), float(tail)
-        except ValueError:
-            pass  # a colon that belongs to the path (C:\\...)
-    return Path(spec), 1.0
+    if not sep or not head or "/" in tail or "\\" in tail:
+        return Path(spec), 1.0
+    if Path(spec).expanduser().is_file() and not Path(head).expanduser().is_file():
+        return Path(spec), 1.0
+    try:
+        strength = float(tail)
+    except ValueError:
+        raise AdapterError(f"'{spec}': the strength after the last ':' must be a number (for example "
+                           f"{head}:0.8), not '{tail}'") from None
+    if not math.isfinite(strength):
+        raise AdapterError(f"'{spec}': the strength must be a finite number, not '{tail}'")
+    return Path(head), strength
 
 
 @dataclass
@@ -56,6 +65,7 @@ def plan_merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[tuple[st
     files = []
     for path, strength in adapters:
         file = read_adapter(path)
+        check_strength(file, float(strength))
         for name, (up, down) in match_layers(file, shapes, ckpt.backbone, ckpt.family).items():
             layers.setdefault(name, []).append((up, down, float(strength)))
         files.append((file, float(strength)))
@@ -67,12 +77,24 @@ def _rotated_backbone(plan: MergePlan, progress: bool) -> dict[str, torch.Tensor
     ckpt = plan.checkpoint
     out = {}
     for name in tqdm(list(ckpt.stored), desc="merging", unit="tensor", disable=not progress):
-        tensor = ckpt.read(name)
+        tensor = read_finite(ckpt, name)
         layer = name[: -len(".weight")] if name.endswith(".weight") else None
         if layer in plan.layers:
             tensor = LF.rotate_by_angles(tensor, plan.theta(layer))
+            if not bool(torch.isfinite(tensor).all()):
+                raise AdapterError(f"the adapters together give non-finite weights on '{layer}'; lower their "
+                                   "strengths")
         out[name] = tensor
     return out
+
+
+def read_finite(ckpt: Checkpoint, name: str) -> torch.Tensor:
+    """One backbone tensor; a base whose weights hold NaN or Inf is refused (it would poison any merge)."""
+    tensor = ckpt.read(name)
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"the base model's weight '{name}' in {ckpt.path} holds NaN or Inf values; the "
+                              "checkpoint is damaged — download or convert it again")
+    return tensor
 
 
 def resolve_format(out: Path, requested: str) -> str:
@@ -97,14 +119,20 @@ def merge_checkpoint(base: str | os.PathLike, adapters: Sequence[tuple[str | os.
     """
     out = Path(out)
     fmt = resolve_format(out, out_format)
-    fileio.check_output(out, overwrite)
-    plan = plan_merge(base, adapters)
-    ckpt = plan.checkpoint
-    _check_convertible(ckpt, fmt)
-    backbone = _rotated_backbone(plan, progress)
-    if fmt == "single-file":
-        return _write_single_file(ckpt, backbone, out, overwrite)
-    return _write_diffusers(ckpt, backbone, out, overwrite)
+    refuse_inputs_as_output(out, base, adapters)
+    with fileio.claim(out, overwrite):
+        plan = plan_merge(base, adapters)
+        ckpt = plan.checkpoint
+        _check_convertible(ckpt, fmt)
+        backbone = _rotated_backbone(plan, progress)
+        if fmt == "single-file":
+            return _write_single_file(ckpt, backbone, out, overwrite)
+        return _write_diffusers(ckpt, backbone, out, overwrite)
+
+
+def refuse_inputs_as_output(out: Path, base, adapters: Sequence[tuple[str | os.PathLike, float]]) -> None:
+    inputs = [("--base", base.path if isinstance(base, Checkpoint) else base)]
+    fileio.refuse_same_path(out, inputs + [("--adapter", path) for path, _ in adapters])
 
 
 def _check_convertible(ckpt: Checkpoint, fmt: str) -> None:
@@ -200,10 +228,36 @@ def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathL
     Writes a kohya-style LoRA (``lora_up.weight``, ``lora_down.weight``, ``alpha = rank``) that
     ComfyUI, A1111 and diffusers load as an ordinary LoRA, and reports the approximation error.
     """
-    if rank <= 0:
-        raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
-    fileio.check_output(out, overwrite)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    out = Path(out)
+    refuse_inputs_as_output(out, base, adapters)
+    with fileio.claim(out, overwrite):
+        return _export_lora(base, adapters, out, rank, dtype, overwrite, progress, on_layer)
+
+
+def _svd(d: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The SVD of one layer's delta; a float32 SVD that does not converge is retried in float64."""
+    try:
+        return torch.linalg.svd(d, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        try:
+            u, s, vh = torch.linalg.svd(d.double(), full_matrices=False)
+            return u.float(), s.float(), vh.float()
+        except torch.linalg.LinAlgError:
+            raise AdapterError(f"the SVD of the delta of '{layer}' did not converge (its values span "
+                               f"{d.abs().min().item():.3g} to {d.abs().max().item():.3g}); the adapter is "
+                               "degenerate there — export it at a lower strength, or merge it instead") from None
+
+
+def _export_lora(base, adapters, out: Path, rank: int, dtype: torch.dtype, overwrite: bool, progress: bool,
+                 on_layer: Callable[[int, int], None] | None) -> LoraExport:
     plan = plan_merge(base, adapters)
+    full_ranks = {layer: min(plan.checkpoint.shapes[layer + ".weight"][0],
+                             LF.flat_in_features(plan.checkpoint.shapes[layer + ".weight"])) for layer in plan.layers}
+    if rank > max(full_ranks.values()):
+        raise ValueError(f"LoRA rank {rank} is above the full rank of every adapted layer (at most "
+                         f"{max(full_ranks.values())}); give --rank {max(full_ranks.values())} or less")
     prefix = {"unet": "lora_unet", "transformer": "lora_transformer"}[plan.checkpoint.backbone]
     tensors: dict[str, torch.Tensor] = {}
     err_sq = total_sq = 0.0
@@ -212,9 +266,11 @@ def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathL
                                       disable=not progress)):
         if on_layer is not None:  # e.g. ComfyUI's progress bar
             on_layer(done, len(plan.layers))
-        weight = plan.checkpoint.read(layer + ".weight").float()
+        weight = read_finite(plan.checkpoint, layer + ".weight").float()
         d = (LF.rotate_by_angles(weight, plan.theta(layer)) - weight).reshape(weight.shape[0], -1)
-        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        if not bool(torch.isfinite(d).all()):
+            raise AdapterError(f"the adapters together give non-finite weights on '{layer}'; lower their strengths")
+        u, s, vh = _svd(d, layer)
         r = min(rank, s.numel())
         root = s[:r].sqrt()
         up, down = u[:, :r] * root, root[:, None] * vh[:r]
@@ -230,8 +286,9 @@ def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathL
         tensors[f"{key}.lora_up.weight"] = up.to(dtype)
         tensors[f"{key}.lora_down.weight"] = down.to(dtype)
         tensors[f"{key}.alpha"] = torch.tensor(float(r), dtype=dtype)
-    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
+    used = min(rank, max(full_ranks.values()))
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(used), "ss_network_alpha": str(used),
             "wadi.exported_from": "lorad", "wadi.base": plan.checkpoint.family}
     path = fileio.save_safetensors(tensors, out, meta, overwrite)
     relative = math.sqrt(err_sq / total_sq) if total_sq > 0 else 0.0
-    return LoraExport(path, len(plan.layers), rank, relative, worst[0], worst[1])
+    return LoraExport(path, len(plan.layers), used, relative, worst[0], worst[1])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import check_eps_prediction, decode, initial_latents, latent_shape
+from .sampling import check_eps_prediction, check_sampling_settings, decode, initial_latents, latent_shape
 from .vsd import x0_from_eps
 
 
@@ -42,6 +42,7 @@ def generate(components, prompts: Sequence[str], seeds: Sequence[int] | None = N
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     check_eps_prediction(components.scheduler.config)
+    check_sampling_settings(batch_size=batch_size)
     unet = components.unet
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="one-step", disable=not progress):

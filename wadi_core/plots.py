@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from . import fileio
+
 
 def _pyplot():
     import matplotlib
@@ -46,5 +48,8 @@ def save_figure(fig, path: str | os.PathLike, title: str) -> None:
     """Title, tight layout, PNG at 100 dpi, and the figure closed (pyplot keeps figures otherwise)."""
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
-    _pyplot().close(fig)
+    try:
+        with fileio.atomic_file(path, overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        _pyplot().close(fig)

@@ -14,12 +14,30 @@ class PromptFileError(ValueError):
     pass
 
 
-def read_prompts(path: str | os.PathLike) -> list[str]:
-    path = Path(path)
+def read_text(path: str | os.PathLike, what: str = "prompt file") -> str:
+    """The UTF-8 text of a file people write by hand, or one clear error: missing, a folder, binary, or in
+    another encoding (with the line of the first bad byte)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise PromptFileError(f"{what} {path} is a folder; give a text file with one entry per line")
     if not path.is_file():
-        raise PromptFileError(f"prompt file {path} does not exist; give a text file with one prompt per line")
+        raise PromptFileError(f"{what} {path} does not exist; give a text file with one entry per line")
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise PromptFileError(f"{what} {path} is a binary file, not text; give a text file with one entry per line")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise PromptFileError(f"{what} {path} is not UTF-8 text (line {line} has the byte 0x{data[err.start]:02x}); "
+                              "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    path = Path(path).expanduser()
+    text = read_text(path)
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue

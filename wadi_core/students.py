@@ -124,7 +124,32 @@ def read_spec(path: str | os.PathLike) -> AdapterSpec:
     if kind is None:
         raise AdapterError(f"{path} has no wadi metadata; give a file written by wadi (a LoRaD adapter or a "
                            "distilled student)")
-    return AdapterSpec(kind, int(meta.get("wadi.rank", 0) or 0), meta.get("wadi.preset", "custom"))
+    if kind not in KINDS:
+        raise AdapterError(f"{path}: its metadata {TYPE_KEY}={kind!r} is not one of {', '.join(KINDS)}; the file "
+                           "was edited or damaged")
+    try:
+        rank = int(meta.get("wadi.rank", 0) or 0)
+    except ValueError:
+        raise AdapterError(f"{path}: its metadata wadi.rank={meta['wadi.rank']!r} is not a whole number; the file "
+                           "was edited or damaged — export it again") from None
+    _check_key_style(path, kind)
+    return AdapterSpec(kind, rank, meta.get("wadi.preset", "custom"))
+
+
+def _check_key_style(path: str | os.PathLike, kind: str) -> None:
+    """The tensors must be of the kind the metadata names: LoRaD factors, PEFT LoRA/DoRA factors, or a whole
+    network (a file whose metadata was changed would otherwise load as the wrong thing)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    lorad = any(k.endswith((".lorad_up", ".lorad_down")) for k in keys)
+    peft = any(".lora_A." in k or ".lora_B." in k for k in keys)
+    found = "LoRaD factors" if lorad else ("LoRA factors" if peft else "a whole network")
+    expected = {"lorad": "LoRaD factors", "lora": "LoRA factors", "dora": "LoRA factors", "full": "a whole network"}
+    if expected[kind] != found:
+        raise AdapterError(f"{path}: its metadata says {TYPE_KEY}={kind!r} but its tensors are {found}; the file "
+                           "was edited or damaged — export it again")
 
 
 def other_teacher(path: str | os.PathLike, model_dir: str | os.PathLike) -> str | None:
@@ -151,6 +176,11 @@ def apply_adapter_file(model: nn.Module, path: str | os.PathLike, name: str = "d
         raise AdapterError(f"{path} is a {spec.label()} student; strengths other than 1 are for LoRaD adapters")
     from safetensors.torch import load_file
     state = load_file(str(path))
+    bad = next((k for k, v in state.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise AdapterError(f"{path}: '{bad}' holds {'NaN or Inf' if state[bad].is_floating_point() else 'non-float'} "
+                           "values; the training that wrote it diverged or the file is damaged — use an earlier "
+                           "checkpoint")
     family = family_of_model(model)
     if spec.kind == "full":
         own = model.state_dict()

@@ -25,6 +25,7 @@ __all__ = [
     "flat_in_features",
     "adapter_shapes",
     "rotation_angle_grad",
+    "angles_are_finite",
 ]
 
 
@@ -51,6 +52,17 @@ def angles(up: torch.Tensor, down: torch.Tensor, strength: float = 1.0) -> torch
     dtype = math_dtype(up, down)
     theta = up.to(dtype) @ down.to(dtype)
     return theta if strength == 1.0 else theta * strength
+
+
+def angles_are_finite(up: torch.Tensor, down: torch.Tensor, strength: float = 1.0) -> bool:
+    """Whether ``strength * up @ down`` is finite in the float32 the rotation uses: finite factors can still
+    overflow in their product (factors of 1e30 give angles of 1e60). A Cauchy-Schwarz bound on the largest
+    angle decides without the product in the common case."""
+    limit = torch.finfo(torch.float32).max / 4
+    bound = up.double().norm(dim=1).max() * down.double().norm(dim=0).max() * abs(float(strength))
+    if bool(torch.isfinite(bound)) and float(bound) < limit:
+        return True
+    return bool(torch.isfinite(angles(up, down, strength)).all())
 
 
 def summed_angles(adapters: Iterable[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor | None:

@@ -135,14 +135,71 @@ def _check_tensors(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]
             raise AdapterError(f"{where} is missing key '{base}.{UP}' (it has '{key}'); the file is incomplete")
 
     for base, (up, down) in layers.items():
-        if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0]:
+        if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0] or 0 in up.shape or 0 in down.shape:
             raise AdapterError(f"{where}: '{base}' has up {tuple(up.shape)} and down {tuple(down.shape)}, "
                                "which do not form a rank-r pair [out, r] x [r, in//2]")
         for name, t in ((UP, up), (DOWN, down)):
+            if not t.is_floating_point():
+                raise AdapterError(f"{where}: '{base}.{name}' holds {str(t.dtype).replace('torch.', '')} values; "
+                                   "LoRaD factors are floating-point numbers — the file is damaged or not an adapter")
             if not torch.isfinite(t).all():
                 raise AdapterError(f"{where}: '{base}.{name}' contains NaN or Inf values; the training that "
                                    "wrote it diverged — use an earlier checkpoint")
+        if not LF.angles_are_finite(up, down):
+            raise AdapterError(f"{where}: the angles up @ down of '{base}' overflow (factors up to "
+                               f"{max(up.abs().max().item(), down.abs().max().item()):.3g}); the file is damaged "
+                               "or its training diverged — use an earlier checkpoint")
+    _check_metadata(metadata, layers, where)
     return AdapterFile(path, layers, metadata)
+
+
+def _metadata_int(metadata: dict[str, str], key: str, where: str) -> int | None:
+    if key not in metadata:
+        return None
+    try:
+        return int(metadata[key])
+    except ValueError:
+        raise AdapterError(f"{where}: its metadata {key}={metadata[key]!r} is not a whole number; the file was "
+                           "edited or damaged — export it again") from None
+
+
+def _check_metadata(metadata: dict[str, str], layers: Mapping[str, tuple], where: str) -> None:
+    """What the metadata says must be what the tensors hold: a file whose header disagrees was edited or
+    damaged, and guessing which side is right would load the wrong thing."""
+    kind = metadata.get("wadi.adapter_type", FORMAT)
+    if kind != FORMAT:
+        raise AdapterError(f"{where}: its metadata says it is a '{kind}' adapter but it holds LoRaD tensors; the "
+                           "file was edited or damaged — export it again")
+    rank = _metadata_int(metadata, "wadi.rank", where)
+    actual = max(up.shape[1] for up, _ in layers.values())
+    if rank is not None and rank != actual:
+        raise AdapterError(f"{where}: its metadata says wadi.rank={rank} but its tensors have rank {actual}; the "
+                           "file was edited or damaged — export it again")
+    count = _metadata_int(metadata, "wadi.layers", where)
+    if count is not None and count != len(layers):
+        raise AdapterError(f"{where}: its metadata says wadi.layers={count} but it holds {len(layers)} layers; the "
+                           "file is incomplete or was edited — export it again")
+    prefix = metadata.get("wadi.prefix")
+    if prefix is not None:
+        if prefix not in PREFIXES.values():
+            raise AdapterError(f"{where}: its metadata wadi.prefix={prefix!r} is not one of "
+                               f"{', '.join(PREFIXES.values())}; the file was edited or damaged")
+        stray = next((k for k in layers if not k.startswith(prefix + "_")), None)
+        if stray is not None:
+            raise AdapterError(f"{where}: its metadata says wadi.prefix={prefix!r} but key '{stray}' does not start "
+                               "with it; the file was edited or damaged — export it again")
+
+
+def check_strength(adapter: AdapterFile, strength: float) -> None:
+    """A strength must be a finite number whose angles stay finite (a huge strength overflows like huge factors)."""
+    import math
+
+    if not isinstance(strength, (int, float)) or not math.isfinite(strength):
+        raise AdapterError(f"the strength of {adapter.label()} must be a finite number, not {strength!r}")
+    for key, (up, down) in adapter.layers.items():
+        if not LF.angles_are_finite(up, down, strength):
+            raise AdapterError(f"{adapter.label()} at strength {strength:g} gives angles that overflow on '{key}'; "
+                               "use a strength nearer 1")
 
 
 def target_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -192,6 +249,7 @@ def load_adapter(model: nn.Module, adapter: str | os.PathLike | AdapterFile, ada
     """Validate ``adapter`` against ``model`` completely, then attach it. Raises before any change."""
     file = adapter if isinstance(adapter, AdapterFile) else read_adapter(adapter)
     matched = match_layers(file, target_shapes(model), model_kind(model), family_of_model(model))
+    check_strength(file, strength)
     attach_weights(model, matched, adapter_name=adapter_name, strength=strength, trainable=trainable)
     return file
 
@@ -236,7 +294,7 @@ def describe_adapter(adapter: str | os.PathLike | AdapterFile) -> dict:
     total_abs = total_n = 0.0
     max_abs = 0.0
     for key, (up, down) in file.layers.items():
-        theta = LF.angles(up, down).abs()
+        theta = LF.angles(up.double(), down.double()).abs()  # float64: sums of large angles stay finite
         per_layer.append((key, math.degrees(theta.mean().item()), math.degrees(theta.max().item())))
         total_abs += theta.sum().item()
         total_n += theta.numel()

@@ -13,6 +13,8 @@ twice through a forward hook).
 
 from __future__ import annotations
 
+import math
+
 from typing import Iterator, Sequence
 
 import torch
@@ -253,6 +255,8 @@ def count_parameters(model: nn.Module, adapter_name: str | None = None) -> int:
 
 def set_strength(model: nn.Module, strength: float, adapter_name: str | None = None) -> None:
     """Change an adapter's strength (it scales the angles). Merged adapters must be unmerged first."""
+    if not math.isfinite(strength):
+        raise ValueError(f"an adapter strength must be a finite number, not {strength!r}")
     for name, _, adapter in _adapters(model, adapter_name):
         if adapter.merged:
             raise RuntimeError(f"adapter on '{name}' is merged; unmerge it before changing its strength")

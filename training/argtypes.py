@@ -1,0 +1,45 @@
+"""Number types for the command line: argparse turns a refusal into one ``error: argument --X: ...`` line
+and exit status 2, before any work. Plain ``float`` would let ``nan`` and ``inf`` through, and ``int``
+would let 0 reach a ``range()`` step."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+SEED_LIMIT = 2 ** 32  # seeds are 32-bit, as in A1111's and ComfyUI's UIs
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a {'whole number' if kind is int else 'number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not '{text}'")
+    return value
+
+
+def ranged(kind: type, what: str, low: float = -math.inf, high: float = math.inf, low_open: bool = False):
+    """A parser of ``kind`` numbers in [low, high] ((low, high] with ``low_open``), refusing others with
+    ``must be WHAT``."""
+    def parse(text: str):
+        value = _number(text, kind)
+        if value > high or value < low or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+    parse.__name__ = f"{kind.__name__} ({what})"  # argparse names the type in its own messages
+    return parse
+
+
+positive_int = ranged(int, "1 or more", low=1)
+at_least_two = ranged(int, "2 or more", low=2)
+count = ranged(int, "0 or more", low=0)
+seed = ranged(int, f"a whole number from 0 to {SEED_LIMIT - 1}", low=0, high=SEED_LIMIT - 1)
+port = ranged(int, "a port number from 1 to 65535", low=1, high=65535)
+non_negative = ranged(float, "0 or more", low=0.0)
+guidance = ranged(float, "0 or more (1 = no guidance)", low=0.0)
+vsd_guidance = ranged(float, "1 (no guidance) or more", low=1.0)
+learning_rate = ranged(float, "more than 0 and at most 1 (typical: 1e-5 to 1e-2)", low=0.0, high=1.0, low_open=True)
+fraction = ranged(float, "between 0 and 1", low=0.0, high=1.0)
+open_fraction = ranged(float, "more than 0 and at most 1", low=0.0, high=1.0, low_open=True)
