@@ -11,17 +11,17 @@ import os
 import sys
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
-if _ROOT not in sys.path:  # wadi_core and comfy_nodes are top-level packages of this repository
+if _ROOT not in sys.path:  # wadi_core and wadi_comfy are top-level packages of this repository
     sys.path.insert(0, _ROOT)
 
-from comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_with_comfy  # noqa: E402
+from wadi_comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, register_with_comfy  # noqa: E402
 
 if not register_with_comfy():
     logging.getLogger("wadi").info("WaDi: this ComfyUI has no weight-adapter list; the stock LoraLoader will not "
                                    "read LoRaD files, use the WaDi Load LoRaD node")
 
 if importlib.util.find_spec("comfy_api") is not None:  # ComfyUI with the V3 node API
-    from comfy_nodes.v3 import comfy_entrypoint  # noqa: E402,F401
+    from wadi_comfy.v3 import comfy_entrypoint  # noqa: E402,F401
 
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -19,8 +19,8 @@ import json
 import statistics
 from pathlib import Path
 
-from training.distill import DistillConfig, Distiller
-from training.distill_defaults import EMBEDDED_DEFAULTS
+from wadi_cli.distill import DistillConfig, Distiller
+from wadi_cli.distill_defaults import EMBEDDED_DEFAULTS
 from wadi_core import analysis, students
 from wadi_core.evaluate import evaluate_student
 from wadi_core.lorad.presets import select_targets
@@ -49,7 +49,7 @@ def weight_changes(adapter: Path) -> dict[str, float]:
 def run_one(kind: str, seed: int, args) -> dict:
     folder = Path(args.out) / kind / f"seed{seed}"
     folder.parent.mkdir(parents=True, exist_ok=True)
-    # each kind trains at its own default learning rate (training/distill_defaults.py: default_lr)
+    # each kind trains at its own default learning rate (wadi_cli/distill_defaults.py: default_lr)
     config = DistillConfig(out=str(folder), student=kind, student_rank=args.ranks[kind], steps=args.steps,
                            fake_updates=args.fake_updates, ema=args.ema, late_fraction=args.late_fraction,
                            batch_size=args.batch_size, seed=seed, report_to="none", checkpoint_every=args.steps,

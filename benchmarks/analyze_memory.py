@@ -78,7 +78,7 @@ def measure(kind: str, paths: list[str]) -> None:
     if kind == "whole":
         command = [sys.executable, "-c", LOAD_WHOLE, *paths[:2]]
     else:
-        command = [sys.executable, "-m", "training.cli", "analyze", paths[0], paths[1], "--out", paths[2],
+        command = [sys.executable, "-m", "wadi_cli.cli", "analyze", paths[0], paths[1], "--out", paths[2],
                    "--no-swap", "--overwrite", "--quiet"]
     peak, seconds = peak_of(command)
     print(peak, seconds)

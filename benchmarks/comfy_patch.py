@@ -83,11 +83,11 @@ def measure(kind: str, work: Path) -> dict:
     import comfy.sd
     import comfy.utils
 
-    import comfy_nodes
-    from comfy_nodes.patching import lorad_patches
+    import wadi_comfy
+    from wadi_comfy.patching import lorad_patches
     from wadi_core.lorad.io import read_adapter
 
-    comfy_nodes.register_with_comfy()
+    wadi_comfy.register_with_comfy()
     files = write_files(work)
     model, _, _, _ = comfy.sd.load_checkpoint_guess_config(str(files["checkpoint"]), output_vae=False,
                                                            output_clip=False)

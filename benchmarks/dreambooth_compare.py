@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.cli import main as wadi  # noqa: E402
+from wadi_cli.cli import main as wadi  # noqa: E402
 from wadi_core import students  # noqa: E402
 
 COLUMNS = [("subject", "diamond", "fidelity: 'an orange sks square' is a diamond"),

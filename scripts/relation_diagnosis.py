@@ -8,7 +8,7 @@ the axis is right (side by side vs one over the other) and the side is right giv
 well a linear probe reads the relation word from the text encoder's second-object colour token; and
 whether the UNet's mean x0 prediction puts colour A on the left for "A left of B" (a profile across
 the image). With --fine-tune N it first fine-tunes a copy on relation scenes only, with the layout
-loss of train_shapes_teacher, and exports it to --out. Results: docs/shapes.md, "Session 8".
+loss of wadi_core.shapes.train_teacher, and exports it to --out. Results: docs/shapes.md, "Session 8".
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import side_loss  # noqa: E402
-from training.train_shapes_teacher import diffusion_loss  # noqa: E402
+from wadi_core.shapes import side_loss  # noqa: E402
+from wadi_core.shapes.train_teacher import diffusion_loss  # noqa: E402
 from wadi_core import sampling  # noqa: E402
 from wadi_core.ema import EMA  # noqa: E402
 from wadi_core.shapes import components as C  # noqa: E402
@@ -38,9 +38,9 @@ from wadi_core.shapes.world import COLORS, RELATIONS  # noqa: E402
 
 def fine_tune(c: C.Components, steps: int, lr: float, min_t: int, seed: int, side_weight: float = 0.0) -> None:
     """Relation scenes only; half of each batch scored by the x0 layout loss at t >= min_t; with
-    side_weight, plus the side loss (training/side_loss.py) through a linear head dropped afterwards.
+    side_weight, plus the side loss (wadi_core/shapes/side_loss.py) through a linear head dropped afterwards.
 
-    Not train_shapes_teacher's train_unet: its stages draw from the run's mix of single and relation
+    Not train_teacher's train_unet: its stages draw from the run's mix of single and relation
     scenes and use a cosine schedule; this probe wants relation scenes only at a constant rate."""
     args = types.SimpleNamespace(seed=seed, batch=64, relation_share=1.0, caption_dropout=0.1, layout_share=0.5,
                                  layout_min_t=min_t)

@@ -40,7 +40,7 @@ def load_vae(model: str | None, work: str | None):
         return AutoencoderKL.from_pretrained(model, subfolder="vae")
     state_file = Path(work) / "state.pt"
     if not state_file.is_file():
-        raise SystemExit(f"{state_file} does not exist: --work must be a folder of training/train_shapes_teacher.py")
+        raise SystemExit(f"{state_file} does not exist: --work must be a folder of wadi_core/shapes/train_teacher.py")
     vae = AutoencoderKL(**VAE_CONFIG)
     vae.load_state_dict(torch.load(state_file, weights_only=False)["vae"])
     return vae

@@ -8,14 +8,14 @@ import os
 import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # wadi_core, training and webui_ext are top-level packages of the extension
+if _ROOT not in sys.path:  # wadi_core, wadi_cli and wadi_webui are top-level packages of the extension
     sys.path.insert(0, _ROOT)
 
 from modules import script_callbacks  # noqa: E402  (A1111 / Forge)
 
 
 def on_ui_tabs():
-    from webui_ext import build_blocks
+    from wadi_webui import build_blocks
     return [(build_blocks(), "WaDi", "wadi_tab")]
 
 

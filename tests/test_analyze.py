@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import randomize, tiny_unet, write_sd_folder
-from training.cli import main
+from wadi_cli.cli import main
 from wadi_core import analysis, students
 from wadi_core.lorad.io import AdapterError
 from wadi_core.weight_sources import ArchitectureMismatch, open_source

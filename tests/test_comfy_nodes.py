@@ -26,8 +26,8 @@ def host(tmp_path_factory, sd15_random):
     import comfy.model_management
     import comfy.sd
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=True)
-    import comfy_nodes
-    comfy_nodes.register_with_comfy()
+    import wadi_comfy
+    wadi_comfy.register_with_comfy()
     yield dict(folder_paths=folder_paths, models=models, ckpt=ckpt, model=model, clip=clip, vae=vae)
     comfy.model_management.unload_all_models()  # free the 4 GB before the server tests load their own copy
 
@@ -59,14 +59,14 @@ def max_error(got: dict, want: dict) -> float:
 
 def test_model_sd15_is_detected_and_the_pack_registers(host):
     import comfy.weight_adapter
-    from comfy_nodes.adapter import adapter_class
+    from wadi_comfy.adapter import adapter_class
     assert type(host["model"].model).__name__ == "BaseModel"
     assert host["model"].model.model_config.__class__.__name__ == "SD15"
     assert adapter_class() in comfy.weight_adapter.adapters
 
 
 def test_our_loader_patches_equal_wadi_merge_and_leave_the_input_alone(host):
-    from comfy_nodes.nodes import WaDiLoadLoRaD
+    from wadi_comfy.nodes import WaDiLoadLoRaD
     model = host["model"]
     before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
     (patched,) = WaDiLoadLoRaD().load(model, "student.safetensors", 0.7)
@@ -79,7 +79,7 @@ def test_our_loader_patches_equal_wadi_merge_and_leave_the_input_alone(host):
 
 
 def test_two_loaders_stack_and_strength_zero_is_exact(host):
-    from comfy_nodes.nodes import WaDiLoadLoRaD
+    from wadi_comfy.nodes import WaDiLoadLoRaD
     loader = WaDiLoadLoRaD()
     (one,) = loader.load(host["model"], "student.safetensors", 1.0)
     (two,) = loader.load(one, "style.safetensors", -0.5)
@@ -94,7 +94,7 @@ def test_two_loaders_stack_and_strength_zero_is_exact(host):
 def test_stock_lora_loader_reads_lorad_files_like_our_loader(host):
     import comfy.sd
     import comfy.utils
-    from comfy_nodes.nodes import WaDiLoadLoRaD
+    from wadi_comfy.nodes import WaDiLoadLoRaD
     path = host["models"] / "loras" / "student.safetensors"
     stock, _ = comfy.sd.load_lora_for_models(host["model"], host["clip"], comfy.utils.load_torch_file(str(path)),
                                              0.7, 0.0)
@@ -107,7 +107,7 @@ def test_stock_lora_loader_reads_lorad_files_like_our_loader(host):
 def test_bad_files_are_refused_before_anything_is_patched(host, tmp_path):
     from safetensors.torch import save_file
 
-    from comfy_nodes.nodes import WaDiLoadLoRaD
+    from wadi_comfy.nodes import WaDiLoadLoRaD
     loras = host["models"] / "loras"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4),
                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320)},
@@ -134,7 +134,7 @@ def test_one_step_sampler_equals_wadi_onestep(host):
     import comfy.sample
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from comfy_nodes.nodes import WaDiLoadLoRaD, WaDiOneStepSampler
+    from wadi_comfy.nodes import WaDiLoadLoRaD, WaDiOneStepSampler
     from wadi_core.families import sd15_unet
     from wadi_core.lorad import load_adapter
     from wadi_core.models import open_checkpoint
@@ -164,8 +164,8 @@ def test_one_step_sampler_equals_wadi_onestep(host):
 def test_v3_entrypoint_offers_the_same_nodes(host):
     import asyncio
 
-    from comfy_nodes.nodes import NODE_CLASS_MAPPINGS, WaDiOneStepSigmas
-    from comfy_nodes.v3 import comfy_entrypoint
+    from wadi_comfy.nodes import NODE_CLASS_MAPPINGS, WaDiOneStepSigmas
+    from wadi_comfy.v3 import comfy_entrypoint
     nodes = asyncio.run(asyncio.run(comfy_entrypoint()).get_node_list())
     schemas = {node.GET_SCHEMA().node_id: node for node in nodes}
     assert set(schemas) == set(NODE_CLASS_MAPPINGS)
@@ -179,7 +179,7 @@ def test_export_lora_node_writes_a_lora_the_stock_loader_reads(host):
     import comfy.sd
     import comfy.utils
 
-    from comfy_nodes.nodes import WaDiExportLoRA
+    from wadi_comfy.nodes import WaDiExportLoRA
     report = WaDiExportLoRA().export("sd15-random.safetensors", "student.safetensors", 4, "exported")
     text = report["result"][0]
     assert "relative error" in text
@@ -191,7 +191,7 @@ def test_export_lora_node_writes_a_lora_the_stock_loader_reads(host):
 def test_train_node_trains_a_lorad_that_the_loader_reloads(host):
     """WaDi Train LoRaD through ComfyUI's TrainSampler: the saved file, loaded by WaDi Load LoRaD, gives the
     trained model's one-step latent; the input MODEL stays untouched; bad latents are named."""
-    from comfy_nodes.nodes import WaDiLoadLoRaD, WaDiOneStepSampler, WaDiTrainLoRaD
+    from wadi_comfy.nodes import WaDiLoadLoRaD, WaDiOneStepSampler, WaDiTrainLoRaD
 
     model, clip = host["model"], host["clip"]
 
@@ -248,7 +248,7 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     image = onestep.generate(model, ["a red circle"], [0], progress=False, scale=1)
     assert image.shape == (1, 512, 512, 3) and np.isfinite(image).all()
     # --export-merged of a single-file teacher writes a single file with the student baked in
-    from training.distill import export_merged
+    from wadi_cli.distill import export_merged
     merged = export_merged(str(single), host["models"] / "loras" / "student.safetensors", tmp_path / "merged")
     assert merged.name == "merged.safetensors"
     student_layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"

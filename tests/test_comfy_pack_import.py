@@ -26,11 +26,11 @@ sys.modules["wadi_pack"] = pack
 spec.loader.exec_module(pack)
 assert set(pack.NODE_CLASS_MAPPINGS) >= {{"WaDiLoadLoRaD", "WaDiOneStepSampler", "WaDiOneStepSigmas"}}
 assert not hasattr(pack, "comfy_entrypoint")            # no comfy_api here
-from comfy_nodes.adapter import adapter_class, register_with_comfy
+from wadi_comfy.adapter import adapter_class, register_with_comfy
 assert adapter_class() is None and register_with_comfy() is False
 
 # the loader falls back to additive patches of the rotation at the requested strength
-from comfy_nodes.patching import lorad_patches
+from wadi_comfy.patching import lorad_patches
 from wadi_core.lorad import functional as LF
 from wadi_core.lorad.io import AdapterFile
 

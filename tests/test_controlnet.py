@@ -87,7 +87,7 @@ def test_controlnet_train_resume_and_generate_commands(tmp_path, sd_dir):
     """Train from a JSONL data file on a tiny SD folder, stop, resume, then generate one step and multi-step."""
     from PIL import Image
 
-    from training.cli import main
+    from wadi_cli.cli import main
     rows = []
     for i in range(3):
         Image.fromarray(control_images(1)[0]).save(tmp_path / f"hint{i}.png")
@@ -124,7 +124,7 @@ def test_shipped_shapes_controlnet_places_the_teachers_shapes(tmp_path):
     without it (scale 0) they do not."""
     import json
 
-    from training.cli import main
+    from wadi_cli.cli import main
     iou = {}
     for scale in (1.0, 0.0):
         out = tmp_path / f"scale{scale}"

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.cli import main
+from wadi_cli.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

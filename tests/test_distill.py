@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_sd_folder
-from training.cli import main
-from training.distill import DistillConfig, Distiller, Diverged, ResumeMismatch
+from wadi_cli.cli import main
+from wadi_cli.distill import DistillConfig, Distiller, Diverged, ResumeMismatch
 from wadi_core import onestep, students, vsd
 from wadi_core.prompts import PromptFileError
 from wadi_core.shapes.components import MODEL_DIR, load_components

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import write_sd_folder
-from training.distill import DistillConfig, Distiller
+from wadi_cli.distill import DistillConfig, Distiller
 
 REFERENCE = Path(__file__).parent / "reference"
 PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]

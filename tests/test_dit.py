@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.cli import main
+from wadi_cli.cli import main
 from wadi_core import lorad
 from wadi_core.lorad.io import AdapterError, read_adapter
 

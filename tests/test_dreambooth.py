@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.cli import main
+from wadi_cli.cli import main
 from wadi_core import dreambooth as D
 from wadi_core import onestep, students
 from wadi_core.shapes import novel, render_batch, sample_scenes

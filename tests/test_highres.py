@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.cli import main
+from wadi_cli.cli import main
 from wadi_core import highres, onestep
 from wadi_core.sampling import sample
 from wadi_core.shapes.components import load_components

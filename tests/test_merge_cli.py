@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.cli import main
+from wadi_cli.cli import main
 from wadi_core import keys, lorad
 from wadi_core.models import open_checkpoint
 
@@ -162,7 +162,7 @@ def test_inspect(adapters, capsys):
 
 
 def test_console_script_reports_errors_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "training.cli", "inspect", str(tmp_path / "missing.safetensors")],
+    result = subprocess.run([sys.executable, "-m", "wadi_cli.cli", "inspect", str(tmp_path / "missing.safetensors")],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"wadi inspect: error: adapter file {tmp_path / 'missing.safetensors'} "

@@ -61,7 +61,7 @@ def test_unknown_preset_names_the_choices(models):
 
 
 def test_presets_command_prints_exact_counts(capsys):
-    from training.cli import main
+    from wadi_cli.cli import main
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     for value in ("83,795,968", "94,429,184", "9,378,816", "81,219,584", "20,127,744"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.cli import main
+from wadi_cli.cli import main
 from wadi_core import embeddings
 from wadi_core.reversion import (ReVersionConfig, read_exemplars, relation_timesteps, steering_loss,
                                  train_relation)

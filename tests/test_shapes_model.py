@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.cli import main
+from wadi_cli.cli import main
 from wadi_core.families import family_of_model
 from wadi_core.sampling import sample
 from wadi_core.shapes import components as C
@@ -96,7 +96,7 @@ def state_log(work):
 
 
 def test_training_script_resumes_exactly(tmp_path):
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     common = ["--vae-steps", "3", "--unet-steps", "3", "--batch", "4", "--vae-batch", "4", "--checkpoint-every", "2"]
     assert T.main(["--work", str(tmp_path / "a"), "--export", str(tmp_path / "a_model"), *common]) == 0
     assert T.main(["--work", str(tmp_path / "b"), "--stop-after", "4", *common]) == 0
@@ -135,7 +135,7 @@ def test_eval_command_writes_metrics(model_dir, tmp_path, capsys):
 
 
 def test_training_script_adds_a_layout_stage_to_a_finished_run(tmp_path):
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     common = ["--vae-steps", "2", "--unet-steps", "2", "--batch", "4", "--vae-batch", "4"]
     work = tmp_path / "run"
     assert T.main(["--work", str(work), *common]) == 0
@@ -158,7 +158,7 @@ def test_training_script_adds_a_layout_stage_to_a_finished_run(tmp_path):
 
 
 def test_layout_loss_scores_a_high_noise_half_in_x0_space():
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     args = T.parse_args(["--work", "unused", "--batch", "4", "--layout-min-t", "950"])
     c = C.new_components(0)
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def test_layout_loss_scores_a_high_noise_half_in_x0_space():
 
 
 def test_layout_share_picks_every_nth_sample():
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     args = T.parse_args(["--work", "unused", "--batch", "8", "--layout-min-t", "950", "--layout-share", "0.25"])
     c = C.new_components(0)
     seen, forward = [], c.unet.forward
@@ -184,7 +184,7 @@ def test_layout_share_picks_every_nth_sample():
 
 
 def test_training_script_reuses_the_vae_of_another_run(tmp_path, capsys):
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     vae = ["--vae-steps", "2", "--vae-batch", "4", "--batch", "4"]
     assert T.main(["--work", str(tmp_path / "a"), "--unet-steps", "1", *vae]) == 0
     assert T.main(["--work", str(tmp_path / "b"), "--vae-from", str(tmp_path / "a"), "--unet-steps", "2",
@@ -204,7 +204,7 @@ def test_training_script_reuses_the_vae_of_another_run(tmp_path, capsys):
 
 
 def test_training_script_latent_pool_and_layout_from(tmp_path):
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     common = ["--vae-steps", "2", "--vae-batch", "4", "--unet-steps", "3", "--batch", "4", "--latent-pool", "10",
               "--layout-weight", "0.5", "--layout-from", "2", "--layout-min-t", "950"]
     assert T.main(["--work", str(tmp_path / "a"), *common]) == 0
@@ -228,7 +228,7 @@ def test_training_script_latent_pool_and_layout_from(tmp_path):
 
 
 def test_latent_pool_draws_batches_from_encoded_scenes():
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     args = T.parse_args(["--work", "unused", "--batch", "4", "--latent-pool", "6"])
     c = C.new_components(0)
     pool = T.build_latent_pool(c, args)
@@ -238,7 +238,7 @@ def test_latent_pool_draws_batches_from_encoded_scenes():
 
 
 def test_side_loss_targets_name_each_objects_side_and_colour():
-    from training import side_loss
+    from wadi_core.shapes import side_loss
     from wadi_core.shapes.world import COLORS, parse_prompt
     tokenizer = C.new_components(seed=0).tokenizer
     prompts = [parse_prompt("a green triangle left of a yellow circle"), parse_prompt("a red circle below a blue square")]
@@ -257,7 +257,7 @@ def test_side_loss_targets_name_each_objects_side_and_colour():
 
 
 def test_training_script_side_loss_resumes_and_is_not_exported(tmp_path):
-    from training import train_shapes_teacher as T
+    from wadi_core.shapes import train_teacher as T
     common = ["--vae-steps", "2", "--vae-batch", "4", "--unet-steps", "3", "--batch", "4", "--side-weight", "0.1"]
     assert T.main(["--work", str(tmp_path / "a"), "--export", str(tmp_path / "model"), *common]) == 0
     unet = [e for e in state_log(tmp_path / "a") if e["stage"] == "unet"]

@@ -36,7 +36,7 @@ def ui(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(work / "ui.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "ui", "--port", str(port)], cwd=work,
+    process = subprocess.Popen([sys.executable, "-m", "wadi_cli.cli", "ui", "--port", str(port)], cwd=work,
                                stdout=log, stderr=subprocess.STDOUT,
                                env=dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False"))
     url = f"http://127.0.0.1:{port}"
@@ -150,7 +150,7 @@ def test_a1111_registers_the_tab(monkeypatch):
 
 
 def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
-    from webui_ext import actions
+    from wadi_webui import actions
     with pytest.raises(actions.UIError, match="does not exist"):
         actions.model_path(str(tmp_path / "missing"))
     with pytest.raises(actions.UIError, match="at least 1"):
@@ -168,7 +168,7 @@ def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
 
 
 def test_the_learning_rate_fields_follow_the_adapter_kind(tmp_path):
-    from webui_ext import actions
+    from wadi_webui import actions
     assert actions.learning_rate_for("student", "lorad", actions.EMBEDDED) == 5e-3
     assert actions.learning_rate_for("student", "full", "") == 1e-4
     assert actions.learning_rate_for("fake", "lora", actions.EMBEDDED) == 3e-3
@@ -177,8 +177,8 @@ def test_the_learning_rate_fields_follow_the_adapter_kind(tmp_path):
 
 
 def test_a_second_start_on_a_training_folder_is_refused(tmp_path):
-    from training.distill import DistillConfig
-    from webui_ext import jobs
+    from wadi_cli.distill import DistillConfig
+    from wadi_webui import jobs
     busy = jobs.DistillJob(DistillConfig(out=str(tmp_path / "run")))
     busy.state.status = "running"
     jobs._RUNNING[busy.out] = busy
@@ -193,7 +193,7 @@ def test_analyze_action_returns_plots_and_report(tmp_path):
     from conftest import randomize
     from wadi_core import students
     from wadi_core.shapes.components import MODEL_DIR, load_components
-    from webui_ext import actions
+    from wadi_webui import actions
     unet = load_components(MODEL_DIR).unet
     spec = students.AdapterSpec("lorad", 4, "unet-student")
     randomize(students.add_adapter(unet, spec), std=0.02)
@@ -208,7 +208,7 @@ def test_analyze_action_returns_plots_and_report(tmp_path):
 def test_controlnet_action_draws_with_the_shipped_controlnet(tmp_path):
     from wadi_core import students
     from wadi_core.shapes.components import MODEL_DIR, load_components
-    from webui_ext import actions
+    from wadi_webui import actions
     unet = load_components(MODEL_DIR).unet
     spec = students.AdapterSpec("lorad", 4, "unet-student")
     students.add_adapter(unet, spec)
@@ -226,7 +226,7 @@ def test_controlnet_action_draws_with_the_shipped_controlnet(tmp_path):
 def test_generate_action_at_twice_the_size(tmp_path):
     from wadi_core import students
     from wadi_core.shapes.components import MODEL_DIR, load_components
-    from webui_ext import actions
+    from wadi_webui import actions
     unet = load_components(MODEL_DIR).unet
     spec = students.AdapterSpec("lorad", 4, "unet-student")
     students.add_adapter(unet, spec)
@@ -238,7 +238,7 @@ def test_generate_action_at_twice_the_size(tmp_path):
 
 
 def test_reversion_and_dreambooth_actions_run_the_commands(tmp_path):
-    from webui_ext import actions
+    from wadi_webui import actions
     job = actions.start_reversion("", "", "inside", "<R>", "", 2, str(tmp_path / "rev"))
     job.wait(300)
     assert job.state.status == "finished", job.state.message

@@ -27,7 +27,7 @@ import sys
 sys.path += {extra!r}
 import gradio
 assert gradio.__version__ == {version!r}, gradio.__version__
-from webui_ext import build_blocks
+from wadi_webui import build_blocks
 blocks = build_blocks()
 assert isinstance(blocks, gradio.Blocks)
 print("built on gradio", gradio.__version__, "with", len(blocks.fns), "events")

@@ -97,7 +97,7 @@ def load_feature_net(path: str | os.PathLike = WEIGHTS) -> FeatureNet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"the shapes feature network {path} is missing; run "
-                                "`python -m training.train_shapes_features` to make it")
+                                "`python -m wadi_core.shapes.train_features` to make it")
     net = FeatureNet()
     net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})  # stored as fp16
     return net.eval().requires_grad_(False)

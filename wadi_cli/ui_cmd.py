@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     try:
-        from webui_ext import build_blocks
+        from wadi_webui import build_blocks
     except ImportError as err:
         raise ValueError(f"the web UI needs gradio ({err}); install it with: pip install gradio") from None
     blocks = build_blocks()

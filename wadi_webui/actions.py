@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.distill_defaults import default_lr
+from wadi_cli.distill_defaults import default_lr
 from wadi_core.shapes.components import MODEL_DIR
 
 from .jobs import CommandJob, DistillJob, JobRefused
@@ -25,7 +25,7 @@ class UIError(ValueError):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from training.cli import user_errors as cli_errors
+    from wadi_cli.cli import user_errors as cli_errors
     return (UIError, JobRefused, *cli_errors())
 
 
@@ -100,7 +100,7 @@ def learning_rate_for(role: str, kind: str, teacher: str) -> float:
 
 def start_distillation(teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student,
                        lr_fake, guidance, fake_guidance, out, resume=False, sample_every=None) -> DistillJob:
-    from training.distill import DistillConfig
+    from wadi_cli.distill import DistillConfig
 
     teacher = model_path(teacher)
     embedded = Path(teacher) == MODEL_DIR.resolve()
@@ -206,7 +206,7 @@ def finished_student(out: str) -> Path:
 
 
 def merge_student(out: str, teacher: str) -> str:
-    from training.distill import export_merged
+    from wadi_cli.distill import export_merged
     merged = Path(output_folder(out)) / "merged"
     export_merged(model_path(teacher), finished_student(out), merged, overwrite=True)
     return f"wrote the merged model to {merged} (a diffusers folder; sample it in one step)"
@@ -240,8 +240,8 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
                     embedding_files="") -> tuple[list, str]:
     """One-step images (with the adapters) and optionally the multi-step teacher beside them; with
     ``twice_the_size`` the two-stage route (one step, upscale, a short teacher refinement)."""
-    from training.cli import build_parser
-    from training.generate_cmd import load_generator
+    from wadi_cli.cli import build_parser
+    from wadi_cli.generate_cmd import load_generator
 
     if not (prompt or "").strip():
         raise UIError("write a prompt first")
@@ -290,7 +290,7 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
 
 def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
     """Run ``wadi analyze`` and return its plots and report."""
-    from training.cli import build_parser
+    from wadi_cli.cli import build_parser
 
     argv = ["analyze", model_path(base), str(Path((other or "").strip()).expanduser().resolve()),
             "--out", output_folder(out), "--overwrite", "--quiet", "--num-prompts", "64"]

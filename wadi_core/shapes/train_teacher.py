@@ -1,7 +1,7 @@
 """Train the embedded default model from the shapes renderer: the VAE, then the text encoder
 and the UNet together, and export them as a diffusers StableDiffusionPipeline folder.
 
-    python -m training.train_shapes_teacher --work runs/teacher --export wadi_core/shapes/model
+    python -m wadi_core.shapes.train_teacher --work runs/teacher --export wadi_core/shapes/model
 
 Reproducible from --seed (each step's batch and noise derive from the seed and the step), and
 resumable: a checkpoint is written atomically every --checkpoint-every steps and at the end of
@@ -25,7 +25,7 @@ from wadi_core.images import to_tensor
 from wadi_core.schedules import cosine_lr
 from wadi_core.shapes import components as C
 from wadi_core.shapes.dataset import render_batch, sample_scenes
-from training import side_loss
+from . import side_loss
 
 STATE = "state.pt"
 # Settings of the layout loss: they may be changed when a finished run is resumed for a layout stage.
@@ -69,7 +69,7 @@ def parse_args(argv=None):
                    help="in the UNet stage, add the layout loss from this step on (the model learns colour and "
                         "shape first; the x0 term's large gradients slow that down when present from step 0)")
     p.add_argument("--side-weight", type=float, default=0.0,
-                   help="weight of the side loss (training/side_loss.py): the text encoder learns to say which "
+                   help="weight of the side loss (wadi_core/shapes/side_loss.py): the text encoder learns to say which "
                         "object of a relation goes on which side; without it the teacher gets the order of "
                         "relations at random. In the UNet and layout stages")
     p.add_argument("--side-from", type=int, default=0, metavar="STEP",

@@ -1,6 +1,6 @@
 """Train the shapes world's feature network (for the domain FID) on renders.
 
-    python -m training.train_shapes_features --out wadi_core/shapes/features.safetensors
+    python -m wadi_core.shapes.train_features --out wadi_core/shapes/features.safetensors
 """
 
 from __future__ import annotations

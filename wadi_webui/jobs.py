@@ -92,12 +92,12 @@ class BackgroundJob:
 
 
 class DistillJob(BackgroundJob):
-    def __init__(self, config):  # a training.distill.DistillConfig
+    def __init__(self, config):  # a wadi_cli.distill.DistillConfig
         super().__init__(config.out)
         self.config = config
 
     def _work(self) -> None:
-        from training.distill import Distiller  # torch, diffusers: only once a run starts
+        from wadi_cli.distill import Distiller  # torch, diffusers: only once a run starts
 
         state = self.state
         try:
@@ -119,7 +119,7 @@ class CommandJob(BackgroundJob):
     """A ``wadi`` training command (``reversion``, ``dreambooth``) given as its argument list."""
 
     def __init__(self, argv: list[str]):
-        from training.cli import build_parser
+        from wadi_cli.cli import build_parser
 
         self.args = build_parser().parse_args(argv)
         self.args.on_step = self._on_command_step

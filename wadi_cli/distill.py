@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from training.distill_defaults import EMBEDDED_DEFAULTS, PAPER_DEFAULTS, default_lr
+from wadi_cli.distill_defaults import EMBEDDED_DEFAULTS, PAPER_DEFAULTS, default_lr
 from wadi_core import fileio, gan, students, vsd
 from wadi_core.dit import is_dit_folder
 from wadi_core.ema import EMA
@@ -985,7 +985,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m training.distill ...`` / ``accelerate launch -m training.distill ...``."""
+    """``python -m wadi_cli.distill ...`` / ``accelerate launch -m wadi_cli.distill ...``."""
     import sys
 
     from .cli import main as cli_main

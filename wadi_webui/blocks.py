@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from training.distill_defaults import EMBEDDED_DEFAULTS
+from wadi_cli.distill_defaults import EMBEDDED_DEFAULTS
 from wadi_core import students
 
 from . import actions

@@ -1,5 +1,5 @@
 """Progress of the training commands: a tqdm bar in the terminal, and the web UI's hooks
-(``args.on_step`` / ``args.on_message``, set by ``webui_ext.jobs.CommandJob``)."""
+(``args.on_step`` / ``args.on_message``, set by ``wadi_webui.jobs.CommandJob``)."""
 
 from __future__ import annotations
 
