@@ -30,7 +30,7 @@ print(sum(v.numel() for m in models for v in m.values()))
 def write_pair(work: Path) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
-    from wadi_core.families import build_on_meta
+    from wadi_core.models.families import build_on_meta
 
     base, other = work / "sd15_base.safetensors", work / "sd15_other.safetensors"
     if base.exists() and other.exists():

@@ -19,7 +19,8 @@ from wadi_core.evaluate import evaluate_images
 from wadi_core.images import side_by_side
 from wadi_core.sampling import sample
 from wadi_core.shapes import sample_prompts
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import load_components
+from wadi_core.shapes.components import MODEL_DIR
 
 SHOWN = ("single/color", "single/shape", "single/size", "relation/color", "relation/shape")
 

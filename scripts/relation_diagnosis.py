@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.fine_tune and not args.out:
         p.error("--fine-tune needs --out for the fine-tuned copy")
-    c = C.load_components(args.model)
+    c = load_components(args.model)
     if args.fine_tune:
         started = time.time()
         fine_tune(c, args.fine_tune, args.lr, args.min_t, args.seed, args.side_weight)

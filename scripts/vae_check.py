@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from wadi_core.evaluate import reference_renders  # noqa: E402
-from wadi_core.highres import encode  # noqa: E402
-from wadi_core.sampling import decode  # noqa: E402
+from wadi_core.models import decode, encode  # noqa: E402
 from wadi_core.shapes import sample_prompts  # noqa: E402
 from wadi_core.shapes.components import MODEL_DIR, VAE_CONFIG  # noqa: E402
 from wadi_core.shapes.judge import accuracy_report  # noqa: E402

@@ -64,8 +64,8 @@ def sd15_checkpoint(path: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from wadi_core import keys
-    from wadi_core.families import sd15_unet
+    from wadi_core.models import keys
+    from wadi_core.models.families import sd15_unet
 
     torch.manual_seed(seed)
     state = {}
@@ -88,7 +88,7 @@ def sd15_checkpoint(path: Path, seed: int = 0) -> Path:
 def random_lorad(path: Path, rank: int = 4, seed: int = 0, std: float = 0.05, family: str = "sd15") -> Path:
     """A LoRaD adapter for every unet-student layer of the SD1.5 UNet, with random angles."""
     from wadi_core import fileio
-    from wadi_core.families import build_on_meta
+    from wadi_core.models.families import build_on_meta
     from wadi_core.lorad import functional as LF
     from wadi_core.lorad.io import adapter_metadata, encode_name
     from wadi_core.lorad.presets import select_targets

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfy_support import import_comfy_in_process, random_lorad
-from wadi_core import keys
+from wadi_core.models import keys
 from wadi_core.lorad.io import AdapterError, read_adapter
 from wadi_core.merge import plan_merge
 
@@ -135,7 +135,7 @@ def test_one_step_sampler_equals_wadi_onestep(host):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from wadi_comfy.nodes import WaDiLoadLoRaD, WaDiOneStepSampler
-    from wadi_core.families import sd15_unet
+    from wadi_core.models.families import sd15_unet
     from wadi_core.lorad import load_adapter
     from wadi_core.models import open_checkpoint
     from wadi_core.onestep import predict_x0
@@ -227,12 +227,12 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     import numpy as np
 
     from wadi_core import onestep
-    from wadi_core.models import CheckpointError, open_checkpoint
-    from wadi_core.shapes.components import load_components, write_tokenizer
+    from wadi_core.models import CheckpointError, load_components, open_checkpoint
+    from wadi_core.shapes.components import write_tokenizer
 
     single = tmp_path / "sd15.safetensors"
     single.symlink_to(host["ckpt"])
-    monkeypatch.setattr("wadi_core.single_file.CLIP_REPO", "wadi-tests/not-in-any-cache")  # as on a fresh machine
+    monkeypatch.setattr("wadi_core.models.single_file.CLIP_REPO", "wadi-tests/not-in-any-cache")  # as on a fresh machine
     with pytest.raises(CheckpointError, match="has no tokenizer"):
         load_components(single)
     write_tokenizer(tmp_path / "tokenizer")  # any CLIP tokenizer whose ids fit CLIP-L's 49408

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from comfy_support import ComfyServer, ui_to_api
-from wadi_core import embeddings
+from wadi_core.models import embeddings
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 _spec = importlib.util.spec_from_file_location("wadi_workflows_build", WORKFLOWS / "build.py")

@@ -10,7 +10,7 @@ import torch
 from wadi_core import controlnet as C
 from wadi_core import onestep
 from wadi_core.sampling import image_size
-from wadi_core.shapes.components import load_components
+from wadi_core.models import load_components
 
 PROMPT = "a red circle"
 

@@ -14,7 +14,8 @@ from wadi_cli.cli import main
 from wadi_cli.distill import DistillConfig, Distiller, Diverged, ResumeMismatch
 from wadi_core import onestep, students, vsd
 from wadi_core.prompts import PromptFileError
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import load_components
+from wadi_core.shapes.components import MODEL_DIR
 
 PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
 
@@ -329,7 +330,7 @@ def test_gan_term_needs_real_images_for_other_teachers(tmp_path, sd_dir, prompt_
 
 def test_gan_term_renders_the_prompts_of_the_embedded_world(tmp_path):
     from wadi_core.shapes.judge import judge
-    from wadi_core.sampling import decode
+    from wadi_core.models import decode
     bad = tmp_path / "bad.txt"
     bad.write_text("a red circle\na photo of a cat\n")
     with pytest.raises(ValueError, match="'a photo of a cat' is not a prompt of the shapes world"):

@@ -101,7 +101,7 @@ def test_distill_a_dit_teacher_resume_generate_and_export(tmp_path):
     from safetensors.torch import load_file
 
     from wadi_core import onestep, students
-    from wadi_core.shapes.components import load_components
+    from wadi_core.models import load_components
 
     teacher = tiny_pixart_folder(tmp_path / "pixart")
     (tmp_path / "prompts.txt").write_text("a red circle\na blue square\na green triangle\n")

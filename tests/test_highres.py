@@ -9,7 +9,7 @@ import pytest
 from wadi_cli.cli import main
 from wadi_core import highres, onestep
 from wadi_core.sampling import sample
-from wadi_core.shapes.components import load_components
+from wadi_core.models import encode, load_components
 
 
 def test_one_step_and_multi_step_draw_at_twice_the_size(sd_dir):
@@ -22,12 +22,12 @@ def test_one_step_and_multi_step_draw_at_twice_the_size(sd_dir):
 def test_refinement_starts_from_the_given_image(sd_dir):
     c = load_components(sd_dir)
     images = onestep.generate(c, ["a red circle", "a blue square"], [0, 1], progress=False)
-    latents = highres.encode(c, images)
+    latents = encode(c, images)
     light = sample(c, ["a red circle", "a blue square"], [5, 6], steps=10, strength=0.1, init_latents=latents,
                    progress=False)
     heavy = sample(c, ["a red circle", "a blue square"], [5, 6], steps=10, strength=1.0, init_latents=latents,
                    progress=False)
-    from wadi_core.sampling import decode
+    from wadi_core.models import decode
     start = decode(c, latents)  # what the refinement starts from, before any noise
     closeness = [np.abs(x.astype(int) - start.astype(int)).mean() for x in (light, heavy)]
     assert closeness[0] < closeness[1]  # a light refinement keeps more of the input

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from wadi_core import keys
-from wadi_core.families import build_on_meta
+from wadi_core.models import keys
+from wadi_core.models.families import build_on_meta
 
 from conftest import tiny_unet, tiny_vae
 

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from wadi_cli.cli import main
-from wadi_core import keys, lorad
-from wadi_core.models import open_checkpoint
+from wadi_core import lorad
+from wadi_core.models import keys, open_checkpoint
 
 from conftest import randomize, tiny_text_encoder, tiny_unet, tiny_vae
 

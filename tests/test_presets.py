@@ -3,7 +3,7 @@
 import pytest
 
 from wadi_core import lorad
-from wadi_core.families import build_on_meta, family_from_weight_shapes
+from wadi_core.models.families import build_on_meta, family_from_weight_shapes
 
 SPEC = [  # family, preset, rank, layers, parameters
     ("sd15", "unet-student", 256, 182, 83_795_968),

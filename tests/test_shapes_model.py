@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from wadi_cli.cli import main
-from wadi_core.families import family_of_model
+from wadi_core.models import ModelFolderError, load_components
+from wadi_core.models.families import family_of_model
 from wadi_core.sampling import sample
 from wadi_core.shapes import components as C
 from wadi_core.shapes.dataset import all_prompts
@@ -40,7 +41,7 @@ def test_model_folder_loads_like_stable_diffusion(model_dir):
     pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=torch.float32)
     out = pipe(["a red circle"], num_inference_steps=2, output_type="np")
     assert out.images.shape == (1, 32, 32, 3)
-    c = C.load_components(model_dir)
+    c = load_components(model_dir)
     assert c.unet.dtype == torch.float32 and family_of_model(c.unet) == "shapes"
     total = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
     assert total < 20 * 2**20
@@ -51,14 +52,14 @@ def test_partial_model_folder_names_the_missing_file(model_dir, tmp_path, capsys
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     (broken / "vae" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(C.ModelFolderError, match="vae/diffusion_pytorch_model.safetensors is missing"):
-        C.load_components(broken)
+    with pytest.raises(ModelFolderError, match="vae/diffusion_pytorch_model.safetensors is missing"):
+        load_components(broken)
     assert main(["generate", "--model", str(broken), "--prompt", "a red circle", "--out", str(tmp_path / "o")]) == 2
     assert "is missing" in capsys.readouterr().err
 
 
 def test_sampling_is_seeded_per_image(model_dir):
-    c = C.load_components(model_dir)
+    c = load_components(model_dir)
     prompts = ["a red circle", "a blue square", "a green triangle left of a yellow circle"]
     a = sample(c, prompts, [5, 6, 7], steps=3, batch_size=3, progress=False)
     b = sample(c, prompts[1:], [6, 7], steps=3, batch_size=1, progress=False)
@@ -69,7 +70,7 @@ def test_sampling_is_seeded_per_image(model_dir):
 
 
 def test_v_prediction_models_are_refused(model_dir):
-    c = C.load_components(model_dir)
+    c = load_components(model_dir)
     c.scheduler = type(c.scheduler).from_config(c.scheduler.config, prediction_type="v_prediction")
     with pytest.raises(ValueError, match="eps-prediction models only"):
         sample(c, ["a red circle"], steps=2, progress=False)
@@ -117,7 +118,7 @@ def test_training_script_resumes_exactly(tmp_path):
         assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4, rtol=1e-3) for k in a), part
     with pytest.raises(FileExistsError, match="--resume"):
         T.main(["--work", str(tmp_path / "a"), *common])
-    C.load_components(tmp_path / "b_model")
+    load_components(tmp_path / "b_model")
 
 
 def test_eval_command_writes_metrics(model_dir, tmp_path, capsys):
@@ -154,7 +155,7 @@ def test_training_script_adds_a_layout_stage_to_a_finished_run(tmp_path):
     assert [e["step"] for e in entries] == [0, 1, 2]
     assert all(abs(e["loss"] - e["eps"] - 0.5 * e["x0"]) < 1e-5 for e in entries)
     assert '"marker": 1' in config.read_text()
-    C.load_components(tmp_path / "model")
+    load_components(tmp_path / "model")
 
 
 def test_layout_loss_scores_a_high_noise_half_in_x0_space():
@@ -266,7 +267,7 @@ def test_training_script_side_loss_resumes_and_is_not_exported(tmp_path):
     assert T.main(["--work", str(tmp_path / "b"), "--resume", *common]) == 0
     resumed = [e for e in state_log(tmp_path / "b") if e["stage"] == "unet"]
     assert all(abs(x["loss"] - y["loss"]) <= 1e-5 * x["loss"] for x, y in zip(unet, resumed))
-    C.load_components(tmp_path / "model")  # a plain SD folder: the head is not part of it
+    load_components(tmp_path / "model")  # a plain SD folder: the head is not part of it
     assert not any("side" in p.name for p in (tmp_path / "model").rglob("*"))
     assert T.main(["--work", str(tmp_path / "c"), *common, "--side-from", "2"]) == 0
     late = [e for e in state_log(tmp_path / "c") if e["stage"] == "unet"]

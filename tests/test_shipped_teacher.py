@@ -8,7 +8,9 @@ import torch
 
 from wadi_core.sampling import sample
 from wadi_core.shapes import accuracy_report, prompts_of
-from wadi_core.shapes.components import MODEL_DIR, REQUIRED_FILES, load_components
+from wadi_core.models import load_components
+from wadi_core.models.components import REQUIRED_FILES
+from wadi_core.shapes.components import MODEL_DIR
 
 pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model_index.json").is_file(),
                                 reason="the embedded teacher is not shipped in this checkout")

@@ -192,7 +192,8 @@ def test_a_second_start_on_a_training_folder_is_refused(tmp_path):
 def test_analyze_action_returns_plots_and_report(tmp_path):
     from conftest import randomize
     from wadi_core import students
-    from wadi_core.shapes.components import MODEL_DIR, load_components
+    from wadi_core.models import load_components
+    from wadi_core.shapes.components import MODEL_DIR
     from wadi_webui import actions
     unet = load_components(MODEL_DIR).unet
     spec = students.AdapterSpec("lorad", 4, "unet-student")
@@ -207,7 +208,8 @@ def test_analyze_action_returns_plots_and_report(tmp_path):
 
 def test_controlnet_action_draws_with_the_shipped_controlnet(tmp_path):
     from wadi_core import students
-    from wadi_core.shapes.components import MODEL_DIR, load_components
+    from wadi_core.models import load_components
+    from wadi_core.shapes.components import MODEL_DIR
     from wadi_webui import actions
     unet = load_components(MODEL_DIR).unet
     spec = students.AdapterSpec("lorad", 4, "unet-student")
@@ -225,7 +227,8 @@ def test_controlnet_action_draws_with_the_shipped_controlnet(tmp_path):
 
 def test_generate_action_at_twice_the_size(tmp_path):
     from wadi_core import students
-    from wadi_core.shapes.components import MODEL_DIR, load_components
+    from wadi_core.models import load_components
+    from wadi_core.shapes.components import MODEL_DIR
     from wadi_webui import actions
     unet = load_components(MODEL_DIR).unet
     spec = students.AdapterSpec("lorad", 4, "unet-student")

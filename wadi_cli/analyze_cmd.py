@@ -19,7 +19,7 @@ from wadi_core.images import side_by_side
 from wadi_core.prompts import read_prompts
 from wadi_core.sampling import SAMPLERS, sample
 from wadi_core.shapes import sample_prompts
-from wadi_core.shapes.components import load_components
+from wadi_core.models import load_components
 from wadi_core.weight_sources import WeightSource, open_source
 
 from .eval_cmd import add_metric_args, metric_inputs, summary_line

@@ -34,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from wadi_core.keys import KeyConversionError
+    from wadi_core.models.keys import KeyConversionError
     from wadi_core.lorad.io import AdapterError
     from wadi_core.models import CheckpointError
     from wadi_core.prompts import PromptFileError
-    from wadi_core.shapes.components import ModelFolderError
+    from wadi_core.models import ModelFolderError
     import torch
 
     from .distill import Diverged

@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 
 from wadi_core import controlnet as C
 from wadi_core import fileio, students
-from wadi_core.images import labelled_grid, read_image, save_pngs, side_by_side, to_tensor
+from wadi_core.images import labelled_grid, read_image, save_pngs, side_by_side
 from wadi_core.metrics import mask_iou
 from wadi_core.prompts import read_text
 from wadi_core.plots import loss_curves
 from wadi_core.shapes import accuracy_report, render_batch, sample_scenes
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import encode, load_components
+from wadi_core.shapes.components import MODEL_DIR
 from wadi_core.shapes.judge import foreground_mask
 from wadi_core.sampling import image_size
 from wadi_core.shapes.render import silhouette
@@ -156,7 +157,6 @@ def train(args, out: Path) -> int:
         net.load_state_dict(state["controlnet"])
         opt.load_state_dict(state["opt"])
         history, start = state["history"], state["step"]
-    scale = teacher.vae.config.scaling_factor
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="ControlNet", disable=args.quiet)
     for step in bar:
         seed = args.seed * 1_000_003 + step
@@ -165,7 +165,7 @@ def train(args, out: Path) -> int:
         drop = torch.rand(len(captions), generator=gen) < args.caption_dropout
         captions = ["" if d else c for d, c in zip(drop.tolist(), captions)]
         with torch.no_grad():
-            latents = teacher.vae.encode(to_tensor(images)).latent_dist.sample(gen) * scale
+            latents = encode(teacher, images, gen)
             cond = teacher.encode_prompts(captions)
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, teacher.scheduler.config.num_train_timesteps, (len(captions),), generator=gen)

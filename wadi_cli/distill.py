@@ -28,22 +28,22 @@ from tqdm.auto import tqdm
 
 from wadi_cli.distill_defaults import EMBEDDED_DEFAULTS, PAPER_DEFAULTS, default_lr
 from wadi_core import fileio, gan, students, vsd
-from wadi_core.dit import is_dit_folder
+from wadi_core.models.dit import is_dit_folder
 from wadi_core.ema import EMA
-from wadi_core.families import family_of_model
-from wadi_core.highres import encode
+from wadi_core.models.families import family_of_model
 from wadi_core.images import read_image_folder, side_by_side
 from wadi_core.onestep import predict_x0
 from wadi_core.plots import loss_curves
 from wadi_core.prompts import read_prompts
 from wadi_core.schedules import LR_SCHEDULES, lr_factor
-from wadi_core.sampling import (NonFiniteError, check_eps_prediction, decode, image_size, initial_latents,
-                                latent_shape, sample, sample_latents)
+from wadi_core.models import NonFiniteError, decode, encode
+from wadi_core.sampling import check_eps_prediction, image_size, initial_latents, latent_shape, sample, sample_latents
 from wadi_core.shapes import prompts_of
 from wadi_core.shapes.dataset import render_batch
 from wadi_core.shapes.render import scene_for_prompt
 from wadi_core.shapes.world import NotJudgeable, parse_prompt
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import load_components
+from wadi_core.shapes.components import MODEL_DIR
 from . import argtypes as A
 
 CHECKPOINT = "checkpoint"

@@ -20,7 +20,8 @@ from wadi_core.images import labelled_grid, read_image_folder
 from wadi_core.plots import loss_curves
 from wadi_core.sampling import image_size, sample
 from wadi_core.shapes import novel
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import load_components
+from wadi_core.shapes.components import MODEL_DIR
 from wadi_core.shapes.features import load_feature_net
 from wadi_core.shapes.world import COLORS, POSITIONS, position_phrase
 

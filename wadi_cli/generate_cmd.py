@@ -10,12 +10,14 @@ from typing import Callable
 
 import numpy as np
 
-from wadi_core import embeddings, fileio, onestep, students
+from wadi_core import fileio, onestep, students
+from wadi_core.models import embeddings
 from wadi_core.images import labelled_grid, save_pngs
 from wadi_core.merge import parse_adapter_spec
 from wadi_core.prompts import read_prompts
 from wadi_core.sampling import SAMPLERS, sample
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import load_components
+from wadi_core.shapes.components import MODEL_DIR
 
 from . import argtypes as A
 from .outputs import writes

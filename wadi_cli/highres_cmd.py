@@ -7,7 +7,8 @@ from pathlib import Path
 
 from wadi_core import fileio, highres, onestep, students
 from wadi_core.images import labelled_grid, save_pngs
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import load_components
+from wadi_core.shapes.components import MODEL_DIR
 
 from . import argtypes as A
 from .generate_cmd import collect_prompts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wadi_core.families import REFERENCE_ARCHITECTURES, build_on_meta
+from wadi_core.models.families import REFERENCE_ARCHITECTURES, build_on_meta
 from wadi_core.lorad.presets import PRESETS, preset_parameter_count
 
 

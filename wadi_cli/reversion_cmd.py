@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from wadi_core import embeddings, fileio, onestep, students
+from wadi_core import fileio, onestep, students
+from wadi_core.models import embeddings
 from wadi_core.images import labelled_grid
 from wadi_core.plots import loss_curves
 from wadi_core.reversion import ReVersionConfig, read_exemplars, train_relation
 from wadi_core.sampling import image_size, sample
 from wadi_core.shapes import novel
-from wadi_core.shapes.components import MODEL_DIR, load_components
+from wadi_core.models import load_components
+from wadi_core.shapes.components import MODEL_DIR
 
 from .reporting import note, step_progress
 from . import argtypes as A
@@ -125,17 +127,11 @@ def load_with_embedding(model: str, embedding: str, student: str | None = None):
 def vae_round_trip(components, relation, pairs, seed: int) -> np.ndarray:
     """Renders of the relation for ``pairs``, encoded and decoded by the model's VAE: the best any model
     drawing through this VAE can be judged to do."""
-    import torch
-
-    from wadi_core.images import to_tensor
-    from wadi_core.sampling import decode
+    from wadi_core.models import decode, encode
     from wadi_core.shapes.render import render
     rng = np.random.default_rng([seed, 3])
     renders = np.stack([np.asarray(render(novel.Scene(relation.scene(a, b, rng), "black", ""))) for a, b in pairs])
-    vae = components.vae
-    with torch.no_grad():
-        latents = vae.encode(to_tensor(renders)).latent_dist.mean * vae.config.scaling_factor
-    return decode(components, latents)
+    return decode(components, encode(components, renders))
 
 
 @writes("out")

@@ -15,7 +15,7 @@ import warnings
 import torch
 from torch import nn
 
-from wadi_core.families import family_from_weight_shapes
+from wadi_core.models.families import family_from_weight_shapes
 from wadi_core.lorad import functional as LF
 from wadi_core.lorad.io import DOWN, PREFIXES, UP, adapter_metadata, encode_name
 from wadi_core.lorad.presets import get_preset

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import students
-from .images import to_tensor
+from .models.vae import encode
 
 LEARNING_RATES = {"lorad": 5e-3, "lora": 1e-3, "dora": 1e-3, "full": 1e-4}
 
@@ -66,7 +66,7 @@ def train_subject(components, instance_images: np.ndarray, class_images: np.ndar
     prior = config.prior_weight > 0
     if prior and (class_images is None or len(class_images) == 0):
         raise ValueError("prior preservation needs class images; give a class folder or let them be generated")
-    unet, vae, scheduler = components.unet, components.vae, components.scheduler
+    unet, scheduler = components.unet, components.scheduler
     torch.manual_seed(config.seed)
     params = students.add_adapter(unet, config.adapter)
     unet.train()
@@ -81,9 +81,7 @@ def train_subject(components, instance_images: np.ndarray, class_images: np.ndar
         losses = []
         for images, text in batches:
             pick = rng.integers(len(images), size=config.batch_size)
-            with torch.no_grad():
-                latents = vae.encode(to_tensor(images[pick]).to(vae.device, vae.dtype)).latent_dist
-                latents = latents.sample(generator) * vae.config.scaling_factor
+            latents = encode(components, images[pick], generator)
             noise = torch.randn(latents.shape, generator=generator)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=generator)
             eps = unet(scheduler.add_noise(latents, noise, t), t, text.expand(len(pick), -1, -1)).sample

@@ -74,7 +74,7 @@ def evaluate_teacher(model_dir, prompts: Sequence[str], seed: int = 0, steps: in
                      progress: bool = False) -> tuple[dict, np.ndarray]:
     """Metrics and images of a model sampled with ``steps`` DDIM steps and CFG."""
     from .sampling import sample
-    from .shapes.components import load_components
+    from .models import load_components
 
     components = load_components(model_dir)
     seeds = [seed + i for i in range(len(prompts))]
@@ -88,7 +88,7 @@ def evaluate_student(model_dir, adapter, prompts: Sequence[str], seed: int = 0,
                      progress: bool = False) -> tuple[dict, np.ndarray]:
     """Metrics and images of one-step sampling with a student adapter on ``model_dir``."""
     from . import onestep, students
-    from .shapes.components import load_components
+    from .models import load_components
 
     components = load_components(model_dir)
     students.apply_adapter_file(components.unet, adapter)

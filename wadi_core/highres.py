@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from . import onestep
-from .images import to_tensor
+from .models.vae import encode
 from .sampling import sample
 
 
@@ -22,14 +22,6 @@ def upscale(images: np.ndarray, scale: int) -> np.ndarray:
     """Bicubic upscale of ``uint8 [n, H, W, 3]`` images."""
     side = images.shape[1] * scale
     return np.stack([np.asarray(Image.fromarray(img).resize((side, side), Image.BICUBIC)) for img in images])
-
-
-@torch.no_grad()
-def encode(components, images: np.ndarray) -> torch.Tensor:
-    """Images -> scaled latents (the mean of the VAE posterior)."""
-    vae = components.vae
-    posterior = vae.encode(to_tensor(images).to(vae.device, vae.dtype)).latent_dist
-    return posterior.mean * vae.config.scaling_factor
 
 
 def two_stage(student, teacher, prompts: Sequence[str], seeds: Sequence[int], scale: int = 2,

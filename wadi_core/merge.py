@@ -17,11 +17,12 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import fileio, keys
-from .families import build_on_meta
+from . import fileio
+from .models import keys
+from .models.families import build_on_meta
 from .lorad import functional as LF
 from .lorad.io import AdapterError, AdapterFile, check_strength, encode_name, match_layers, read_adapter
-from .models import WEIGHTS, Checkpoint, CheckpointError, open_checkpoint
+from .models.checkpoint import WEIGHTS, Checkpoint, CheckpointError, open_checkpoint
 
 
 def parse_adapter_spec(spec: str) -> tuple[Path, float]:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import check_eps_prediction, check_sampling_settings, decode, initial_latents, latent_shape
+from .models.vae import decode
+from .sampling import check_eps_prediction, check_sampling_settings, initial_latents, latent_shape
 from .vsd import x0_from_eps
 
 

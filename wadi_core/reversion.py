@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .embeddings import EmbeddingError, add_token, embedding_table
-from .images import read_image_folder, to_tensor
+from .images import read_image_folder
+from .models.embeddings import EmbeddingError, add_token, embedding_table
+from .models.vae import encode
 
 PREPOSITIONS = ("in", "on", "at", "of", "above", "below", "inside", "under", "over", "behind", "beside", "between",
                 "near", "into", "onto", "within", "among", "around", "across", "along", "against", "beneath",
@@ -131,15 +132,13 @@ def train_relation(components, exemplars: Exemplars, config: ReVersionConfig,
     optimizer = torch.optim.AdamW([table.weight], lr=config.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    vae, unet, scheduler = components.vae, components.unet, components.scheduler
+    unet, scheduler = components.unet, components.scheduler
     history = []
     try:
         for step in range(config.steps):
             pick = rng.integers(len(exemplars.images), size=config.batch_size)
             captions = [exemplars.captions[i][rng.integers(len(exemplars.captions[i]))] for i in pick]
-            with torch.no_grad():
-                latents = vae.encode(to_tensor(exemplars.images[pick]).to(vae.device, vae.dtype)).latent_dist
-                latents = latents.sample(generator) * vae.config.scaling_factor
+            latents = encode(components, exemplars.images[pick], generator)
             noise = torch.randn(latents.shape, generator=generator)
             t = relation_timesteps(len(pick), scheduler.config.num_train_timesteps, config.importance_alpha,
                                    generator)

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .models.vae import decode
+
 SAMPLERS = ("ddim", "euler")
 
 
@@ -48,18 +50,6 @@ def latent_shape(components, scale: int = 1) -> tuple[int, int, int]:
     return components.unet.config.in_channels, size, size
 
 
-class NonFiniteError(ValueError):
-    """A model produced NaN or Inf values, which would be written as black images."""
-
-
-def check_finite_latents(latents: torch.Tensor) -> None:
-    if not bool(torch.isfinite(latents).all()):
-        bad = int((~torch.isfinite(latents)).sum())
-        raise NonFiniteError(f"the model produced NaN or Inf values ({bad:,} of {latents.numel():,} latent values), "
-                             "which would be black images, so none were written; lower the adapters' strengths or "
-                             "the guidance, or check the adapter and model files")
-
-
 def check_sampling_settings(guidance: float | None = None, batch_size: int | None = None) -> None:
     """Numbers every sampler takes, checked before any work (NaN passes every comparison, so say it)."""
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
@@ -67,15 +57,6 @@ def check_sampling_settings(guidance: float | None = None, batch_size: int | Non
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise ValueError(f"the batch size must be a whole number of 1 or more, not {batch_size!r}")
-
-
-@torch.no_grad()
-def decode(components, latents: torch.Tensor) -> np.ndarray:
-    """Latents -> ``uint8 [n, H, W, 3]``; NaN/Inf latents raise :class:`NonFiniteError`."""
-    check_finite_latents(latents)
-    vae = components.vae
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()

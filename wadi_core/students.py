@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import fileio
-from .families import family_of_model, model_kind
+from .models.families import family_of_model, model_kind
 from .lorad import module as lorad_module
 from .lorad.io import PREFIXES, AdapterError, adapter_metadata, encode_name, load_adapter, read_adapter_safetensors
 from .lorad.presets import select_targets

@@ -16,7 +16,7 @@ from . import students
 from .lorad import functional as LF
 from .lorad.io import AdapterError, read_adapter_safetensors
 from .merge import plan_merge
-from .models import Checkpoint, CheckpointError, open_checkpoint
+from .models.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 
 
 class ArchitectureMismatch(ValueError):

@@ -261,10 +261,10 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
     start = time.perf_counter()
     if twice_the_size:
         from wadi_core import highres
-        from wadi_core.shapes.components import load_components
+        from wadi_core.models import load_components
         if not specs:
             raise UIError("the 2x route needs a student: give its student.safetensors under adapters")
-        from wadi_core.embeddings import load_embedding
+        from wadi_core.models.embeddings import load_embedding
         teacher = load_components(args.model)
         for path in args.embedding:
             load_embedding(teacher, path)
@@ -312,7 +312,7 @@ def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare
     """One-step ControlNet images with a student (and the teacher's 25 steps beside them)."""
     from wadi_core import controlnet as C
     from wadi_core import students
-    from wadi_core.shapes.components import load_components
+    from wadi_core.models import load_components
 
     if control is None:
         raise UIError("upload a control image first (for the built-in ControlNet: white shapes on black)")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import fileio
-from ..families import family_of_model, model_kind
+from ..models.families import family_of_model, model_kind
 from . import functional as LF
 from .module import DEFAULT_ADAPTER, adapter_tensors, attach_weights
 from .presets import ADAPTABLE

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..models.components import Components, save_sd_folder
 from .world import IMAGE_SIZE, vocabulary
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
@@ -23,13 +23,6 @@ MAX_TOKENS = 16  # BOS + the longest caption (9 words) + EOS, padded
 LATENT_SIZE = IMAGE_SIZE // 4
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789<>-'.,!?"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
-
-
-class ModelFolderError(ValueError):
-    """A model folder with a missing or unreadable part; the message names the file."""
-
-
 
 
 def _learned_merges() -> tuple[list[str], list[str]]:
@@ -108,21 +101,6 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0
                         prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
-@dataclass
-class Components:
-    tokenizer: object
-    text_encoder: torch.nn.Module
-    vae: torch.nn.Module
-    unet: torch.nn.Module
-    scheduler: object
-
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """``[n, MAX_TOKENS, hidden]`` text embeddings, as SD pipelines compute them."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
-
-
 def new_components(seed: int = 0, tokenizer_dir: str | os.PathLike | None = None) -> Components:
     """Freshly initialised components (for training the teacher from scratch)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -138,67 +116,9 @@ def new_components(seed: int = 0, tokenizer_dir: str | os.PathLike | None = None
 
 
 def save_model_folder(c: Components, folder: str | os.PathLike, unet_dtype: torch.dtype = torch.float16) -> Path:
-    """Write the components as a diffusers ``StableDiffusionPipeline`` folder."""
-    import diffusers
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    c.tokenizer.save_pretrained(folder / "tokenizer")
-    if len(c.tokenizer) == len(_world_vocab()[0]):  # our own tokenizer: also keep the BPE files SD folders have
+    """Write the components as a diffusers ``StableDiffusionPipeline`` folder; with the world's own tokenizer
+    its BPE files too, as SD folders have them."""
+    folder = save_sd_folder(c, folder, unet_dtype)
+    if len(c.tokenizer) == len(_world_vocab()[0]):
         write_tokenizer(folder / "tokenizer", config=False)
-    c.text_encoder.save_pretrained(folder / "text_encoder")
-    c.vae.save_pretrained(folder / "vae")
-    # The UNet is stored in half precision to keep the shipped model small; loading upcasts it.
-    from safetensors.torch import save_file
-    c.unet.save_config(folder / "unet")
-    save_file({k: v.to(unet_dtype).contiguous() for k, v in c.unet.state_dict().items()},
-              str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
-    c.scheduler.save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
-        "image_encoder": [None, None], "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
     return folder
-
-
-REQUIRED_FILES = ("model_index.json", "text_encoder/config.json",
-                  "text_encoder/model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
-                  "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
-
-
-def check_model_folder(folder: str | os.PathLike) -> Path:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFolderError(f"model folder {folder} does not exist")
-    for name in REQUIRED_FILES:
-        if not (folder / name).is_file():
-            raise ModelFolderError(f"model folder {folder} is incomplete: {folder / name} is missing")
-    tokenizer = folder / "tokenizer"
-    if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "vocab.json").is_file():
-        raise ModelFolderError(f"model folder {folder} is incomplete: {tokenizer / 'vocab.json'} (or tokenizer.json) "
-                               "is missing")
-    return folder
-
-
-def load_components(folder: str | os.PathLike = MODEL_DIR, dtype: torch.dtype = torch.float32) -> Components:
-    """Load a diffusers SD-style folder (the embedded default or a real SD1.x/2.x checkpoint), a
-    PixArt-style DiT folder (``wadi_core.dit``) or a single-file SD1.x checkpoint (``wadi_core.single_file``)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from ..dit import is_dit_folder, load_dit_components
-    if Path(folder).expanduser().is_file():
-        from ..single_file import load_single_file_components
-        return load_single_file_components(folder, dtype)
-    if is_dit_folder(folder):
-        return load_dit_components(folder, dtype)
-    folder = check_model_folder(folder)
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-    text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
-    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=dtype)
-    scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
-    for module in (text_encoder, vae, unet):
-        module.eval().requires_grad_(False)
-    return Components(tokenizer, text_encoder, vae, unet, scheduler)

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import torch
 
-from . import fileio
-from .lorad.io import AdapterError
+from .. import fileio
 
 OUR_KEY = "token_embedding"
 TI_KEY = "emb_params"
 FORMAT = "embedding"
 
 
-class EmbeddingError(AdapterError):
+class EmbeddingError(ValueError):
     """A token or embedding file that cannot be used; the message names the problem and the fix."""
 
 

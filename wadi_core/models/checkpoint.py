@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from . import fileio, keys
+from .. import fileio
+from . import keys
 from .families import family_from_weight_shapes
 
 WEIGHTS = "diffusion_pytorch_model"

@@ -15,7 +15,7 @@ import torch
 
 from . import keys
 from .families import sd15_unet
-from .models import CheckpointError, open_checkpoint
+from .checkpoint import CheckpointError, open_checkpoint
 
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
               up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
@@ -59,7 +59,7 @@ def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = to
     from safetensors import safe_open
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .shapes.components import Components
+    from .components import Components
 
     path = Path(path).expanduser()
     ckpt = open_checkpoint(path)

@@ -51,7 +51,7 @@ def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.fl
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import AutoTokenizer, T5EncoderModel
 
-    from .shapes.components import Components, ModelFolderError
+    from .components import Components, ModelFolderError
 
     folder = Path(folder)
     for part in ("tokenizer", "text_encoder", "vae", "scheduler"):

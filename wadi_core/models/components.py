@@ -1,0 +1,93 @@
+"""The parts of a text-to-image diffusion model, and the diffusers SD folder they load from and save to.
+
+:class:`Components` holds tokenizer, text encoder, VAE, backbone (UNet or DiT) and noise schedule, the
+same five parts for the embedded shapes model, any SD1.x/2.x folder, a single-file checkpoint and a
+PixArt-style DiT (``wadi_core.models.loading`` picks the reader).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class ModelFolderError(ValueError):
+    """A model folder with a missing or unreadable part; the message names the file."""
+
+
+@dataclass
+class Components:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler: object
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """``[n, tokens, hidden]`` text embeddings, as SD pipelines compute them."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+
+REQUIRED_FILES = ("model_index.json", "text_encoder/config.json",
+                  "text_encoder/model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                  "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
+
+
+def check_model_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {folder} does not exist")
+    for name in REQUIRED_FILES:
+        if not (folder / name).is_file():
+            raise ModelFolderError(f"model folder {folder} is incomplete: {folder / name} is missing")
+    tokenizer = folder / "tokenizer"
+    if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "vocab.json").is_file():
+        raise ModelFolderError(f"model folder {folder} is incomplete: {tokenizer / 'vocab.json'} (or tokenizer.json) "
+                               "is missing")
+    return folder
+
+
+def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Components:
+    """A diffusers ``StableDiffusionPipeline`` folder (the embedded default or a real SD1.x/2.x model)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = check_model_folder(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=dtype)
+    scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
+    for module in (text_encoder, vae, unet):
+        module.eval().requires_grad_(False)
+    return Components(tokenizer, text_encoder, vae, unet, scheduler)
+
+
+def save_sd_folder(c: Components, folder: str | os.PathLike, unet_dtype: torch.dtype = torch.float16) -> Path:
+    """Write the components as a diffusers ``StableDiffusionPipeline`` folder (the UNet in ``unet_dtype``;
+    loading upcasts it)."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c.tokenizer.save_pretrained(folder / "tokenizer")
+    c.text_encoder.save_pretrained(folder / "text_encoder")
+    c.vae.save_pretrained(folder / "vae")
+    c.unet.save_config(folder / "unet")
+    save_file({k: v.to(unet_dtype).contiguous() for k, v in c.unet.state_dict().items()},
+              str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+    c.scheduler.save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
+        "image_encoder": [None, None], "scheduler": ["diffusers", "DDPMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
+    return folder
