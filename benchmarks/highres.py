@@ -14,7 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from wadi_core import highres, onestep, students
+from wadi_core import students
+from wadi_core.sampling import highres, onestep
 from wadi_core.evaluate import evaluate_images
 from wadi_core.images import side_by_side
 from wadi_core.sampling import sample

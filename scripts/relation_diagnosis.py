@@ -30,6 +30,7 @@ from wadi_core.shapes import side_loss  # noqa: E402
 from wadi_core.shapes.train_teacher import diffusion_loss  # noqa: E402
 from wadi_core import sampling  # noqa: E402
 from wadi_core.ema import EMA  # noqa: E402
+from wadi_core.models import load_components  # noqa: E402
 from wadi_core.shapes import components as C  # noqa: E402
 from wadi_core.shapes.dataset import all_prompts, prompts_of  # noqa: E402
 from wadi_core.shapes.judge import AXIS_OF, detect_objects, objects_of_prompt, relation_between  # noqa: E402

@@ -1,5 +1,5 @@
 """The node pack inside a real ComfyUI (in this process, CPU): LoRaD patches equal wadi_core's merge,
-the stock LoraLoader reads LoRaD files, one-step sampling equals wadi_core.onestep, bad files fail
+the stock LoraLoader reads LoRaD files, one-step sampling equals wadi_core.sampling.onestep, bad files fail
 clearly. The server end to end is in test_comfy_server.py."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_bad_files_are_refused_before_anything_is_patched(host, tmp_path):
 
 
 def test_one_step_sampler_equals_wadi_onestep(host):
-    """ComfyUI's one-step latent = wadi_core.onestep.predict_x0 for the same weights, noise and conditioning."""
+    """ComfyUI's one-step latent = wadi_core.sampling.onestep.predict_x0 for the same weights, noise and conditioning."""
     import comfy.sample
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -138,7 +138,7 @@ def test_one_step_sampler_equals_wadi_onestep(host):
     from wadi_core.models.families import sd15_unet
     from wadi_core.lorad import load_adapter
     from wadi_core.models import open_checkpoint
-    from wadi_core.onestep import predict_x0
+    from wadi_core.sampling.onestep import predict_x0
 
     (patched,) = WaDiLoadLoRaD().load(host["model"], "student.safetensors", 1.0)
     positive = host["clip"].encode_from_tokens_scheduled(host["clip"].tokenize("a red circle"))
@@ -226,7 +226,7 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     layout, the tokenizer from a folder beside it; then one-step generation runs on it."""
     import numpy as np
 
-    from wadi_core import onestep
+    from wadi_core.sampling import onestep
     from wadi_core.models import CheckpointError, load_components, open_checkpoint
     from wadi_core.shapes.components import write_tokenizer
 

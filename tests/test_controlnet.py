@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wadi_core import controlnet as C
-from wadi_core import onestep
+from wadi_core.sampling import onestep
 from wadi_core.sampling import image_size
 from wadi_core.models import load_components
 

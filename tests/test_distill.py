@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from conftest import write_sd_folder
 from wadi_cli.cli import main
 from wadi_cli.distill import DistillConfig, Distiller, Diverged, ResumeMismatch
-from wadi_core import onestep, students, vsd
+from wadi_core import students, vsd
+from wadi_core.sampling import onestep
 from wadi_core.prompts import PromptFileError
 from wadi_core.models import load_components
 from wadi_core.shapes.components import MODEL_DIR

@@ -100,7 +100,8 @@ def test_distill_a_dit_teacher_resume_generate_and_export(tmp_path):
     from diffusers import PixArtTransformer2DModel
     from safetensors.torch import load_file
 
-    from wadi_core import onestep, students
+    from wadi_core import students
+    from wadi_core.sampling import onestep
     from wadi_core.models import load_components
 
     teacher = tiny_pixart_folder(tmp_path / "pixart")

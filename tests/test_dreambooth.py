@@ -9,7 +9,8 @@ import torch
 
 from wadi_cli.cli import main
 from wadi_core import dreambooth as D
-from wadi_core import onestep, students
+from wadi_core import students
+from wadi_core.sampling import onestep
 from wadi_core.shapes import novel, render_batch, sample_scenes
 from wadi_core.models import load_components
 from wadi_core.shapes.render import render

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wadi_cli.cli import main
-from wadi_core import highres, onestep
+from wadi_core.sampling import highres, onestep
 from wadi_core.sampling import sample
 from wadi_core.models import encode, load_components
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from wadi_core import vsd
-from wadi_core.onestep import generate, predict_x0
+from wadi_core.sampling.onestep import generate, predict_x0
 
 
 def test_x0_formula_inverts_add_noise():

@@ -12,7 +12,8 @@ import csv
 import json
 from pathlib import Path
 
-from wadi_core import analysis, fileio, onestep
+from wadi_core import analysis, fileio
+from wadi_core.sampling import onestep
 from wadi_core.analysis_plots import change_bars, energy_plot, swap_chart
 from wadi_core.evaluate import evaluate_images
 from wadi_core.images import side_by_side

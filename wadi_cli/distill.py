@@ -32,7 +32,7 @@ from wadi_core.models.dit import is_dit_folder
 from wadi_core.ema import EMA
 from wadi_core.models.families import family_of_model
 from wadi_core.images import read_image_folder, side_by_side
-from wadi_core.onestep import predict_x0
+from wadi_core.sampling.onestep import predict_x0
 from wadi_core.plots import loss_curves
 from wadi_core.prompts import read_prompts
 from wadi_core.schedules import LR_SCHEDULES, lr_factor

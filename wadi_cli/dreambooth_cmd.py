@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from wadi_core import dreambooth as D
-from wadi_core import fileio, metrics, onestep, students
+from wadi_core import fileio, metrics, students
+from wadi_core.sampling import onestep
 from wadi_core.images import labelled_grid, read_image_folder
 from wadi_core.plots import loss_curves
 from wadi_core.sampling import image_size, sample

@@ -12,7 +12,7 @@ from wadi_core.evaluate import evaluate_images, load_image_folder, render_floor,
 from wadi_core.metrics import load_feature_network
 from wadi_core.images import labelled_grid
 from wadi_core.prompts import read_prompts
-from wadi_core.sampling import image_size, sample
+from wadi_core.sampling import image_size
 from wadi_core.shapes import sample_prompts
 
 from .generate_cmd import add_model_args, is_one_step, load_generator
@@ -78,14 +78,15 @@ def run(args) -> int:
             fileio.check_output(path, args.overwrite)
     prompts = read_prompts(args.prompts) if args.prompts else \
         [p.caption() for p in sample_prompts(args.num_prompts, args.split, seed=args.seed)]
-    components, generate_images, description = load_generator(args)
+    generator, sampler, description = load_generator(args)
+    components = generator.components
     seeds = [args.seed + i for i in range(len(prompts))]
     feature_net, reference = metric_inputs(args, components)
 
     def measure(images):
         return evaluate_images(images, prompts, args.seed, feature_net, reference, args.clip)
 
-    images, seconds = timed(lambda: generate_images(prompts, seeds, not args.quiet))
+    images, seconds = timed(lambda: generator(prompts, seeds, sampler, progress=not args.quiet))
     report = {"model": str(args.model), "students": list(args.student), "sampling": description,
               "prompts": len(prompts), "seed": args.seed,
               "model_result": dict(measure(images), seconds=seconds, images_per_second=len(prompts) / seconds)}
@@ -98,8 +99,7 @@ def run(args) -> int:
         torch.manual_seed(args.seed)
         untrained = type(components)(**{**components.__dict__,
                                         "unet": UNet2DConditionModel.from_config(components.unet.config).eval()})
-        report["untrained_result"] = measure(sample(untrained, prompts, seeds, args.steps, args.guidance, args.sampler,
-                                                    args.batch_size, progress=not args.quiet))
+        report["untrained_result"] = measure(sampler(untrained, prompts, seeds, progress=not args.quiet))
         print(summary_line("untrained UNet (ceiling)", report["untrained_result"]))
     if args.grid:
         with fileio.atomic_file(args.grid, args.overwrite) as tmp:

@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-
-from wadi_core import fileio, onestep, students
-from wadi_core.models import embeddings
+from wadi_core import fileio, students
 from wadi_core.images import labelled_grid, save_pngs
 from wadi_core.merge import parse_adapter_spec
 from wadi_core.prompts import read_prompts
-from wadi_core.sampling import SAMPLERS, sample
-from wadi_core.models import load_components
+from wadi_core.sampling import SAMPLERS, Generator, Sampler, build_generator
 from wadi_core.shapes.components import MODEL_DIR
 
 from . import argtypes as A
@@ -45,28 +40,20 @@ def is_one_step(args) -> bool:
     return bool(args.student) or args.one_step
 
 
-def load_generator(args) -> tuple[object, Callable[[list[str], list[int], bool], np.ndarray], str]:
-    """``(components, generate(prompts, seeds, progress), description)`` for the model the arguments name."""
-    components = load_components(args.model)
-    tokens = [embeddings.load_embedding(components, path) for path in args.embedding]
-    if tokens:
-        print(f"tokens for the prompts: {', '.join(tokens)}")
-    if not is_one_step(args):
-        def multi_step(prompts, seeds, progress):
-            return sample(components, prompts, seeds, args.steps, args.guidance, args.sampler, args.batch_size,
-                          progress=progress)
-        return components, multi_step, f"{args.sampler}, {args.steps} steps, guidance {args.guidance}"
-    for i, spec in enumerate(args.student):
-        path, strength = parse_adapter_spec(spec)
-        students.apply_adapter_file(components.unet, path, name=f"student{i}", strength=strength)
+def load_generator(args) -> tuple[Generator, Sampler, str]:
+    """``(generator, sampler, description)`` for the model, students and tokens the arguments name."""
+    adapters = [parse_adapter_spec(spec) for spec in args.student]
+    generator = build_generator(args.model, adapters, args.embedding, one_step=is_one_step(args))
+    if generator.tokens:
+        print(f"tokens for the prompts: {', '.join(generator.tokens)}")
+    for path, _ in adapters:
         teacher = students.other_teacher(path, args.model)
         if teacher:  # allowed (as a LoRA on another checkpoint), but rarely meant with the default --model
             print(f"note: {path} was distilled from {teacher}, and is applied to {args.model} as asked; "
                   f"pass --model {teacher} to sample it on its own teacher")
-
-    def one_step(prompts, seeds, progress):
-        return onestep.generate(components, prompts, seeds, args.batch_size, progress=progress)
-    return components, one_step, "one step" + (f" with {', '.join(args.student)}" if args.student else "")
+    sampler = generator.default_sampler(args.steps, args.guidance, args.sampler, args.batch_size)
+    description = sampler.describe() + (f" with {', '.join(args.student)}" if args.student else "")
+    return generator, sampler, description
 
 
 def register(sub) -> None:
@@ -95,10 +82,10 @@ def run(args) -> int:
     prompts = collect_prompts(args)
     out = Path(args.out)
     fileio.check_output(out, args.overwrite)
-    _, generate, description = load_generator(args)
+    generator, sampler, description = load_generator(args)
     seeds = [args.seed + i for i in range(len(prompts))]
     start = time.perf_counter()
-    images = generate(prompts, seeds, not args.quiet)
+    images = generator(prompts, seeds, sampler, progress=not args.quiet)
     seconds = time.perf_counter() - start
     with fileio.atomic_dir(out, args.overwrite) as tmp:
         save_pngs(images, prompts, tmp, seeds)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from wadi_core import fileio, highres, onestep, students
+from wadi_core import fileio, students
+from wadi_core.sampling import highres, onestep
 from wadi_core.images import labelled_grid, save_pngs
 from wadi_core.models import load_components
 from wadi_core.shapes.components import MODEL_DIR

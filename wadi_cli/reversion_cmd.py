@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wadi_core import fileio, onestep, students
+from wadi_core import fileio, students
+from wadi_core.sampling import onestep
 from wadi_core.models import embeddings
 from wadi_core.images import labelled_grid
 from wadi_core.plots import loss_curves

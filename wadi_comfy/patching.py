@@ -61,5 +61,5 @@ def one_step_sigmas(model) -> torch.Tensor:
     1 / sqrt(1 + sigma^2), so the student sees unit-variance noise, as in wadi's own sampler.
     """
     sampling = model.get_model_object("model_sampling")
-    # sigma_max of a discrete schedule is the sigma of its last timestep, T-1 (wadi_core.onestep.final_timestep)
+    # sigma_max of a discrete schedule is the sigma of its last timestep, T-1 (wadi_core.sampling.onestep.final_timestep)
     return torch.tensor([float(sampling.sigma_max), 0.0])

@@ -70,30 +70,28 @@ def render_floor(prompts: Sequence[str], seed: int, feature_net=None) -> float:
     return metrics.frechet_distance(a, b)
 
 
+def evaluate_generator(generator, sampler, prompts: Sequence[str], seed: int = 0, progress: bool = False,
+                       warm_up: bool = False) -> tuple[dict, np.ndarray]:
+    """Metrics, speed and images of ``generator`` drawing ``prompts`` (seeds ``seed + i``) with ``sampler``;
+    ``warm_up`` draws 8 images first, untimed (a LoRaD student builds its rotated weights on its first call)."""
+    seeds = [seed + i for i in range(len(prompts))]
+    if warm_up:
+        generator(prompts[:8], seeds[:8], sampler)
+    images, seconds = timed(lambda: generator(prompts, seeds, sampler, progress))
+    return dict(evaluate_images(images, prompts, seed), seconds=seconds,
+                images_per_second=len(prompts) / seconds), images
+
+
 def evaluate_teacher(model_dir, prompts: Sequence[str], seed: int = 0, steps: int = 25, guidance: float = 3.0,
                      progress: bool = False) -> tuple[dict, np.ndarray]:
     """Metrics and images of a model sampled with ``steps`` DDIM steps and CFG."""
-    from .sampling import sample
-    from .models import load_components
-
-    components = load_components(model_dir)
-    seeds = [seed + i for i in range(len(prompts))]
-    images, seconds = timed(lambda: sample(components, prompts, seeds, steps=steps, guidance=guidance,
-                                           progress=progress))
-    return dict(evaluate_images(images, prompts, seed), seconds=seconds,
-                images_per_second=len(prompts) / seconds), images
+    from .sampling import MultiStep, build_generator
+    return evaluate_generator(build_generator(model_dir), MultiStep(steps, guidance), prompts, seed, progress)
 
 
 def evaluate_student(model_dir, adapter, prompts: Sequence[str], seed: int = 0,
                      progress: bool = False) -> tuple[dict, np.ndarray]:
     """Metrics and images of one-step sampling with a student adapter on ``model_dir``."""
-    from . import onestep, students
-    from .models import load_components
-
-    components = load_components(model_dir)
-    students.apply_adapter_file(components.unet, adapter)
-    seeds = [seed + i for i in range(len(prompts))]
-    onestep.generate(components, prompts[:8], seeds[:8], progress=False)  # warm-up: builds the rotated weights
-    images, seconds = timed(lambda: onestep.generate(components, prompts, seeds, progress=progress))
-    return dict(evaluate_images(images, prompts, seed), seconds=seconds,
-                images_per_second=len(prompts) / seconds), images
+    from .sampling import OneStep, build_generator
+    return evaluate_generator(build_generator(model_dir, [(adapter, 1.0)]), OneStep(), prompts, seed, progress,
+                              warm_up=True)

@@ -12,18 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .sampling.prediction import per_sample, x0_from_eps
+
 GENERATOR_T_RANGE = (20, 980)  # inclusive, as the authors' [0.02, 0.981) * 1000
 GRADIENT_MODES = ("wadi", "dmd2")
-
-
-def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
-def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """``(x_t - sqrt(1 - abar) eps) / sqrt(abar)`` with one ``abar`` per sample."""
-    a = _per_sample(abar_t, x_t)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
 
 def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -52,7 +44,7 @@ def score_gradient(x0: torch.Tensor, x_t: torch.Tensor, eps_teacher: torch.Tenso
     NaN and Inf are replaced by finite values so that one bad sample cannot poison a step.
     """
     if mode == "wadi":
-        sigma2 = 1 - _per_sample(abar_t, x0)
+        sigma2 = 1 - per_sample(abar_t, x0)
         grad = sigma2 * (eps_teacher - eps_fake)
     elif mode == "dmd2":
         x0_teacher = x0_from_eps(x_t, eps_teacher, abar_t)
@@ -71,7 +63,7 @@ def generator_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 def fake_model_loss(eps_pred: torch.Tensor, noise: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
     """Eps-prediction loss weighted by ``abar_t`` (the authors' ``mse(sqrt(abar) eps_pred, sqrt(abar) noise)``)."""
-    a = _per_sample(abar_t, eps_pred).float()
+    a = per_sample(abar_t, eps_pred).float()
     return (a * (eps_pred.float() - noise.float()).square()).mean()
 
 

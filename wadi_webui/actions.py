@@ -47,20 +47,24 @@ def model_path(text: str) -> str:
     return str(path)
 
 
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
 def prompt_file(path_text: str, pasted: str) -> str | None:
     """A prompt file path: the given one, or the pasted prompts written to a temporary file."""
-    lines = [line.strip() for line in (pasted or "").splitlines() if line.strip()]
+    pasted_lines = lines(pasted)
     if (path_text or "").strip():
-        if lines:
+        if pasted_lines:
             raise UIError("give either a prompt file or pasted prompts, not both")
         path = Path(path_text.strip()).expanduser().resolve()
         if not path.is_file():
             raise UIError(f"the prompt file {path} does not exist; give a text file with one prompt per line")
         return str(path)
-    if not lines:
+    if not pasted_lines:
         return None  # the embedded teacher's own training prompts
     path = Path(tempfile.mkdtemp(prefix="wadi-ui-")) / "prompts.txt"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(pasted_lines) + "\n")
     return str(path)
 
 
@@ -227,7 +231,7 @@ def export_lora_file(out: str, teacher: str, rank) -> str:
 def parse_adapters(text: str) -> list[str]:
     """One ``path[:strength]`` per line, each path checked."""
     from wadi_core.merge import parse_adapter_spec
-    specs = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    specs = lines(text)
     for spec in specs:
         path, _ = parse_adapter_spec(spec)
         if not Path(path).expanduser().is_file():
@@ -240,51 +244,34 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
                     embedding_files="") -> tuple[list, str]:
     """One-step images (with the adapters) and optionally the multi-step teacher beside them; with
     ``twice_the_size`` the two-stage route (one step, upscale, a short teacher refinement)."""
-    from wadi_cli.cli import build_parser
-    from wadi_cli.generate_cmd import load_generator
+    from wadi_core.merge import parse_adapter_spec
+    from wadi_core.sampling import MultiStep, OneStep, TwoStage, build_generator
 
     if not (prompt or "").strip():
         raise UIError("write a prompt first")
     batch = positive_int(batch, "batch size")
     specs = parse_adapters(adapters)
-    argv = ["generate", "--out", "unused", "--model", model_path(model), "--seed", str(int(seed or 0))]
-    for spec in specs:
-        argv += ["--student", spec]
-    if not specs:
-        argv.append("--one-step")
-    for path in [line.strip() for line in (embedding_files or "").splitlines() if line.strip()]:
-        argv += ["--embedding", optional_file(path, "embedding")]
-    args = build_parser().parse_args(argv)
-    prompts = [prompt.strip()] * batch
-    seeds = [args.seed + i for i in range(batch)]
-    components, generate, description = load_generator(args)
+    if twice_the_size and not specs:
+        raise UIError("the 2x route needs a student: give its student.safetensors under adapters")
+    model = model_path(model)
+    tokens = [optional_file(path, "embedding") for path in lines(embedding_files)]
+    student = build_generator(model, [parse_adapter_spec(spec) for spec in specs], tokens, one_step=True)
+    prompts, seeds = [prompt.strip()] * batch, [int(seed or 0) + i for i in range(batch)]
+    sampler = TwoStage(build_generator(model, embeddings=tokens).components) if twice_the_size else OneStep()
     start = time.perf_counter()
-    if twice_the_size:
-        from wadi_core import highres
-        from wadi_core.models import load_components
-        if not specs:
-            raise UIError("the 2x route needs a student: give its student.safetensors under adapters")
-        from wadi_core.models.embeddings import load_embedding
-        teacher = load_components(args.model)
-        for path in args.embedding:
-            load_embedding(teacher, path)
-        images = highres.two_stage(components, teacher, prompts, seeds)
-        description += "; 2x: upscaled and refined by the teacher (4 DDIM steps)"
-    else:
-        images = generate(prompts, seeds, False)
+    images = student(prompts, seeds, sampler)
     seconds = time.perf_counter() - start
+    description = sampler.describe() + (f" with {', '.join(specs)}" if specs else "")
     gallery = [(image, f"one step, seed {s}") for image, s in zip(images, seeds)]
     text = f"{batch} one-step images in {seconds:.2f} s ({batch / seconds:.1f} images/s; {description})"
     if compare:
-        teacher_args = build_parser().parse_args(["generate", "--out", "unused", "--model", model_path(model),
-                                                  "--seed", str(args.seed)]
-                                                 + [a for path in args.embedding for a in ("--embedding", path)])
-        _, teacher, teacher_description = load_generator(teacher_args)
+        teacher, reference_sampler = build_generator(model, embeddings=tokens), MultiStep()
         start = time.perf_counter()
-        reference = teacher(prompts, seeds, False)
+        reference = teacher(prompts, seeds, reference_sampler)
         teacher_seconds = time.perf_counter() - start
         gallery += [(image, f"teacher, seed {s}") for image, s in zip(reference, seeds)]
-        text += f"; teacher: {teacher_seconds:.2f} s ({teacher_description}), {teacher_seconds / seconds:.1f}x slower"
+        text += (f"; teacher: {teacher_seconds:.2f} s ({reference_sampler.describe()}), "
+                 f"{teacher_seconds / seconds:.1f}x slower")
     return [(np.asarray(image), caption) for image, caption in gallery], text
 
 
@@ -311,8 +298,7 @@ def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
 def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare) -> tuple[list, str]:
     """One-step ControlNet images with a student (and the teacher's 25 steps beside them)."""
     from wadi_core import controlnet as C
-    from wadi_core import students
-    from wadi_core.models import load_components
+    from wadi_core.sampling import Controlled, MultiStep, build_generator
 
     if control is None:
         raise UIError("upload a control image first (for the built-in ControlNet: white shapes on black)")
@@ -324,22 +310,19 @@ def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare
     adapter_path = Path((adapter or "").strip()).expanduser()
     if not adapter_path.is_file():
         raise UIError(f"the student {adapter_path} does not exist; give the student.safetensors of a distillation")
-    components = load_components(model_path(model))
     net = C.load_controlnet(folder)
     hint = np.asarray(control)[None, ..., :3].astype(np.uint8)
-    seeds = [int(seed or 0)]
-    teacher = None
-    if compare:
-        start = time.perf_counter()
-        teacher = C.generate(components, net, [prompt.strip()], hint, seeds, steps=25)
-        teacher_seconds = time.perf_counter() - start
-    students.apply_adapter_file(components.unet, adapter_path)
+    prompts, seeds = [prompt.strip()], [int(seed or 0)]
+    gallery, text = [], ""
+    student = build_generator(model_path(model), [(adapter_path, 1.0)])
     start = time.perf_counter()
-    image = C.generate(components, net, [prompt.strip()], hint, seeds)
-    seconds = time.perf_counter() - start
-    gallery = [(image[0], "student, one step")]
-    text = f"one step with ControlNet: {seconds:.2f} s"
-    if teacher is not None:
-        gallery.append((teacher[0], "teacher, 25 steps"))
-        text += f"; teacher 25 steps: {teacher_seconds:.2f} s"
+    image = student(prompts, seeds, Controlled(net, hint))
+    gallery.append((image[0], "student, one step"))
+    text = f"one step with ControlNet: {time.perf_counter() - start:.2f} s"
+    if compare:
+        teacher = build_generator(model_path(model))
+        start = time.perf_counter()
+        reference = teacher(prompts, seeds, Controlled(net, hint, MultiStep()))
+        gallery.append((reference[0], "teacher, 25 steps"))
+        text += f"; teacher 25 steps: {time.perf_counter() - start:.2f} s"
     return gallery, text

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
+from ..models.vae import encode
 from . import onestep
-from .models.vae import encode
-from .sampling import sample
+from .multistep import sample
 
 
 def upscale(images: np.ndarray, scale: int) -> np.ndarray:

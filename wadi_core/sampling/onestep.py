@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .models.vae import decode
-from .sampling import check_eps_prediction, check_sampling_settings, initial_latents, latent_shape
-from .vsd import x0_from_eps
+from ..models.vae import decode
+from .latents import check_eps_prediction, check_sampling_settings, initial_latents, latent_shape
+from .prediction import x0_from_eps
 
 
 def final_timestep(scheduler) -> int:

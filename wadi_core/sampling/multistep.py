@@ -6,16 +6,16 @@ One loop for every diffusers scheduler we offer, with one seed per image so that
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .models.vae import decode
+from ..models.vae import decode
+from .latents import check_eps_prediction, check_sampling_settings, initial_latents, latent_shape
 
-SAMPLERS = ("ddim", "euler")
+SCHEDULERS = ("ddim", "euler")
 
 
 def make_scheduler(name: str, config):
@@ -24,39 +24,7 @@ def make_scheduler(name: str, config):
         return DDIMScheduler.from_config(config)
     if name == "euler":
         return EulerDiscreteScheduler.from_config(config)
-    raise ValueError(f"unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}")
-
-
-def check_eps_prediction(scheduler_config) -> None:
-    kind = scheduler_config.get("prediction_type", "epsilon")
-    if kind != "epsilon":
-        raise ValueError(f"the model predicts '{kind}', but wadi supports eps-prediction models only for now "
-                         "(SD1.x and SD2.x base models, the embedded default)")
-
-
-def initial_latents(seeds: Sequence[int], shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=dtype)
-                        for s in seeds])
-
-
-def image_size(components) -> int:
-    """The side in pixels of the images the model draws at its training resolution."""
-    return components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
-
-
-def latent_shape(components, scale: int = 1) -> tuple[int, int, int]:
-    """``(channels, side, side)`` of the latents; ``scale`` > 1 draws above the training resolution."""
-    size = components.unet.config.sample_size * scale
-    return components.unet.config.in_channels, size, size
-
-
-def check_sampling_settings(guidance: float | None = None, batch_size: int | None = None) -> None:
-    """Numbers every sampler takes, checked before any work (NaN passes every comparison, so say it)."""
-    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f"the guidance (CFG scale) must be a finite number of 0 or more (1 = none), not {guidance}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise ValueError(f"the batch size must be a whole number of 1 or more, not {batch_size!r}")
+    raise ValueError(f"unknown sampler '{name}'; choose one of: {', '.join(SCHEDULERS)}")
 
 
 @torch.no_grad()
