@@ -19,8 +19,8 @@ import json
 import statistics
 from pathlib import Path
 
-from wadi_cli.distill import DistillConfig, Distiller
-from wadi_cli.distill_defaults import EMBEDDED_DEFAULTS
+from wadi_core.distill import DistillConfig, Distiller
+from wadi_core.distill.recipes import SHAPES
 from wadi_core import analysis, students
 from wadi_core.evaluate import evaluate_student
 from wadi_core.lorad.presets import select_targets
@@ -50,18 +50,19 @@ def weight_changes(adapter: Path) -> dict[str, float]:
 def run_one(kind: str, seed: int, args) -> dict:
     folder = Path(args.out) / kind / f"seed{seed}"
     folder.parent.mkdir(parents=True, exist_ok=True)
-    # each kind trains at its own default learning rate (wadi_cli/distill_defaults.py: default_lr)
-    config = DistillConfig(out=str(folder), student=kind, student_rank=args.ranks[kind], steps=args.steps,
-                           fake_updates=args.fake_updates, ema=args.ema, late_fraction=args.late_fraction,
-                           batch_size=args.batch_size, seed=seed, report_to="none", checkpoint_every=args.steps,
-                           sample_every=args.steps, overwrite=True)
+    # each kind trains at its own default learning rate (the shapes recipe, wadi_core/distill/recipes.py)
+    config = DistillConfig.from_options(out=str(folder), student_kind=kind, student_rank=args.ranks[kind],
+                                        steps=args.steps, fake_updates=args.fake_updates, ema=args.ema,
+                                        late_fraction=args.late_fraction, batch_size=args.batch_size, seed=seed,
+                                        report_to="none", checkpoint_every=args.steps, sample_every=args.steps,
+                                        overwrite=True)
     distiller = Distiller(config, progress=not args.quiet)
     trainable = sum(p.numel() for p in distiller.student_params)
     adapter = distiller.run()
     prompts = [p.caption() for p in sample_prompts(args.num_prompts, "heldout", seed=1000)]
     metrics, _ = evaluate_student(MODEL_DIR, adapter, prompts, seed=1000)
     step_seconds = statistics.median(r["seconds"] for r in distiller.history)
-    return {"kind": kind, "seed": seed, **recipe_of(args), "rank": args.ranks[kind], "lr": distiller.config.lr_student,
+    return {"kind": kind, "seed": seed, **recipe_of(args), "rank": args.ranks[kind], "lr": distiller.config.student.lr,
             "trainable": trainable, "step_seconds": step_seconds, "fid": metrics["fid"],
             "accuracy": metrics["prompt_accuracy"], **weight_changes(adapter)}
 
@@ -107,13 +108,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--kinds", nargs="+", default=list(DEFAULT_RANKS), choices=students.KINDS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=EMBEDDED_DEFAULTS["steps"])
+    p.add_argument("--steps", type=int, default=SHAPES.steps)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--num-prompts", type=int, default=256)
-    p.add_argument("--fake-updates", type=int, default=EMBEDDED_DEFAULTS["fake_updates"],
+    p.add_argument("--fake-updates", type=int, default=SHAPES.fake_updates,
                    help="fake-model steps per student step (the paper: 1)")
-    p.add_argument("--ema", type=float, default=EMBEDDED_DEFAULTS["ema"], help="EMA decay of the student (0 = off)")
-    p.add_argument("--late-fraction", type=float, default=EMBEDDED_DEFAULTS["late_fraction"],
+    p.add_argument("--ema", type=float, default=SHAPES.ema, help="EMA decay of the student (0 = off)")
+    p.add_argument("--late-fraction", type=float, default=SHAPES.late_fraction,
                    help="the last fraction of the steps at low noise only (wadi distill --late-fraction; 0 = off)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--recompute-changes", action="store_true",

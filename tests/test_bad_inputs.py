@@ -152,21 +152,21 @@ CASES = [
     ("out-is-an-adapter", "export-lora --base {sd} --adapter {adapter} --out {adapter} --overwrite",
      "is the input --adapter"),
     ("out-is-the-model", "generate --model {sd} --prompt x --out {sd} --overwrite", "is the input --model"),
-    ("distill-out-is-the-teacher", "distill --teacher {sd} --prompts {prompts} --out {sd} --overwrite",
-     "is the input --teacher"),
+    ("distill-out-is-the-teacher", "distill --model {sd} --prompts {prompts} --out {sd} --overwrite",
+     "is the input --model"),
     ("distill-export-merged-is-the-teacher",
-     "distill --teacher {sd} --prompts {prompts} --out {out} --export-merged {sd} --overwrite",
-     "is the input --teacher"),
+     "distill --model {sd} --prompts {prompts} --out {out} --export-merged {sd} --overwrite",
+     "is the input --model"),
     ("distill-export-merged-folder-missing",
-     "distill --teacher {sd} --prompts {prompts} --out {out} --export-merged {root}/no/merged",
+     "distill --model {sd} --prompts {prompts} --out {out} --export-merged {root}/no/merged",
      "does not exist; create it first"),
     ("out-inside-a-file", "merge --base {sd} --adapter {adapter} --out {adapter}/m.safetensors",
      "is a file, not a folder"),
     ("out-folder-missing", "generate --prompt x --out {root}/no/such/folder", "does not exist; create it first"),
     ("out-folder-unwritable", "generate --prompt x --out /sys/wadi-test-output", "cannot write in /sys"),
     # distillation set-up
-    ("distill-teacher-missing", "distill --teacher {root}/no-teacher --out {out}", "the teacher"),
-    ("distill-prompts-needed", "distill --teacher {sd} --out {out}", "a prompt file is needed"),
+    ("distill-teacher-missing", "distill --model {root}/no-teacher --out {out}", "the teacher"),
+    ("distill-prompts-needed", "distill --model {sd} --out {out}", "a prompt file is needed"),
     ("distill-resume-nothing", "distill --resume --out {empty_run}", "nothing to resume"),
     ("distill-checkpoint-without-config", "distill --resume --out {stateless_run}", "has no 'config'"),
     ("distill-out-is-a-file", "distill --out {adapter}", "is a file"),
@@ -208,7 +208,7 @@ def test_the_documented_battery_is_the_tested_one():
 
 
 def test_library_calls_refuse_non_finite_numbers(world):
-    from wadi_cli.distill import DistillConfig
+    from wadi_core.distill import DistillConfig
     from wadi_core import sampling
     unet = tiny_unet()
     with pytest.raises(lorad.AdapterError, match="finite number"):
@@ -220,7 +220,7 @@ def test_library_calls_refuse_non_finite_numbers(world):
         sampling.check_sampling_settings(guidance=float("nan"))
     for field, value in (("guidance", float("nan")), ("lr_student", float("inf")), ("lr_student", 1e30),
                          ("ema", float("nan"))):
-        config = DistillConfig(out="x", **{field: value}).resolved(embedded=True)
+        config = DistillConfig.from_options(out="x", **{field: value}).resolved("shapes")
         with pytest.raises(ValueError, match=field.replace("_", "-")):
             config.check()
 
@@ -228,19 +228,19 @@ def test_library_calls_refuse_non_finite_numbers(world):
 # ----- the faults that used to give wrong results or lose work
 
 def distill_config(tmp_path, world, name="run", **kw):
-    from wadi_cli.distill import DistillConfig
+    from wadi_core.distill import DistillConfig
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")
-    base = dict(out=str(tmp_path / name), teacher=str(world["sd"]), prompts=str(prompts), steps=4, batch_size=2,
+    base = dict(out=str(tmp_path / name), model=str(world["sd"]), prompts=str(prompts), steps=4, batch_size=2,
                 student_rank=4, fake_rank=2, lr_student=1e-2, lr_fake=1e-2, guidance=1.5, checkpoint_every=1,
                 sample_every=100, report_to="none")
-    return DistillConfig(**{**base, **kw})
+    return DistillConfig.from_options(**{**base, **kw})
 
 
 def test_a_diverging_run_keeps_a_good_checkpoint_and_its_advice_resumes(tmp_path, world, monkeypatch):
     """The optimiser's step at step 3 makes the weights infinite although that step's loss was finite: the
     checkpoint must stay the one of step 2, and the advice printed must be a command that is accepted."""
-    from wadi_cli.distill import Distiller, Diverged
+    from wadi_core.distill import Distiller, Diverged
     run = Distiller(distill_config(tmp_path, world, max_bad_steps=2), progress=False)
     step = run.opt_student.step
 
@@ -267,7 +267,7 @@ def test_a_diverging_run_keeps_a_good_checkpoint_and_its_advice_resumes(tmp_path
 
 
 def test_a_run_whose_last_step_breaks_the_weights_writes_no_student(tmp_path, world):
-    from wadi_cli.distill import Distiller, Diverged
+    from wadi_core.distill import Distiller, Diverged
     run = Distiller(distill_config(tmp_path, world, steps=1, checkpoint_every=0), progress=False)
     step = run.opt_student.step
 
@@ -284,7 +284,7 @@ def test_a_run_whose_last_step_breaks_the_weights_writes_no_student(tmp_path, wo
 
 
 def test_overwrite_clears_the_old_run_so_it_cannot_be_resumed(tmp_path, world):
-    from wadi_cli.distill import Distiller
+    from wadi_core.distill import Distiller
     Distiller(distill_config(tmp_path, world, steps=2), progress=False).run()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     again = Distiller(distill_config(tmp_path, world, steps=2, seed=1, overwrite=True), progress=False)
@@ -346,7 +346,7 @@ def test_a_killed_writers_lock_does_not_block_the_next_one(tmp_path):
 
 
 def test_a_live_run_cannot_be_resumed_by_a_second_process(tmp_path, world):
-    from wadi_cli.distill import Distiller
+    from wadi_core.distill import Distiller
     Distiller(distill_config(tmp_path, world, steps=1), progress=False).run()
     holder = hold_lock(tmp_path / "run")
     try:
@@ -384,7 +384,7 @@ def test_two_threads_of_one_process_cannot_write_one_output(tmp_path):
 
 
 def test_a_checkpoint_swap_cut_in_half_is_finished_by_the_next_run(tmp_path, world):
-    from wadi_cli.distill import Distiller
+    from wadi_core.distill import Distiller
     first = Distiller(distill_config(tmp_path, world, steps=4, checkpoint_every=1), progress=False)
     first.run(should_stop=lambda: first.step == 2)
     folder = tmp_path / "run"
@@ -401,7 +401,7 @@ def test_a_checkpoint_swap_cut_in_half_is_finished_by_the_next_run(tmp_path, wor
 
 
 def test_leftovers_of_killed_writers_are_removed_by_the_next_one(tmp_path, world, capsys):
-    from wadi_cli.distill import Distiller
+    from wadi_core.distill import Distiller
     Distiller(distill_config(tmp_path, world, steps=1), progress=False).run()
     folder = tmp_path / "run"
     (folder / ".checkpoint.abcd1234.tmp").mkdir()
@@ -453,9 +453,9 @@ def test_export_lora_retries_an_svd_that_does_not_converge(tmp_path, world, monk
 
 
 def test_a_refused_distillation_leaves_no_folder_so_the_corrected_rerun_starts(tmp_path, world):
-    from wadi_cli.distill import Distiller
+    from wadi_core.distill import Distiller
     with pytest.raises(ValueError, match="predicts 'v_prediction'"):
-        Distiller(distill_config(tmp_path, world, teacher=str(write_sd_folder(tmp_path / "v", "v_prediction"))),
+        Distiller(distill_config(tmp_path, world, model=str(write_sd_folder(tmp_path / "v", "v_prediction"))),
                   progress=False)
     assert not (tmp_path / "run").exists()
     assert Distiller(distill_config(tmp_path, world, steps=1), progress=False).run().is_file()

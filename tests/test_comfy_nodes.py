@@ -248,7 +248,7 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     image = onestep.generate(model, ["a red circle"], [0], progress=False, scale=1)
     assert image.shape == (1, 512, 512, 3) and np.isfinite(image).all()
     # --export-merged of a single-file teacher writes a single file with the student baked in
-    from wadi_cli.distill import export_merged
+    from wadi_core.merge import export_merged
     merged = export_merged(str(single), host["models"] / "loras" / "student.safetensors", tmp_path / "merged")
     assert merged.name == "merged.safetensors"
     student_layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import write_sd_folder
-from wadi_cli.distill import DistillConfig, Distiller
+from wadi_core.distill import DistillConfig, Distiller
 
 REFERENCE = Path(__file__).parent / "reference"
 PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
@@ -45,7 +45,7 @@ def test_distillation_reproduces_the_student_of_the_code_before_the_redesign(nam
         settings["teacher"] = str(write_sd_folder(tmp_path / "sd"))
         (tmp_path / "prompts.txt").write_text(meta["prompts"])
         settings["prompts"] = str(tmp_path / "prompts.txt")
-    student = Distiller(DistillConfig(out=str(tmp_path / "run"), **settings), progress=False).run()
+    student = Distiller(DistillConfig.from_options(out=str(tmp_path / "run"), **settings), progress=False).run()
     got, want = load_file(str(student)), load_file(str(path))
     assert got.keys() == want.keys()
     same_cpu = meta["cpu"] == cpu_model()

@@ -131,7 +131,7 @@ def test_distill_a_dit_teacher_resume_generate_and_export(tmp_path):
 
 
 def test_gan_head_reads_the_middle_transformer_block_of_a_dit():
-    from wadi_core import gan
+    from wadi_core.distill import gan
     model = tiny_pixart()
     tap = gan.FeatureTap(model)
     with tap.capture():

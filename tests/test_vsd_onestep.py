@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from wadi_core import vsd
+from wadi_core.distill import losses as vsd
 from wadi_core.sampling.onestep import generate, predict_x0
 
 
@@ -77,7 +77,7 @@ def test_one_step_generation_uses_t999_and_the_x0_formula():
 
 
 def test_gan_losses_and_head_shapes():
-    from wadi_core import gan
+    from wadi_core.distill import gan
     high, low = torch.full((4,), 5.0), torch.full((4,), -5.0)
     assert gan.discriminator_loss(high, low) < 0.02 < gan.discriminator_loss(low, high)
     assert gan.generator_loss(high) < 0.01 < gan.generator_loss(low)
@@ -88,7 +88,7 @@ def test_gan_losses_and_head_shapes():
 
 def test_feature_tap_reads_the_mid_block_only_while_capturing():
     from conftest import tiny_unet
-    from wadi_core import gan
+    from wadi_core.distill import gan
     unet = tiny_unet()
     tap = gan.FeatureTap(unet)
     x, t, cond = torch.randn(2, 4, 16, 16), torch.tensor([1, 2]), torch.randn(2, 5, 32)

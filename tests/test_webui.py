@@ -155,7 +155,7 @@ def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
         actions.model_path(str(tmp_path / "missing"))
     with pytest.raises(actions.UIError, match="at least 1"):
         actions.start_distillation("", "", "", "lorad", 0, "lorad", 8, 10, 1e-3, 1e-2, 2, 1, str(tmp_path / "r"))
-    with pytest.raises(actions.UIError, match="fake model CFG must be 1"):
+    with pytest.raises(actions.UIError, match="fake model guidance must be 1"):
         actions.start_distillation("", "", "", "lorad", 4, "lorad", 8, 10, 1e-3, 1e-2, 2, 0.5, str(tmp_path / "r"))
     with pytest.raises(actions.UIError, match="needs prompts"):
         actions.start_distillation(str(tmp_path), "", "", "lorad", 4, "lorad", 8, 10, 1e-3, 1e-2, 2, 1,
@@ -165,6 +165,22 @@ def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(actions.user_errors(), match="adapter|safetensors"):
         actions.generate_images("", str(tmp_path / "notes.txt"), "a red circle", 0, 1, False)
+
+
+def test_the_distill_fields_follow_the_recipe_of_the_chosen_teacher(tmp_path):
+    """A real teacher gets the paper's recipe in every field, the embedded one (or a copy of it) its own."""
+    import shutil
+
+    from conftest import write_sd_folder
+    from wadi_core.shapes.components import MODEL_DIR
+    from wadi_webui import actions
+    embedded = (24, 8, 800, 5e-3, 1e-2, 2.0, 1.0)
+    paper = (256, 32, 20000, 1e-4, 1e-2, 1.5, 1.5)  # the fake model's guidance: the teacher's, as in the paper
+    assert actions.recipe_fields(actions.EMBEDDED, "lorad", "lorad") == embedded
+    shutil.copytree(MODEL_DIR, tmp_path / "copy")
+    assert actions.recipe_fields(str(tmp_path / "copy"), "lorad", "lorad") == embedded
+    assert actions.recipe_fields(str(write_sd_folder(tmp_path / "sd")), "lorad", "lorad") == paper
+    assert actions.recipe_fields(str(tmp_path / "not-there-yet"), "full", "lorad")[3] == 1e-5
 
 
 def test_the_learning_rate_fields_follow_the_adapter_kind(tmp_path):
@@ -177,14 +193,14 @@ def test_the_learning_rate_fields_follow_the_adapter_kind(tmp_path):
 
 
 def test_a_second_start_on_a_training_folder_is_refused(tmp_path):
-    from wadi_cli.distill import DistillConfig
+    from wadi_core.distill import DistillConfig
     from wadi_webui import jobs
-    busy = jobs.DistillJob(DistillConfig(out=str(tmp_path / "run")))
+    busy = jobs.DistillJob(DistillConfig.from_options(out=str(tmp_path / "run")))
     busy.state.status = "running"
     jobs._RUNNING[busy.out] = busy
     try:
         with pytest.raises(jobs.JobRefused, match="already training"):
-            jobs.DistillJob.start(DistillConfig(out=str(tmp_path / "run")))
+            jobs.DistillJob.start(DistillConfig.from_options(out=str(tmp_path / "run")))
     finally:
         del jobs._RUNNING[busy.out]
 

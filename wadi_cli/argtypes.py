@@ -43,3 +43,8 @@ vsd_guidance = ranged(float, "1 (no guidance) or more", low=1.0)
 learning_rate = ranged(float, "more than 0 and at most 1 (typical: 1e-5 to 1e-2)", low=0.0, high=1.0, low_open=True)
 fraction = ranged(float, "between 0 and 1", low=0.0, high=1.0)
 open_fraction = ranged(float, "more than 0 and at most 1", low=0.0, high=1.0, low_open=True)
+
+
+def hidden_alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs) -> None:
+    """An old spelling of a flag, kept for one release: it sets ``dest`` and is not listed in --help."""
+    parser.add_argument(flag, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)

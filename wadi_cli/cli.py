@@ -41,7 +41,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from wadi_core.models import ModelFolderError
     import torch
 
-    from .distill import Diverged
+    from wadi_core.distill import Diverged
     return (Diverged, AdapterError, CheckpointError, KeyConversionError, PromptFileError, ModelFolderError, ValueError,
             FileNotFoundError, FileExistsError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 

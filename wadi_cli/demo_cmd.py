@@ -19,7 +19,7 @@ from wadi_core.images import side_by_side
 from wadi_core.shapes import sample_prompts
 from wadi_core.shapes.components import MODEL_DIR
 
-from .distill import DistillConfig, Distiller, trainable_share
+from wadi_core.distill import DistillConfig, Distiller, trainable_share
 from . import argtypes as A
 from .outputs import writes
 
@@ -33,8 +33,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=A.positive_int, default=None,
                    help="distillation steps (default: the embedded default)")
     p.add_argument("--num-prompts", type=A.positive_int, default=256, help="held-out prompts to evaluate on")
-    p.add_argument("--student", default="lorad", choices=students.KINDS,
-                   help="student adapter type, each at its own default learning rate (see wadi distill --help)")
+    p.add_argument("--student-kind", default="lorad", choices=students.KINDS,
+                   help="the student's adapter kind, each at its own default learning rate (see wadi distill --help)")
+    A.hidden_alias(p, "--student", "student_kind", choices=students.KINDS)
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--regression-pairs", type=A.count, default=0, metavar="N",
                    help="add DMD's regression loss on N teacher samples (see wadi distill --help)")
@@ -53,8 +54,8 @@ def evaluate_teacher_and_student(student_path: Path, prompts: list[str], seed: i
 
 def report_markdown(metrics: dict) -> str:
     t, s, c = metrics["teacher"], metrics["student"], metrics["config"]
-    trained_as = students.AdapterSpec(c["student"], c["student_rank"], c["student_preset"]).label()
-    kind = "LoRaD" if c["student"] == "lorad" else trained_as
+    trained_as = students.AdapterSpec(c["student_kind"], c["student_rank"], c["student_preset"]).label()
+    kind = "LoRaD" if c["student_kind"] == "lorad" else trained_as
     rows = [f"| | teacher (25-step DDIM, CFG 3) | one-step student ({kind}) | student / teacher |", "|---|---|---|---|"]
     for key in ATTRIBUTES:
         if key in t["prompt_accuracy"]:
@@ -97,8 +98,8 @@ def run(args) -> int:
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir()
-    config = DistillConfig(out=str(out / "distill"), student=args.student, steps=args.steps, seed=args.seed,
-                           regression_pairs=args.regression_pairs, report_to="none")
+    config = DistillConfig.from_options(out=str(out / "distill"), student_kind=args.student_kind, steps=args.steps,
+                                        seed=args.seed, regression_pairs=args.regression_pairs, report_to="none")
     distiller = Distiller(config, progress=not args.quiet)
     student_path = distiller.run()
     minutes = distiller.seconds / 60
@@ -115,7 +116,7 @@ def run(args) -> int:
         "prompts": len(prompts),
         "render_floor_fid": render_floor(prompts, args.seed),
         "parameters": trainable_share(config),
-        "config": {k: v for k, v in vars(distiller.config).items()},
+        "config": distiller.config.options(),
         "distillation_steps": distiller.step,
         "distillation_minutes": minutes,
         "total_minutes": (time.perf_counter() - started) / 60,

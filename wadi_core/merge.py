@@ -17,12 +17,13 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import fileio
+from . import fileio, students
 from .models import keys
 from .models.families import build_on_meta
 from .lorad import functional as LF
 from .lorad.io import AdapterError, AdapterFile, check_strength, encode_name, match_layers, read_adapter
 from .models.checkpoint import WEIGHTS, Checkpoint, CheckpointError, open_checkpoint
+from .models.components import is_dit_folder
 
 
 def parse_adapter_spec(spec: str) -> tuple[Path, float]:
@@ -293,3 +294,31 @@ def _export_lora(base, adapters, out: Path, rank: int, dtype: torch.dtype, overw
     path = fileio.save_safetensors(tensors, out, meta, overwrite)
     relative = math.sqrt(err_sq / total_sq) if total_sq > 0 else 0.0
     return LoraExport(path, len(plan.layers), used, relative, worst[0], worst[1])
+
+
+# --- the student merged into its teacher's folder -------------------------------------------------
+
+def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """A copy of the teacher's diffusers folder whose UNet (or DiT) has the student baked in."""
+    fileio.refuse_same_path(out, [("--model", teacher), ("--student", adapter)])
+    if Path(teacher).is_file():  # a single-file teacher: a single file with the student's rotations baked in
+        if students.read_spec(adapter).kind != "lorad":
+            raise ValueError("--export-merged of a single-file teacher needs a LoRaD student; merge others into a "
+                             "diffusers folder of the teacher")
+        out = Path(out)
+        return merge_checkpoint(teacher, [(adapter, 1.0)], out if out.suffix == ".safetensors" else
+                                out.with_suffix(".safetensors"), "single-file", overwrite, progress=False)
+    from .models import load_components
+
+    components = load_components(teacher)
+    students.apply_adapter_file(components.unet, adapter)
+    network = students.plain_model(components.unet)
+    part = "transformer" if is_dit_folder(teacher) else "unet"
+    with fileio.atomic_dir(out, overwrite) as tmp:
+        shutil.copytree(teacher, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(part))
+        network.save_pretrained(tmp / part)
+        if part == "transformer":  # diffusers' own class name, so PixArt pipelines load the folder
+            config = json.loads((tmp / part / "config.json").read_text())
+            config["_class_name"] = "PixArtTransformer2DModel"
+            (tmp / part / "config.json").write_text(json.dumps(config, indent=1))
+    return Path(out)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wadi_cli.distill_defaults import default_lr
+from wadi_core.distill.recipes import Recipe, recipe_for_family
 from wadi_core.shapes.components import MODEL_DIR
 
 from .jobs import CommandJob, DistillJob, JobRefused
@@ -96,29 +96,58 @@ def output_folder(text: str) -> str:
     return str(path)
 
 
+def family_of(teacher: str) -> str:
+    """The family the weights of the teacher a field names show; "unknown" for a path that is not a model (yet)."""
+    from wadi_core.distill.recipes import family_of_path
+    from wadi_core.models import CheckpointError
+
+    try:
+        return family_of_path(model_path(teacher))
+    except (UIError, CheckpointError):
+        return "unknown"
+
+
+def recipe_of(teacher: str) -> Recipe:
+    """The recipe of the teacher's family (the paper's for a path that is not a model yet: every real teacher
+    gets it)."""
+    return recipe_for_family(family_of(teacher))
+
+
+# The Distill tab's fields that follow the recipe, in the order of recipe_fields' values.
+RECIPE_FIELDS = ("student_rank", "fake_rank", "steps", "lr_student", "lr_fake", "guidance", "fake_guidance")
+
+
+def recipe_fields(teacher: str, student_kind: str, fake_kind: str) -> tuple:
+    """The values the Distill tab shows for a teacher: its family's recipe (the fake model's guidance, which the
+    paper leaves equal to the teacher's, as that number)."""
+    r = recipe_of(teacher)
+    return (r.student_rank, r.fake_rank, r.steps, r.learning_rate("student", student_kind),
+            r.learning_rate("fake", fake_kind), r.guidance, r.guidance if r.fake_guidance is None else r.fake_guidance)
+
+
 def learning_rate_for(role: str, kind: str, teacher: str) -> float:
     """The default learning rate of the student or fake ``role`` trained as ``kind`` (LoRaD's angles take larger
     steps than additive factors or raw weights), for the field to follow its adapter dropdown."""
-    return default_lr(role, kind, names_embedded(teacher))
+    return recipe_of(teacher).learning_rate(role, kind)
 
 
-def start_distillation(teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student,
-                       lr_fake, guidance, fake_guidance, out, resume=False, sample_every=None) -> DistillJob:
-    from wadi_cli.distill import DistillConfig
+def start_distillation(teacher, prompts_path, pasted, student_kind, student_rank, fake_kind, fake_rank, steps,
+                       lr_student, lr_fake, guidance, fake_guidance, out, resume=False,
+                       sample_every=None) -> DistillJob:
+    from wadi_core.distill import DistillConfig
+    from wadi_core.distill.world import world_for_family
 
-    teacher = model_path(teacher)
-    embedded = Path(teacher) == MODEL_DIR.resolve()
     prompts = prompt_file(prompts_path, pasted)
-    if prompts is None and not embedded:
+    if prompts is None and world_for_family(family_of(teacher)).training_prompts() is None:
         raise UIError("this teacher needs prompts: give a prompt file or paste prompts, one per line")
     steps = positive_int(steps, "steps")
-    config = DistillConfig(
-        out=output_folder(out), teacher=teacher, prompts=prompts, student=student,
-        student_rank=positive_int(student_rank, "student rank"), fake=fake,
+    config = DistillConfig.from_options(
+        out=output_folder(out), model=model_path(teacher), prompts=prompts, student_kind=student_kind,
+        student_rank=positive_int(student_rank, "student rank"), fake_kind=fake_kind,
         fake_rank=positive_int(fake_rank, "fake rank"), steps=steps,
         lr_student=positive_float(lr_student, "student learning rate"),
-        lr_fake=positive_float(lr_fake, "fake learning rate"), guidance=cfg_scale(guidance, "teacher CFG"),
-        fake_guidance=cfg_scale(fake_guidance, "fake model CFG"),
+        lr_fake=positive_float(lr_fake, "fake learning rate"), guidance=cfg_scale(guidance, "teacher guidance"),
+        fake_guidance=cfg_scale(fake_guidance, "fake model guidance"),
         checkpoint_every=max(1, min(100, steps // 4)), sample_every=sample_every or max(1, min(100, steps // 4)),
         report_to="none", resume=bool(resume))
     return DistillJob.start(config)
@@ -210,7 +239,7 @@ def finished_student(out: str) -> Path:
 
 
 def merge_student(out: str, teacher: str) -> str:
-    from wadi_cli.distill import export_merged
+    from wadi_core.merge import export_merged
     merged = Path(output_folder(out)) / "merged"
     export_merged(model_path(teacher), finished_student(out), merged, overwrite=True)
     return f"wrote the merged model to {merged} (a diffusers folder; sample it in one step)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-from wadi_cli.distill_defaults import EMBEDDED_DEFAULTS
 from wadi_core import students
 
 from . import actions
@@ -67,20 +66,22 @@ def distill_tab(gr) -> None:
                                       "built-in shapes model")
             prompts_path = gr.Textbox(label="Prompt file", placeholder="prompts.txt (one per line, or JSONL)")
             pasted = gr.Textbox(label="...or paste prompts, one per line", lines=4)
-            d = EMBEDDED_DEFAULTS  # the fields start at the embedded world's measured recipe
+            # the fields start at the embedded teacher's recipe and follow the recipe of the teacher chosen
+            d = dict(zip(actions.RECIPE_FIELDS, actions.recipe_fields(actions.EMBEDDED, "lorad", "lorad")))
             with gr.Row():
-                student = gr.Dropdown(list(students.KINDS), value="lorad", label="Student adapter")
-                student_rank = gr.Number(value=d["student_rank"], precision=0, label="Student rank")
-                fake = gr.Dropdown(list(students.KINDS), value="lorad", label="Fake adapter")
-                fake_rank = gr.Number(value=d["fake_rank"], precision=0, label="Fake rank")
+                student = gr.Dropdown(list(students.KINDS), value="lorad", label="Student adapter kind")
+                student_rank = gr.Number(value=d["student_rank"], precision=0, label="Student rank",
+                                         elem_id="wadi_student_rank")
+                fake = gr.Dropdown(list(students.KINDS), value="lorad", label="Fake model adapter kind")
+                fake_rank = gr.Number(value=d["fake_rank"], precision=0, label="Fake model rank")
             with gr.Row():
                 steps = gr.Number(value=d["steps"], precision=0, label="Steps", elem_id="wadi_steps")
                 lr_student = gr.Number(value=d["lr_student"], label="Student learning rate")
-                lr_fake = gr.Number(value=d["lr_fake"], label="Fake learning rate")
-                guidance = gr.Number(value=d["guidance"], label="Teacher CFG")
-                fake_guidance = gr.Number(value=d["fake_guidance"], label="Fake model CFG",
+                lr_fake = gr.Number(value=d["lr_fake"], label="Fake model learning rate")
+                guidance = gr.Number(value=d["guidance"], label="Guidance (teacher)")
+                fake_guidance = gr.Number(value=d["fake_guidance"], label="Guidance (fake model)",
                                           info="1: the student aims at the teacher's guided images (DMD2); "
-                                               "= teacher CFG: the paper's script")
+                                               "= the teacher's: the paper's script")
             out = gr.Textbox(label="Output folder", value="wadi-ui-run", elem_id="wadi_distill_out")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="wadi_start")
@@ -121,6 +122,8 @@ def distill_tab(gr) -> None:
         job.stop()
         return "stopping after the current step (a checkpoint is written; Resume continues it)"
 
+    teacher.blur(actions.recipe_fields, inputs=[teacher, student, fake],
+                 outputs=[student_rank, fake_rank, steps, lr_student, lr_fake, guidance, fake_guidance])
     student.change(lambda kind, model: actions.learning_rate_for("student", kind, model), inputs=[student, teacher],
                    outputs=[lr_student])
     fake.change(lambda kind, model: actions.learning_rate_for("fake", kind, model), inputs=[fake, teacher],

@@ -92,12 +92,12 @@ class BackgroundJob:
 
 
 class DistillJob(BackgroundJob):
-    def __init__(self, config):  # a wadi_cli.distill.DistillConfig
+    def __init__(self, config):  # a wadi_core.distill.DistillConfig
         super().__init__(config.out)
         self.config = config
 
     def _work(self) -> None:
-        from wadi_cli.distill import Distiller  # torch, diffusers: only once a run starts
+        from wadi_core.distill import Distiller  # torch, diffusers: only once a run starts
 
         state = self.state
         try:

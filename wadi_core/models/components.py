@@ -15,6 +15,14 @@ from pathlib import Path
 import torch
 
 
+DIT_FOLDER = "transformer"
+
+
+def is_dit_folder(folder: str | os.PathLike) -> bool:
+    """A PixArt-style folder: a ``transformer/`` where an SD folder has its ``unet/``."""
+    return (Path(folder) / DIT_FOLDER / "config.json").is_file()
+
+
 class ModelFolderError(ValueError):
     """A model folder with a missing or unreadable part; the message names the file."""
 

@@ -18,8 +18,7 @@ import torch
 from diffusers import PixArtTransformer2DModel
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-DIT_FOLDER = "transformer"
-
+from .components import DIT_FOLDER, Components, ModelFolderError
 
 class EpsPixArtTransformer2DModel(PixArtTransformer2DModel):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
@@ -41,17 +40,12 @@ class EpsPixArtTransformer2DModel(PixArtTransformer2DModel):
         return Transformer2DModelOutput(sample=eps) if return_dict else (eps,)
 
 
-def is_dit_folder(folder: str | os.PathLike) -> bool:
-    return (Path(folder) / DIT_FOLDER / "config.json").is_file()
-
-
 def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.float32):
     """A diffusers PixArt folder (transformer/, text_encoder/ (T5), tokenizer/, vae/, scheduler/) as
     :class:`~wadi_core.shapes.components.Components`."""
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import AutoTokenizer, T5EncoderModel
 
-    from .components import Components, ModelFolderError
 
     folder = Path(folder)
     for part in ("tokenizer", "text_encoder", "vae", "scheduler"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .components import Components, load_sd_folder
+from .components import Components, is_dit_folder, load_sd_folder
 
 
 def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32) -> Components:
@@ -19,7 +19,7 @@ def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = 
     if Path(path).expanduser().is_file():
         from .single_file import load_single_file_components
         return load_single_file_components(path, dtype)
-    from .dit import is_dit_folder, load_dit_components  # diffusers' PixArt: imported only when needed
     if is_dit_folder(path):
+        from .dit import load_dit_components  # diffusers' PixArt: imported only when needed
         return load_dit_components(path, dtype)
     return load_sd_folder(path, dtype)

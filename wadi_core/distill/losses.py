@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sampling.prediction import per_sample, x0_from_eps
+from ..sampling.prediction import per_sample, x0_from_eps
 
 GENERATOR_T_RANGE = (20, 980)  # inclusive, as the authors' [0.02, 0.981) * 1000
 GRADIENT_MODES = ("wadi", "dmd2")

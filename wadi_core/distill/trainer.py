@@ -1,0 +1,603 @@
+"""WaDi distillation of a multi-step teacher into a one-step student (the spec's section 4), on one CPU or under
+``accelerate launch`` on many GPUs.
+
+Three networks share the teacher's architecture: the frozen teacher, the student (teacher + a trainable
+adapter, LoRaD by default) and the fake score model (teacher + its own adapter). A step reads in order:
+
+1. the student draws x0 from noise in one step;
+2. the VSD gradient: teacher and fake predict the noise of a re-noised x0, and the student is pushed toward the
+   teacher along ``sigma_t^2 (eps_teacher - eps_fake)``;
+3. the fake model learns the student's current distribution (``fake_updates`` times);
+4. bookkeeping: the step's record, the EMA, and a stop after ``max_bad_steps`` non-finite steps in a row.
+
+Every step's prompts and noise derive from (seed, step, micro-batch, process), so a run resumed from a
+checkpoint retraces the uninterrupted one exactly on CPU. The CLI, ``wadi demo``, the web UI and the ComfyUI
+nodes all run this class; what the teacher's world supplies comes through :mod:`wadi_core.distill.world`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import fileio, students
+from ..ema import EMA
+from ..images import side_by_side
+from ..models import NonFiniteError, decode, family_of_model, load_components
+from ..plots import loss_curves
+from ..prompts import read_prompts
+from ..sampling import MultiStep, check_eps_prediction, initial_latents, latent_shape
+from ..sampling.onestep import predict_x0
+from ..schedules import lr_factor
+from . import losses
+from .config import MAY_CHANGE, MATCH, OLD_OPTIONS, OPTIONS, DistillConfig
+from .extras import Extras
+from .recipes import family_of_path
+from .world import world_for_family
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "state.pt"
+# What a run writes into its folder; --overwrite removes these (and only these) before starting again.
+RUN_FILES = ("checkpoint", "samples", "student.safetensors", "history.json", "loss.png", "wadi-distill")
+
+
+class Diverged(RuntimeError):
+    """Raised after ``max_bad_steps`` consecutive non-finite losses; the last good checkpoint stays."""
+
+
+class ResumeMismatch(ValueError):
+    pass
+
+
+def every(step: int, interval: int) -> bool:
+    """True on each interval-th step; an interval of 0 switches the periodic action off."""
+    return interval > 0 and step % interval == 0
+
+
+def check_teacher(model: str | None) -> None:
+    """The teacher path is named before anything that depends on it (its prompts, its recipe) is asked for."""
+    if model and not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"the teacher {model} does not exist; give a diffusers SD folder, a single-file "
+                                "SD checkpoint or a PixArt-style DiT folder (or leave out --model for the embedded "
+                                "model)")
+
+
+def _reset_single_process_state() -> None:
+    """accelerate keeps one global state per process; a process that runs several distillations one after another
+    (tests, the web UI) must be able to change e.g. the mixed precision between them. Only done outside distributed
+    launches, where the state belongs to the launcher."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+class Distiller:
+    """One distillation run: setup, ``train_step()``, checkpoints, samples and the final files."""
+
+    def __init__(self, config: DistillConfig, progress: bool = True, log: Callable[[str], None] = print):
+        from accelerate import Accelerator
+
+        check_teacher(config.model)
+        self.config = config = config.resolved()
+        config.check()
+        self.out = Path(config.out).expanduser()
+        self.log = log
+        self.progress = progress
+        self.world = world_for_family(family_of_path(config.model))
+        self.prompts = self._prompt_list()
+        self.extras = Extras(self)
+        self.extras.check_prompts()
+        fileio.check_output(self.out, overwrite=True)  # its folder exists and can be written
+        fileio.refuse_same_path(self.out, [("--model", config.model), ("--prompts", config.prompts),
+                                           ("--gan-images", config.extras.gan.images)], inputs_may_be_inside=True)
+        if config.export_merged:  # checked now, not after the whole run
+            fileio.refuse_same_path(config.export_merged, [("--model", config.model), ("--out", self.out)])
+            fileio.check_output(config.export_merged, config.overwrite)
+
+        trackers = self._trackers()
+        _reset_single_process_state()
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                                       gradient_accumulation_steps=config.grad_accum,
+                                       log_with=trackers or None, project_dir=str(self.out))
+        self._claim = contextlib.ExitStack()  # the run folder's lock, held until the run ends
+        try:
+            self._setup(trackers)
+        except BaseException:
+            self.close()
+            raise
+
+    # ----- set-up
+
+    def _prompt_list(self) -> list[str]:
+        if self.config.prompts:
+            return read_prompts(self.config.prompts)
+        prompts = self.world.training_prompts()
+        if prompts is None:
+            raise ValueError("a prompt file is needed for this teacher: pass --prompts FILE (one prompt per line, "
+                             "or JSONL with a 'caption' field)")
+        return prompts
+
+    def _setup(self, trackers: list[str]) -> None:
+        c = self.config
+        if self.accelerator.is_main_process:
+            self._claim.enter_context(fileio.output_lock(self.out))
+            self._prepare_output()
+        self.accelerator.wait_for_everyone()
+        device = self.accelerator.device
+        self.teacher = load_components(c.model)
+        check_eps_prediction(self.teacher.scheduler.config)
+        self.family = family_of_model(self.teacher.unet)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
+        for module in (self.teacher.unet, self.teacher.text_encoder, self.teacher.vae):
+            module.to(device)
+        if weight_dtype != torch.float32:
+            self.teacher.unet.to(weight_dtype)
+
+        # Student and fake start as copies of the teacher; their base weights stay frozen (except "full").
+        torch.manual_seed(c.seed)  # adapter initialisation
+        self.student = self._trainable_copy(self.student_spec(), weight_dtype)
+        self.fake = self._trainable_copy(self.fake_spec(), weight_dtype)
+        self.student_params = [p for p in self.student.parameters() if p.requires_grad]
+        self.fake_params = [p for p in self.fake.parameters() if p.requires_grad]
+        # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
+        fused = device.type in ("cpu", "cuda")
+        self.opt_student = torch.optim.AdamW(self.student_params, lr=c.student.lr, weight_decay=0.0, fused=fused)
+        extra_groups = self.extras.fake_param_groups(device)
+        self.opt_fake = torch.optim.AdamW([{"params": self.fake_params}] + extra_groups, lr=c.fake.lr,
+                                          weight_decay=0.0, fused=fused)
+        self.student, self.fake, self.opt_student, self.opt_fake = self.accelerator.prepare(
+            self.student, self.fake, self.opt_student, self.opt_fake)
+        self.extras.prepare(self.accelerator)
+        self.fake_params += [p for group in extra_groups for p in group["params"]]  # clipped with the fake model
+        self.ema = EMA(self.student_params, c.ema) if c.ema else None
+        self.base_lrs = [[group["lr"] for group in opt.param_groups] for opt in (self.opt_student, self.opt_fake)]
+
+        self.abar = self.teacher.scheduler.alphas_cumprod.to(device)
+        self.final_t = self.teacher.scheduler.config.num_train_timesteps - 1
+        if c.timesteps.t_max > self.final_t:
+            raise ValueError(f"--generator-t-max {c.timesteps.t_max} is beyond this teacher's last timestep "
+                             f"{self.final_t}; give at most {self.final_t}")
+        self.shape = latent_shape(self.teacher)
+        self.extras.load_real_images()
+        self._embeddings = self._precompute_embeddings()
+        started = time.perf_counter()
+        self.extras.make_pairs()
+        self.step = 0
+        self.history: list[dict] = []
+        self.bad_steps = 0
+        self.last_step_finite = True
+        self.checkpoint_step: int | None = None  # the step of the last good checkpoint in the run folder
+        self.seconds = time.perf_counter() - started  # making the pairs is part of the training time
+        self._teacher_samples = None
+        if c.resume:
+            self._load_checkpoint()
+        if self.accelerator.is_main_process:  # only now, so that a refused run leaves nothing behind
+            self.out.mkdir(exist_ok=True)
+            (self.out / "samples").mkdir(exist_ok=True)
+        if trackers and self.accelerator.is_main_process:
+            self.accelerator.init_trackers("wadi-distill", config={k: v for k, v in c.options().items()
+                                                                   if isinstance(v, (int, float, str, bool))})
+
+    def _prepare_output(self) -> None:
+        """Under the run folder's lock: finish what a killed run left (a checkpoint swap cut in half, temporary
+        files), then check the folder for --resume, or clear the old run for --overwrite."""
+        c = self.config
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"--out {self.out} is a file; give a folder for the run")
+        for name in (CHECKPOINT, "student.safetensors"):
+            fileio.clean_leftovers(self.out / name)
+        if c.resume:
+            if not (self.out / CHECKPOINT / STATE_FILE).is_file():
+                raise FileNotFoundError(f"nothing to resume: {self.out / CHECKPOINT / STATE_FILE} does not exist; "
+                                        "start the run again with --overwrite instead of --resume")
+        elif self.out.exists() and any(self.out.iterdir()):
+            if not c.overwrite:
+                raise FileExistsError(f"{self.out} is not empty; pass --resume to continue the run in it, "
+                                      "--overwrite to start again there, or choose another --out")
+            fileio.remove_paths([self.out / name for name in RUN_FILES])  # the old run must not be resumed later
+
+    def close(self) -> None:
+        """Release the run folder (done by :meth:`run` and :meth:`finish`; call it when driving steps by hand)."""
+        self._claim.close()
+
+    def _trackers(self) -> list[str]:
+        if self.config.report_to == "none":
+            return []
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            self.log("tensorboard is not installed; losses go to history.json only (pip install tensorboard)")
+            return []
+        return ["tensorboard"]
+
+    def student_spec(self) -> students.AdapterSpec:
+        s = self.config.student
+        return students.AdapterSpec(s.kind, s.rank, s.preset)
+
+    def fake_spec(self) -> students.AdapterSpec:
+        f = self.config.fake
+        return students.AdapterSpec(f.kind, f.rank, f.preset)
+
+    def _trainable_copy(self, spec: students.AdapterSpec, weight_dtype) -> torch.nn.Module:
+        model = copy.deepcopy(self.teacher.unet)
+        if spec.kind != "full" and weight_dtype != torch.float32:
+            model.to(weight_dtype)  # frozen base weights in half precision; adapters stay float32
+        students.add_adapter(model, spec)
+        if self.config.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        return model.train()
+
+    @torch.no_grad()
+    def _precompute_embeddings(self) -> dict[str, torch.Tensor] | None:
+        """Text embeddings of every prompt, computed once (the text encoder is frozen)."""
+        self.null = self.teacher.encode_prompts([""]).to(self.accelerator.device)
+        if len(self.prompts) > 20000:
+            return None  # too many to keep: encode per batch instead
+        out = {}
+        texts = list(dict.fromkeys(self.prompts + self.extras.captions()))
+        for start in range(0, len(texts), 256):
+            chunk = texts[start:start + 256]
+            for prompt, emb in zip(chunk, self.teacher.encode_prompts(chunk)):
+                out[prompt] = emb
+        return out
+
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        if self._embeddings is not None:
+            return torch.stack([self._embeddings[p] for p in prompts])
+        with torch.no_grad():
+            return self.teacher.encode_prompts(prompts).to(self.accelerator.device)
+
+    # ----- the step
+
+    def _batch(self, micro: int) -> tuple[list[str], torch.Generator, np.random.Generator]:
+        """Prompts and the random generators of one micro-batch, fixed by (seed, step, micro-batch, process)."""
+        c = self.config
+        rng = np.random.default_rng([c.seed, self.step, micro, self.accelerator.process_index])
+        prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=c.batch_size)]
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        return prompts, gen, rng
+
+    def _eps(self, model, x_t, t, cond_pos, scale):
+        """Guided eps of ``model`` (CFG ``scale``): one batched call for both halves; at scale 1 the conditional
+        half alone."""
+        guided = scale != 1
+        n = x_t.shape[0]
+        x = torch.cat([x_t, x_t]) if guided else x_t
+        cond = torch.cat([self.null.expand(n, -1, -1), cond_pos]) if guided else cond_pos
+        with self.accelerator.autocast():
+            eps = model(x.to(next(model.parameters()).dtype), torch.cat([t, t]) if guided else t,
+                        cond.to(x.dtype)).sample.float()
+        if not guided:
+            return eps
+        uncond, pos = eps.chunk(2)
+        return losses.guided(uncond, pos, scale)
+
+    def _micro_step(self, micro: int) -> dict[str, float]:
+        c, acc, device = self.config, self.accelerator, self.accelerator.device
+        prompts, gen, rng = self._batch(micro)
+        n = len(prompts)
+        z = torch.randn((n, *self.shape), generator=gen)
+        pick = self.extras.edit_batch(prompts, z, rng)
+        cond = self.embed(prompts)
+        z = z.to(device)
+
+        with acc.accumulate(self.student):
+            # 1. the student's one-step x0
+            with acc.autocast():
+                x0 = predict_x0(self.student, self.teacher.scheduler, z, cond).float()
+            # 2. the VSD gradient at a re-noised x0, and the student's step along it
+            t = losses.sample_generator_timesteps(n, gen, device, self.generator_t_range())
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
+            with torch.no_grad():
+                eps_real = self._eps(self.teacher.unet, x_t, t, cond, c.guidance)
+                eps_fake = self._eps(self.fake, x_t, t, cond, c.guidance if c.fake_guidance is None else
+                                     c.fake_guidance)
+            grad = losses.score_gradient(x0.detach(), x_t, eps_real, eps_fake, self.abar[t], c.gradient_mode)
+            loss_g = losses.generator_loss(x0, grad)
+            extra, record = self.extras.student_loss(x0, noise, t, cond, pick)
+            loss = loss_g if extra is None else loss_g + extra
+            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(x0).all())
+            if finite:
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.student_params, 1.0)
+                self.opt_student.step()
+            self.opt_student.zero_grad(set_to_none=True)
+
+        # 3. the fake model learns the student's current distribution
+        self.extras.before_fake_updates(prompts, gen)
+        for update in range(c.fake_updates):
+            loss_f, loss_d = self._fake_update(x0.detach(), cond, gen, first=update == 0)
+            if update == 0 and self.extras.gan is not None:
+                record["loss_discriminator"] = loss_d.item()
+        return {"loss_student": loss_g.item(), "loss_fake": loss_f.item(),
+                "finite": finite and bool(torch.isfinite(loss_f)), "grad_norm": grad.norm().item() / math.sqrt(n),
+                **record}
+
+    def _fake_update(self, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, first: bool):
+        """One step of the fake model's eps loss on the student's x0 (with the extras' terms); returns the loss and
+        the discriminator's (zero without the GAN term)."""
+        c, acc, device = self.config, self.accelerator, self.accelerator.device
+        n = x0.shape[0]
+        with acc.accumulate(self.fake):
+            t = losses.sample_fake_timesteps(n, len(self.abar), gen, device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu()).to(device)
+            drop = (torch.rand(n, generator=gen) < c.null_prompt_share).to(device)
+            cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
+            x_in, t_in, cond_in = self.extras.fake_inputs(x_t, t, cond_f, noise, drop, first)
+            with acc.autocast(), self.extras.capture(first):
+                dtype = next(self.fake.parameters()).dtype
+                pred = self.fake(x_in.to(dtype), t_in, cond_in.to(dtype)).sample
+            loss = losses.fake_model_loss(pred[:n], noise, self.abar[t])
+            extra, loss_d = self.extras.fake_loss(first)
+            if extra is not None:
+                loss = loss + extra
+            if torch.isfinite(loss):
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.fake_params, 1.0)
+                self.opt_fake.step()
+            self.opt_fake.zero_grad(set_to_none=True)
+        return loss.detach(), loss_d.detach()
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step (``grad_accum`` micro-batches) on both networks; returns its record."""
+        started = time.perf_counter()
+        self._set_learning_rates()
+        results = [self._micro_step(m) for m in range(self.config.grad_accum)]
+        # 4. bookkeeping
+        finite = all(r["finite"] for r in results)
+        self.last_step_finite = finite
+        if finite:
+            self.bad_steps = 0
+            if self.ema:
+                self.ema.update()
+        else:
+            self.bad_steps += 1
+            if self.bad_steps >= self.config.max_bad_steps:
+                raise Diverged(f"the losses were NaN/Inf for {self.bad_steps} steps in a row (up to step "
+                               f"{self.step + 1}); stopped. {self.divergence_advice()}")
+        logged = ("loss_student", "loss_fake", "grad_norm") + self.extras.logged()
+        record = {"step": self.step + 1, **{k: float(np.mean([r[k] for r in results])) for k in logged},
+                  "skipped": not finite, "seconds": time.perf_counter() - started}
+        self.history.append(record)
+        self.seconds += record["seconds"]
+        self.step += 1
+        self.accelerator.log({k: v for k, v in record.items() if k not in ("step", "skipped")}, step=self.step)
+        return record
+
+    def generator_t_range(self) -> tuple[int, int]:
+        """The VSD gradient's timestep range at this step (a pure function of the step, so resuming is exact)."""
+        t, steps = self.config.timesteps, self.config.steps
+        late = t.late_fraction and self.step >= steps - round(t.late_fraction * steps)
+        return t.t_min, t.late_t_max if late else t.t_max
+
+    def _set_learning_rates(self) -> None:
+        c = self.config
+        factor = lr_factor(c.lr_schedule, self.step, c.steps, c.lr_warmup)
+        for opt, base in zip((self.opt_student, self.opt_fake), self.base_lrs):
+            for group, lr in zip(opt.param_groups, base):
+                group["lr"] = lr * factor
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False,
+            on_step: Callable[[dict], None] | None = None) -> Path | None:
+        """Train to ``config.steps`` with checkpoints and sample grids; returns the final adapter (None if
+        ``should_stop`` ended the run early, after writing a checkpoint)."""
+        c = self.config
+        bar = tqdm(total=c.steps, initial=self.step, desc="distilling", disable=not self.progress)
+        if self.step == 0:
+            self.write_samples()
+        try:
+            while self.step < c.steps:
+                record = self.train_step()
+                bar.update(1)
+                bar.set_postfix(student=f"{record['loss_student']:.3g}", fake=f"{record['loss_fake']:.3g}")
+                if on_step:
+                    on_step(record)
+                if every(self.step, c.checkpoint_every) and self.step < c.steps and not record["skipped"]:
+                    self.save_checkpoint()
+                if every(self.step, c.sample_every) or self.step == c.steps:
+                    self.write_samples()
+                if should_stop() and self.step < c.steps:
+                    if self.save_checkpoint() is not None:
+                        self.log(f"stopped at step {self.step}; continue with --resume")
+                    else:
+                        self.log(f"stopped at step {self.step}; {self.divergence_advice()}")
+                    return None
+            return self.finish()
+        finally:
+            bar.close()
+            self.close()
+
+    def divergence_advice(self) -> str:
+        """Where the last good checkpoint is and the command that continues from it at lower rates (the rates and
+        the mixed precision may change on resume; the other settings must not)."""
+        c = self.config
+        lower = f"--lr-student {c.student.lr / 4:.3g} --lr-fake {c.fake.lr / 4:.3g}" + \
+            (" --mixed-precision no" if c.mixed_precision != "no" else "")
+        if self.checkpoint_step is not None:
+            return (f"The last good checkpoint (step {self.checkpoint_step}) is in {self.out / CHECKPOINT}; continue "
+                    f"from it at lower rates: wadi distill --out {self.out} --resume {lower} (and the run's other "
+                    "options as before)")
+        return (f"No good checkpoint was written before it; start again at lower rates: wadi distill --out "
+                f"{self.out} --overwrite {lower} (and the run's other options as before)")
+
+    def weights_are_finite(self) -> bool:
+        tensors = self.student_params + self.fake_params + (list(self.ema.shadow) if self.ema else [])
+        return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+    # ----- outputs
+
+    def unwrapped_student(self):
+        return self.accelerator.unwrap_model(self.student)
+
+    @torch.no_grad()
+    def student_images(self, prompts, seeds) -> np.ndarray:
+        student = self.unwrapped_student()
+        student.eval()
+        if self.ema:
+            self.ema.swap()
+        try:
+            z = initial_latents(seeds, self.shape).to(self.accelerator.device)
+            cond = self.embed(list(prompts)) if all(p in (self._embeddings or {}) for p in prompts) else \
+                self.teacher.encode_prompts(list(prompts)).to(self.accelerator.device)
+            dtype = next(student.parameters()).dtype
+            with self.accelerator.autocast():
+                x0 = predict_x0(student, self.teacher.scheduler, z.to(dtype), cond.to(dtype))
+            return decode(self.teacher, x0.float())
+        finally:
+            if self.ema:
+                self.ema.swap()
+            student.train()
+
+    def write_samples(self) -> Path | None:
+        """Teacher (multi-step CFG) vs student (one step) on fixed prompts and seeds."""
+        if not self.accelerator.is_main_process:
+            return None
+        prompts = list(self.world.sample_prompts()) or self.prompts[:8]
+        seeds = list(range(len(prompts)))
+        if self._teacher_samples is None:
+            self._teacher_samples = MultiStep(steps=25, guidance=self.config.sample_guidance)(
+                self.teacher, prompts, seeds)
+        try:
+            student = self.student_images(prompts, seeds)
+        except NonFiniteError:  # a diverging step: the losses say so, and the checkpoint is not replaced
+            self.log(f"no sample grid at step {self.step}: the student's images are not finite")
+            return None
+        grid = side_by_side({"teacher 25 steps": self._teacher_samples, f"student, step {self.step}": student},
+                            prompts)
+        path = fileio.save_png(grid, self.out / "samples" / f"step_{self.step:06d}.png", overwrite=True)
+        fileio.save_png(grid, self.out / "samples" / "latest.png", overwrite=True)
+        return path
+
+    def write_loss_plot(self) -> Path:
+        path = self.out / "loss.png"
+        curves = {"student (generator) loss": [r["loss_student"] for r in self.history],
+                  "fake score model loss": [r["loss_fake"] for r in self.history],
+                  **self.extras.curves(self.history)}
+        loss_curves(curves, path,
+                    title=f"WaDi distillation ({self.config.student.kind} student, {self.config.fake.kind} fake)")
+        fileio.write_text(self.out / "history.json", json.dumps(self.history), overwrite=True)
+        return path
+
+    def resume_options(self) -> dict:
+        """The options a checkpoint records: every one a resumed run must match or may change."""
+        return {name: value for name, value in self.config.options().items() if self.config.rule(name) != "free"}
+
+    def save_checkpoint(self) -> Path | None:
+        """Adapter weights, optimiser and EMA states, step and history, written atomically; only a good state (its
+        last step's losses and all its weights finite), so that the checkpoint is always one to resume."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        if not (self.last_step_finite and self.weights_are_finite()):
+            self.log(f"no checkpoint at step {self.step}: its losses or weights are not finite; the last good one "
+                     f"(step {self.checkpoint_step}) stays" if self.checkpoint_step is not None else
+                     f"no checkpoint at step {self.step}: its losses or weights are not finite")
+            return None
+        state = {
+            "config": self.resume_options(),
+            "step": self.step, "history": self.history, "seconds": self.seconds,
+            "student": students.trainable_state(self.unwrapped_student(), self.student_spec()),
+            "fake": students.trainable_state(self.accelerator.unwrap_model(self.fake), self.fake_spec()),
+            "opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
+            "ema": self.ema.shadow if self.ema else None,
+            **self.extras.state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        with fileio.atomic_dir(self.out / CHECKPOINT, overwrite=True) as tmp:
+            torch.save(state, tmp / STATE_FILE)
+        self.checkpoint_step = self.step
+        self.write_loss_plot()
+        return self.out / CHECKPOINT
+
+    def _load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT / STATE_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"cannot read the checkpoint {path} ({err}); it is damaged — start again with "
+                             "--overwrite") from None
+        needed = ("config", "step", "history", "seconds", "student", "fake", "opt_student", "opt_fake", "torch_rng")
+        missing = [key for key in needed if not isinstance(state, dict) or key not in state]
+        if missing or not isinstance(state["config"], dict):
+            raise ValueError(f"the checkpoint {path} has no '{(missing or ['config'])[0]}'; it was not written by "
+                             "wadi distill or is damaged — start again with --overwrite")
+        saved = {OLD_OPTIONS.get(k, k): v for k, v in state["config"].items()}  # checkpoints of older versions
+        # an option missing from an older checkpoint had its default then; checkpoints from before the late phase
+        # had none, and before recipes the recipe followed the teacher, as it does now
+        defaults = DistillConfig().options() | {"late_fraction": 0.0, "recipe": self.config.recipe}
+        for name in OPTIONS:
+            rule, now = self.config.rule(name), self.config.options()[name]
+            was = saved.get(name, defaults[name])
+            if rule == MATCH and was != now:
+                raise ResumeMismatch(f"cannot resume {self.out}: its checkpoint was made with {name}={was!r} but "
+                                     f"this run asks for {name}={now!r}; use the same settings or another --out")
+            if rule == MAY_CHANGE and name in saved and was != now:
+                self.log(f"resuming with {name}={now!r} (the checkpoint's run used {was!r})")
+        students.load_trainable_state(self.unwrapped_student(), self.student_spec(), state["student"])
+        students.load_trainable_state(self.accelerator.unwrap_model(self.fake), self.fake_spec(), state["fake"])
+        self.opt_student.load_state_dict(state["opt_student"])
+        self.opt_fake.load_state_dict(state["opt_fake"])
+        self.extras.load_state(state)
+        if self.ema and state["ema"] is not None:
+            for s, saved_tensor in zip(self.ema.shadow, state["ema"]):
+                s.copy_(saved_tensor)
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.history, self.seconds = state["step"], state["history"], state["seconds"]
+        self.checkpoint_step = self.step
+        self.log(f"resumed {self.out} at step {self.step}")
+
+    def finish(self) -> Path:
+        """The final ``student.safetensors`` (EMA weights if EMA is on), loss plot, optional merged model."""
+        from ..merge import export_merged
+
+        self.accelerator.wait_for_everyone()
+        path = self.out / "student.safetensors"
+        if not (self.last_step_finite and self.weights_are_finite()):
+            self.close()
+            raise Diverged(f"the weights are not finite after step {self.step}, so no student was written. "
+                           f"{self.divergence_advice()}")
+        if self.accelerator.is_main_process:
+            self.save_checkpoint()
+            if self.ema:
+                self.ema.swap()
+            extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),
+                     "wadi.one_step_t": str(self.final_t)}
+            students.save_adapter_file(self.unwrapped_student(), self.student_spec(), path, extra=extra,
+                                       overwrite=True)
+            if self.config.export_merged:
+                export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite)
+            if self.ema:
+                self.ema.swap()
+        self.accelerator.end_training()
+        self.close()
+        return path
+
+
+def trainable_share(config: DistillConfig) -> dict[str, float]:
+    """Trainable parameters of student and fake, and their share of the teacher's backbone."""
+    config = config.resolved()
+    unet = load_components(config.model).unet
+    total = sum(p.numel() for p in unet.parameters())
+    out = {"unet_parameters": total}
+    for role, net in (("student", config.student), ("fake", config.fake)):
+        model = copy.deepcopy(unet)
+        params = students.add_adapter(model, students.AdapterSpec(net.kind, net.rank, net.preset))
+        out[f"{role}_trainable"] = sum(p.numel() for p in params)
+        out[f"{role}_share"] = out[f"{role}_trainable"] / total
+    return out
