@@ -27,7 +27,7 @@ from wadi_core.lorad.presets import select_targets
 from wadi_core.shapes import sample_prompts
 from wadi_core.models import load_components
 from wadi_core.shapes.components import MODEL_DIR
-from wadi_core.weight_sources import open_source
+from wadi_core.analysis.sources import open_source
 
 # Ranks chosen so that LoRaD, LoRA and DoRA train about the same number of parameters
 # (LoRaD needs r * (out + in/2) per layer, LoRA r * (out + in)).

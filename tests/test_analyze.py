@@ -15,7 +15,7 @@ from conftest import randomize, tiny_unet, write_sd_folder
 from wadi_cli.cli import main
 from wadi_core import analysis, students
 from wadi_core.lorad.io import AdapterError
-from wadi_core.weight_sources import ArchitectureMismatch, open_source
+from wadi_core.analysis.sources import ArchitectureMismatch, open_source
 
 
 def rotate_rows(weight: torch.Tensor, angle: float) -> torch.Tensor:

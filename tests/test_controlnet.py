@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from wadi_core import controlnet as C
+from wadi_core.tasks import controlnet as C
 from wadi_core.sampling import onestep
 from wadi_core.sampling import image_size
 from wadi_core.models import load_components

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wadi_cli.cli import main
-from wadi_core import dreambooth as D
+from wadi_core.tasks import dreambooth as D
 from wadi_core import students
 from wadi_core.sampling import onestep
 from wadi_core.shapes import novel, render_batch, sample_scenes

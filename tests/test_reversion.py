@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from wadi_cli.cli import main
 from wadi_core.models import embeddings
-from wadi_core.reversion import (ReVersionConfig, read_exemplars, relation_timesteps, steering_loss,
+from wadi_core.tasks.reversion import (ReVersionConfig, read_exemplars, relation_timesteps, steering_loss,
                                  train_relation)
 from wadi_core.shapes import novel
 from wadi_core.models import load_components

@@ -9,6 +9,7 @@ import os
 import sys
 
 from wadi_core import __version__
+from wadi_core.errors import user_errors
 
 from . import (analyze_cmd, controlnet_cmd, demo_cmd, distill, dreambooth_cmd, eval_cmd, generate_cmd, highres_cmd,
                inspect_cmd, merge_cmd, presets_cmd, reversion_cmd, ui_cmd)
@@ -31,19 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         module.register(sub)
     return parser
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    from wadi_core.models.keys import KeyConversionError
-    from wadi_core.lorad.io import AdapterError
-    from wadi_core.models import CheckpointError
-    from wadi_core.prompts import PromptFileError
-    from wadi_core.models import ModelFolderError
-    import torch
-
-    from wadi_core.distill import Diverged
-    return (Diverged, AdapterError, CheckpointError, KeyConversionError, PromptFileError, ModelFolderError, ValueError,
-            FileNotFoundError, FileExistsError, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
 
 
 def quiet_model_loading() -> None:

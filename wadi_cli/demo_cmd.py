@@ -1,30 +1,12 @@
-"""``wadi demo``: the whole story on the embedded world in one command.
-
-Distil the shipped teacher into a one-step LoRaD student, evaluate teacher (25 steps, CFG) and
-student (1 step) on held-out prompts, and write into one folder: ``grid.png`` (renders |
-teacher | student), ``loss.png``, ``report.md`` and ``metrics.json``. The distillation run stays
-in ``distill/`` (checkpoint, sample grids, ``student.safetensors``).
-"""
+"""``wadi demo``: the whole story on the embedded world in one command (:func:`wadi_core.demo.run_demo`)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
-from pathlib import Path
+from wadi_core import students
+from wadi_core.demo import run_demo
 
-from wadi_core import fileio, students
-from wadi_core.evaluate import evaluate_student, evaluate_teacher, reference_renders
-from wadi_core.images import side_by_side
-from wadi_core.shapes import sample_prompts
-from wadi_core.shapes.components import MODEL_DIR
-
-from wadi_core.distill import DistillConfig, Distiller, trainable_share
 from . import argtypes as A
 from .outputs import writes
-
-ATTRIBUTES = ("single/color", "single/shape", "single/size", "single/position", "relation/color",
-              "relation/shape", "relation/relation")
 
 
 def register(sub) -> None:
@@ -44,88 +26,13 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def evaluate_teacher_and_student(student_path: Path, prompts: list[str], seed: int, progress: bool) -> dict:
-    """Held-out metrics and speed of the teacher (25-step DDIM, CFG 3) and the one-step student."""
-    teacher, teacher_images = evaluate_teacher(MODEL_DIR, prompts, seed, progress=progress)
-    student, student_images = evaluate_student(MODEL_DIR, student_path, prompts, seed, progress=progress)
-    return {"teacher": teacher, "student": student, "speedup": teacher["seconds"] / student["seconds"],
-            "images": {"teacher": teacher_images, "student": student_images}}
-
-
-def report_markdown(metrics: dict) -> str:
-    t, s, c = metrics["teacher"], metrics["student"], metrics["config"]
-    trained_as = students.AdapterSpec(c["student_kind"], c["student_rank"], c["student_preset"]).label()
-    kind = "LoRaD" if c["student_kind"] == "lorad" else trained_as
-    rows = [f"| | teacher (25-step DDIM, CFG 3) | one-step student ({kind}) | student / teacher |", "|---|---|---|---|"]
-    for key in ATTRIBUTES:
-        if key in t["prompt_accuracy"]:
-            a, b = t["prompt_accuracy"][key], s["prompt_accuracy"][key]
-            rows.append(f"| {key} accuracy | {a:.1%} | {b:.1%} | {b / a if a else float('nan'):.2f} |")
-    rows.append(f"| domain FID (lower is better) | {t['fid']:.1f} | {s['fid']:.1f} | {s['fid'] / t['fid']:.2f} |")
-    rows.append(f"| precision / recall | {t['precision']:.2f} / {t['recall']:.2f} | "
-                f"{s['precision']:.2f} / {s['recall']:.2f} | |")
-    rows.append(f"| images per second | {t['images_per_second']:.1f} | {s['images_per_second']:.1f} | "
-                f"{metrics['speedup']:.1f}x faster |")
-    p = metrics["parameters"]
-    return "\n".join([
-        "# wadi demo",
-        "",
-        f"The shipped shapes teacher was distilled into a one-step student ({trained_as}, learning rate "
-        f"{c['lr_student']:g}) in {metrics['distillation_steps']} steps "
-        f"({metrics['distillation_minutes']:.1f} min on this machine). "
-        f"Evaluated on {metrics['prompts']} held-out prompts (never seen in training); the judge reads colour, "
-        "shape, size, position and relation back from the pixels.",
-        "",
-        *rows,
-        "",
-        f"Trainable parameters: student {p['student_trainable']:,} ({p['student_share']:.1%} of the UNet's "
-        f"{p['unet_parameters']:,}), fake score model {p['fake_trainable']:,} ({p['fake_share']:.1%}).",
-        f"FID of a second set of renders (the floor): {metrics['render_floor_fid']:.1f}.",
-        "",
-        "Files: `grid.png` (renders | teacher | student, same prompts and seeds), `loss.png`, `metrics.json`,",
-        "`distill/student.safetensors` (use it with `wadi generate --student`), `distill/samples/`.",
-        f"Whole demo: {metrics['total_minutes']:.1f} min.",
-        "",
-    ])
-
-
 @writes("out")
 def run(args) -> int:
-    from wadi_core.evaluate import render_floor
-
-    started = time.perf_counter()
-    out = fileio.check_output(args.out, args.overwrite)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir()
-    config = DistillConfig.from_options(out=str(out / "distill"), student_kind=args.student_kind, steps=args.steps,
-                                        seed=args.seed, regression_pairs=args.regression_pairs, report_to="none")
-    distiller = Distiller(config, progress=not args.quiet)
-    student_path = distiller.run()
-    minutes = distiller.seconds / 60
-    shutil.copy(out / "distill" / "loss.png", out / "loss.png")
-
-    prompts = [p.caption() for p in sample_prompts(args.num_prompts, "heldout", seed=args.seed)]
-    result = evaluate_teacher_and_student(student_path, prompts, args.seed, not args.quiet)
-    images = result.pop("images")
-    shown = slice(0, 16)
-    side_by_side({"render": reference_renders(prompts[shown], args.seed), "teacher 25 steps": images["teacher"][shown],
-                  "student 1 step": images["student"][shown]}, prompts[shown]).save(out / "grid.png")
-    metrics = {
-        **result,
-        "prompts": len(prompts),
-        "render_floor_fid": render_floor(prompts, args.seed),
-        "parameters": trainable_share(config),
-        "config": distiller.config.options(),
-        "distillation_steps": distiller.step,
-        "distillation_minutes": minutes,
-        "total_minutes": (time.perf_counter() - started) / 60,
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "report.md").write_text(report_markdown(metrics))
+    metrics = run_demo(args.out, args.steps, args.num_prompts, args.student_kind, args.seed, args.regression_pairs,
+                       args.overwrite, progress=not args.quiet)
     t, s = metrics["teacher"]["prompt_accuracy"], metrics["student"]["prompt_accuracy"]
     print(f"teacher: colour {t['single/color']:.1%} shape {t['single/shape']:.1%} FID {metrics['teacher']['fid']:.1f}"
           f" | student (1 step): colour {s['single/color']:.1%} shape {s['single/shape']:.1%} "
-          f"FID {metrics['student']['fid']:.1f} | {result['speedup']:.1f}x faster")
-    print(f"wrote {out}/report.md, metrics.json, grid.png and loss.png ({metrics['total_minutes']:.1f} min)")
+          f"FID {metrics['student']['fid']:.1f} | {metrics['speedup']:.1f}x faster")
+    print(f"wrote {args.out}/report.md, metrics.json, grid.png and loss.png ({metrics['total_minutes']:.1f} min)")
     return 0

@@ -5,10 +5,9 @@ for a merged student folder)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from wadi_core import fileio, students
-from wadi_core.images import labelled_grid, save_pngs
+from wadi_core import students
+from wadi_core.images import write_images
 from wadi_core.merge import parse_adapter_spec
 from wadi_core.prompts import read_prompts
 from wadi_core.sampling import SAMPLERS, Generator, Sampler, build_generator
@@ -80,16 +79,12 @@ def collect_prompts(args) -> list[str]:
 @writes("out")
 def run(args) -> int:
     prompts = collect_prompts(args)
-    out = Path(args.out)
-    fileio.check_output(out, args.overwrite)
     generator, sampler, description = load_generator(args)
     seeds = [args.seed + i for i in range(len(prompts))]
     start = time.perf_counter()
     images = generator(prompts, seeds, sampler, progress=not args.quiet)
     seconds = time.perf_counter() - start
-    with fileio.atomic_dir(out, args.overwrite) as tmp:
-        save_pngs(images, prompts, tmp, seeds)
-        labelled_grid(images, [f"{p} (seed {s})" for p, s in zip(prompts, seeds)]).save(tmp / "grid.png")
-    print(f"wrote {len(images)} images and grid.png to {out}: {seconds:.1f} s, "
+    write_images(args.out, images, prompts, seeds, args.overwrite, [f"{p} (seed {s})" for p, s in zip(prompts, seeds)])
+    print(f"wrote {len(images)} images and grid.png to {args.out}: {seconds:.1f} s, "
           f"{len(images) / seconds:.1f} images/s ({description})")
     return 0

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from wadi_core import fileio, students
-from wadi_core.sampling import highres, onestep
-from wadi_core.images import labelled_grid, save_pngs
-from wadi_core.models import load_components
+from wadi_core.images import write_images
+from wadi_core.sampling import OneStep, TwoStage, build_generator
 from wadi_core.shapes.components import MODEL_DIR
 
 from . import argtypes as A
@@ -40,22 +37,14 @@ def register(sub) -> None:
 @writes("out")
 def run(args) -> int:
     prompts = collect_prompts(args)
-    if args.scale < 1:
-        raise ValueError(f"--scale must be at least 1, got {args.scale}")
-    out = fileio.check_output(args.out, args.overwrite)
-    student = load_components(args.model)
-    students.apply_adapter_file(student.unet, Path(args.student))
+    student = build_generator(args.model, [(args.student, 1.0)])
+    sampler = OneStep(scale=args.scale) if args.route == "one-step" else \
+        TwoStage(build_generator(args.model).components, args.scale, args.strength, args.refine_steps, args.guidance)
     seeds = [args.seed + i for i in range(len(prompts))]
     start = time.perf_counter()
-    if args.route == "one-step":
-        images = onestep.generate(student, prompts, seeds, scale=args.scale)
-    else:
-        images = highres.two_stage(student, load_components(args.model), prompts, seeds, args.scale, args.strength,
-                                   args.refine_steps, args.guidance, progress=True)
+    images = student(prompts, seeds, sampler, progress=args.route != "one-step")
     seconds = time.perf_counter() - start
-    with fileio.atomic_dir(out, args.overwrite) as tmp:
-        save_pngs(images, prompts, tmp, seeds)
-        labelled_grid(images, prompts).save(tmp / "grid.png")
-    print(f"wrote {len(images)} images of {images.shape[1]}x{images.shape[2]} to {out} ({args.route}, "
+    write_images(args.out, images, prompts, seeds, args.overwrite)
+    print(f"wrote {len(images)} images of {images.shape[1]}x{images.shape[2]} to {args.out} ({args.route}, "
           f"{seconds / len(images) * 1000:.0f} ms per image)")
     return 0

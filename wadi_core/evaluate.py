@@ -4,6 +4,7 @@ renders of the same prompts, k-NN precision/recall, and speed."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -51,6 +52,45 @@ def evaluate_images(images: np.ndarray, prompts: Sequence[str], seed: int = 0, f
     return result
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """What FID and CLIP score are measured with on real models: a feature network (a ``torch.export`` .pt2, e.g. an
+    Inception), a folder of real images, a CLIP folder. Empty: the shapes world's own feature net and renders."""
+
+    fid_features: str | None = None
+    reference: str | None = None
+    clip: str | None = None
+
+    def inputs(self, components) -> tuple[object, np.ndarray | None]:
+        """``(feature network or None, reference images or None)``."""
+        from .metrics import load_feature_network
+        from .sampling import image_size
+
+        net = load_feature_network(self.fid_features) if self.fid_features else None
+        reference = load_image_folder(self.reference, image_size(components)) if self.reference else None
+        return net, reference
+
+    def measure(self, images: np.ndarray, prompts: Sequence[str], seed: int, inputs) -> dict:
+        return evaluate_images(images, prompts, seed, inputs[0], inputs[1], self.clip)
+
+
+def summary_line(name: str, result: dict) -> str:
+    """One line of a result: the attribute accuracies, FID, CLIP score and speed it has."""
+    acc = result["prompt_accuracy"]
+    parts = [f"{name}:"]
+    for key in ("single/color", "single/shape", "single/size", "single/position", "relation/axis", "relation/relation",
+                "all"):
+        if key in acc:
+            parts.append(f"{key} {acc[key]:.1%}")
+    if "fid" in result:
+        parts.append(f"FID {result['fid']:.2f}")
+    if "clip_score" in result:
+        parts.append(f"CLIP score {result['clip_score']:.2f}")
+    if "images_per_second" in result:
+        parts.append(f"{result['images_per_second']:.1f} img/s")
+    return "  ".join(parts)
+
+
 def load_image_folder(folder, size: int) -> np.ndarray:
     """Every PNG/JPEG in ``folder`` as ``uint8 [n, size, size, 3]`` (centre-cropped and resized)."""
     return read_image_folder(folder, size, min_count=2)[1]
@@ -95,3 +135,31 @@ def evaluate_student(model_dir, adapter, prompts: Sequence[str], seed: int = 0,
     from .sampling import OneStep, build_generator
     return evaluate_generator(build_generator(model_dir, [(adapter, 1.0)]), OneStep(), prompts, seed, progress,
                               warm_up=True)
+
+
+def evaluate_model(generator, sampler, prompts: Sequence[str], seed: int = 0, metrics: Metrics = Metrics(),
+                   floor: bool = False, untrained: bool = False, progress: bool = False,
+                   report: Callable[[str], None] = lambda text: None) -> tuple[dict, np.ndarray]:
+    """``wadi eval``: metrics and speed of ``generator`` drawing ``prompts`` (seeds ``seed + i``) with ``sampler``,
+    optionally with the FID of a second set of renders (``floor``) and of the same architecture untrained (the
+    ceiling, sampled alike); returns the report and the images."""
+    components = generator.components
+    seeds = [seed + i for i in range(len(prompts))]
+    inputs = metrics.inputs(components)
+    images, seconds = timed(lambda: generator(prompts, seeds, sampler, progress))
+    result = {"model_result": dict(metrics.measure(images, prompts, seed, inputs), seconds=seconds,
+                                   images_per_second=len(prompts) / seconds)}
+    report(summary_line("model", result["model_result"]))
+    if floor:
+        result["render_floor_fid"] = render_floor(prompts, seed)
+        report(f"renders vs renders (floor): FID {result['render_floor_fid']:.2f}")
+    if untrained:
+        import dataclasses
+
+        import torch
+        torch.manual_seed(seed)
+        blank = type(components.unet).from_config(components.unet.config).eval()
+        drawn = sampler(dataclasses.replace(components, unet=blank), prompts, seeds, progress)
+        result["untrained_result"] = metrics.measure(drawn, prompts, seed, inputs)
+        report(summary_line("untrained UNet (ceiling)", result["untrained_result"]))
+    return result, images

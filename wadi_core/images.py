@@ -100,3 +100,15 @@ def side_by_side(columns: dict[str, np.ndarray], labels: Sequence[str], cell: in
         for k, name in enumerate(names):
             grid.paste(Image.fromarray(columns[name][i]).resize((cell, cell), Image.NEAREST), (label_w + k * cell, y))
     return grid
+
+
+def write_images(out, images: np.ndarray, prompts: Sequence[str], seeds: Sequence[int], overwrite: bool = False,
+                 labels: Sequence[str] | None = None) -> Path:
+    """A folder of numbered PNGs and their ``grid.png`` (labelled with ``labels``, default the prompts), written
+    under a temporary name and renamed into place."""
+    from . import fileio
+
+    with fileio.atomic_dir(out, overwrite) as tmp:
+        save_pngs(images, prompts, tmp, seeds)
+        labelled_grid(images, list(labels) if labels is not None else list(prompts)).save(tmp / "grid.png")
+    return Path(out)

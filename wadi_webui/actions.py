@@ -15,7 +15,7 @@ import numpy as np
 from wadi_core.distill.recipes import Recipe, recipe_for_family
 from wadi_core.shapes.components import MODEL_DIR
 
-from .jobs import CommandJob, DistillJob, JobRefused
+from .jobs import DistillJob, JobRefused, TaskJob
 
 EMBEDDED = "embedded (shapes world)"
 
@@ -25,8 +25,8 @@ class UIError(ValueError):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from wadi_cli.cli import user_errors as cli_errors
-    return (UIError, JobRefused, *cli_errors())
+    from wadi_core.errors import user_errors as core_errors
+    return (UIError, JobRefused, *core_errors())
 
 
 def names_embedded(text: str) -> bool:
@@ -98,8 +98,7 @@ def output_folder(text: str) -> str:
 
 def family_of(teacher: str) -> str:
     """The family the weights of the teacher a field names show; "unknown" for a path that is not a model (yet)."""
-    from wadi_core.distill.recipes import family_of_path
-    from wadi_core.models import CheckpointError
+    from wadi_core.models import CheckpointError, family_of_path
 
     try:
         return family_of_path(model_path(teacher))
@@ -200,35 +199,37 @@ def optional_file(text: str, what: str) -> str | None:
     return str(path)
 
 
-def start_reversion(model, exemplars, relation, token, init, steps, out) -> CommandJob:
-    """``wadi reversion`` in the background (embedded exemplars of ``relation`` when no folder is given)."""
-    argv = ["reversion", "--out", output_folder(out), "--teacher", model_path(model), "--quiet",
-            "--steps", str(positive_int(steps, "steps")), "--token", (token or "").strip() or "<R>"]
+def start_reversion(model, exemplars, relation, token, init, steps, out) -> TaskJob:
+    """ReVersion in the background (embedded exemplars of ``relation`` when no folder is given)."""
+    from wadi_core.shapes import novel
+    from wadi_core.tasks import reversion
+    from wadi_core.tasks.reversion import ReVersionConfig
+
     folder = optional_folder(exemplars, "exemplar")
-    argv += ["--exemplars", folder] if folder else ["--relation", relation]
-    if (init or "").strip():
-        argv += ["--init", init.strip()]
-    return CommandJob.start(argv)
+    init = (init or "").strip() or ("and" if folder else novel.novel_relation(relation).init)
+    config = ReVersionConfig(token=(token or "").strip() or "<R>", init=init, steps=positive_int(steps, "steps"))
+    model, out = model_path(model), output_folder(out)
+    return TaskJob.start(out, lambda progress: reversion.train(model, out, config, folder, relation,
+                                                               progress=progress))
 
 
-def start_dreambooth(model, instance_dir, instance_prompt, class_prompt, student, adapter, rank, steps,
-                     out) -> CommandJob:
-    """``wadi dreambooth`` in the background (the embedded subject when no folder is given)."""
+def start_dreambooth(model, instance_dir, instance_prompt, class_prompt, student, adapter_kind, rank, steps,
+                     out) -> TaskJob:
+    """DreamBooth in the background (the embedded subject when no folder is given)."""
+    from wadi_core import students
+    from wadi_core.tasks import dreambooth
+
     if not (instance_prompt or "").strip():
         raise UIError("write the instance prompt (a rare word and the class, e.g. 'a sks dog')")
-    argv = ["dreambooth", "--out", output_folder(out), "--model", model_path(model), "--quiet",
-            "--steps", str(positive_int(steps, "steps")), "--adapter", adapter,
-            "--rank", str(positive_int(rank, "rank")), "--instance-prompt", instance_prompt.strip(),
-            "--class-prompt", (class_prompt or "").strip()]
-    if not (class_prompt or "").strip():
-        argv += ["--prior-weight", "0"]
+    class_prompt = (class_prompt or "").strip()
+    spec = students.AdapterSpec(adapter_kind, positive_int(rank, "rank"), "unet-student")
+    config = dreambooth.DreamBoothConfig(instance_prompt.strip(), class_prompt, spec, positive_int(steps, "steps"),
+                                         prior_weight=1.0 if class_prompt else 0.0)
     folder = optional_folder(instance_dir, "instance image")
-    if folder:
-        argv += ["--instance-dir", folder]
     student_file = optional_file(student, "student")
-    if student_file:
-        argv += ["--student", student_file]
-    return CommandJob.start(argv)
+    model, out = model_path(model), output_folder(out)
+    return TaskJob.start(out, lambda progress: dreambooth.train(model, out, config, folder, student=student_file,
+                                                                progress=progress))
 
 
 def finished_student(out: str) -> Path:
@@ -305,20 +306,14 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
 
 
 def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
-    """Run ``wadi analyze`` and return its plots and report."""
-    from wadi_cli.cli import build_parser
+    """``wadi analyze`` of two models; returns its plots and report."""
+    from wadi_core.analysis import Swap, analyze
 
-    argv = ["analyze", model_path(base), str(Path((other or "").strip()).expanduser().resolve()),
-            "--out", output_folder(out), "--overwrite", "--quiet", "--num-prompts", "64"]
-    if not (other or "").strip() or not Path(argv[2]).exists():
+    other_path = Path((other or "").strip()).expanduser().resolve()
+    if not (other or "").strip() or not other_path.exists():
         raise UIError(f"the second model {other!r} does not exist; give a folder, a checkpoint or an adapter file")
-    if convs:
-        argv.append("--convs")
-    if not swap:
-        argv.append("--no-swap")
-    args = build_parser().parse_args(argv)
-    args.run(args)
-    folder = Path(args.out)
+    folder = analyze(model_path(base), other_path, output_folder(out), convs, Swap(enabled=bool(swap), num_prompts=64),
+                     overwrite=True, progress=False)
     plots = [str(folder / name) for name in ("changes.png", "svd_energy.png", "swap.png", "swap_samples.png")
              if (folder / name).is_file()]
     return plots, (folder / "report.md").read_text()
@@ -326,7 +321,7 @@ def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
 
 def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare) -> tuple[list, str]:
     """One-step ControlNet images with a student (and the teacher's 25 steps beside them)."""
-    from wadi_core import controlnet as C
+    from wadi_core.tasks import controlnet as C
     from wadi_core.sampling import Controlled, MultiStep, build_generator
 
     if control is None:

@@ -1,5 +1,5 @@
 """Training in a background thread, for the web UI: distillation with the same ``Distiller`` as
-``wadi distill``, and the ``wadi reversion`` / ``wadi dreambooth`` commands themselves.
+``wadi distill``, and ReVersion and DreamBooth with the same library calls as their commands.
 
 One run per output folder at a time (a second Start on the same folder is refused); Stop asks a
 distillation to end after the current step, which writes a resumable checkpoint.
@@ -115,25 +115,25 @@ class DistillJob(BackgroundJob):
             state.status, state.message = "failed", f"{type(err).__name__}: {err}"
 
 
-class CommandJob(BackgroundJob):
-    """A ``wadi`` training command (``reversion``, ``dreambooth``) given as its argument list."""
+class TaskJob(BackgroundJob):
+    """A library call that trains (``wadi_core.tasks``' ReVersion or DreamBooth), given its output folder and a
+    function of one :class:`~wadi_core.progress.Progress` that reports into this job's state."""
 
-    def __init__(self, argv: list[str]):
-        from wadi_cli.cli import build_parser
+    def __init__(self, out: str, work):
+        super().__init__(out)
+        self.work = work
 
-        self.args = build_parser().parse_args(argv)
-        self.args.on_step = self._on_command_step
-        self.args.on_message = lambda text: setattr(self.state, "message", text)
-        super().__init__(self.args.out)
-
-    def _on_command_step(self, record: dict, total: int) -> None:
+    def _on_task_step(self, record: dict, total: int) -> None:
         self.state.total = total
         self._on_step(record)
 
     def _work(self) -> None:
+        from wadi_core.progress import Progress
+
         state = self.state
         try:
-            self.args.run(self.args)
+            self.work(Progress(quiet=True, on_note=lambda text: setattr(state, "message", text),
+                               on_step=self._on_task_step))
             state.status, state.message = "finished", f"finished: {self.out}"
         except Exception as err:  # shown in the page; the server stays up
             state.status, state.message = "failed", f"{type(err).__name__}: {err}"

@@ -75,12 +75,7 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def family_of_path(path) -> str:
-    """The family of the model at ``path`` from its weights' names and shapes (safetensors headers only)."""
-    from ..models import open_checkpoint
-    return open_checkpoint(path).family
-
-
 def recipe_for_model(path, name: str | None = None) -> Recipe:
     """``name``'s recipe, or the one of the model's family."""
+    from ..models import family_of_path
     return get_recipe(name) if name else recipe_for_family(family_of_path(path))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .. import fileio, students
 from ..ema import EMA
 from ..images import side_by_side
-from ..models import NonFiniteError, decode, family_of_model, load_components
+from ..models import NonFiniteError, decode, family_of_model, family_of_path, load_components
 from ..plots import loss_curves
 from ..prompts import read_prompts
 from ..sampling import MultiStep, check_eps_prediction, initial_latents, latent_shape
@@ -42,7 +42,6 @@ from ..schedules import lr_factor
 from . import losses
 from .config import MAY_CHANGE, MATCH, OLD_OPTIONS, OPTIONS, DistillConfig
 from .extras import Extras
-from .recipes import family_of_path
 from .world import world_for_family
 
 CHECKPOINT = "checkpoint"

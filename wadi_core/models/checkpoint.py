@@ -119,6 +119,12 @@ def _open_single_file(path: Path) -> Checkpoint:
                           "diffusers-named UNet or DiT weights; pass a model checkpoint, not a VAE, LoRA or embedding")
 
 
+def family_of_path(path: str | os.PathLike) -> str:
+    """The family of the model at ``path`` from its weights' names and shapes (safetensors headers only): a copied
+    or renamed model keeps its family."""
+    return open_checkpoint(path).family
+
+
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Recognise a base model path and index its backbone weights (no tensors are loaded)."""
     path = Path(path).expanduser()

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .analysis import ENERGY, RANK_FRACTIONS, LayerStats, random_energy_curve
-from .plots import _pyplot, save_figure
+from .weights import ENERGY, RANK_FRACTIONS, LayerStats, random_energy_curve
+from ..plots import _pyplot, save_figure
 
 NORM_COLOUR, DIRECTION_COLOUR = "#4c9bd6", "#e0533d"
 

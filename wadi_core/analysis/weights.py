@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .weight_sources import WeightSource, check_same_architecture
+from .sources import WeightSource, check_same_architecture
 
 DEFINITIONS = {
     "norm_change": "relative change of a row's norm, | ||w'|| - ||w|| | / ||w||",

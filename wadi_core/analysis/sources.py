@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from . import students
-from .lorad import functional as LF
-from .lorad.io import AdapterError, read_adapter_safetensors
-from .merge import plan_merge
-from .models.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from .. import students
+from ..lorad import functional as LF
+from ..lorad.io import AdapterError, read_adapter_safetensors
+from ..merge import plan_merge
+from ..models.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 
 
 class ArchitectureMismatch(ValueError):

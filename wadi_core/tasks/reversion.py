@@ -13,6 +13,8 @@ shares the teacher's text encoder.
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,9 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import read_image_folder
-from .models.embeddings import EmbeddingError, add_token, embedding_table
-from .models.vae import encode
+from .. import fileio
+from ..images import labelled_grid, read_image_folder
+from ..models import decode, embeddings, family_of_path
+from ..models.embeddings import EmbeddingError, add_token, embedding_table
+from ..models.vae import encode
+from ..plots import loss_curves
+from ..progress import QUIET, Progress
+from ..sampling import MultiStep, OneStep, build_generator, image_size
 
 PREPOSITIONS = ("in", "on", "at", "of", "above", "below", "inside", "under", "over", "behind", "beside", "between",
                 "near", "into", "onto", "within", "among", "around", "across", "along", "against", "beneath",
@@ -166,3 +173,127 @@ def train_relation(components, exemplars: Exemplars, config: ReVersionConfig,
         hook.remove()
         table.weight.requires_grad_(False)
     return table.weight[token_id].detach().clone(), history
+
+
+# ----- a whole run: exemplars, training, the token files and their pictures
+
+@dataclass
+class RelationRun:
+    embedding: Path  # reversion.safetensors
+    textual_inversion: Path  # embeddings/NAME.safetensors, the file ComfyUI and A1111 load
+    minutes: float
+
+
+def train(model, out: str | os.PathLike, config: ReVersionConfig, exemplars=None, relation: str = "larger",
+          count: int = 12, name: str = "wadi_relation", overwrite: bool = False,
+          progress: Progress = QUIET) -> RelationRun:
+    """Learn ``config.token`` from the exemplars in ``exemplars`` (a folder of images and text.json), or from
+    renders of an embedded relation the captions never name; write ``out``: reversion.safetensors,
+    embeddings/NAME.safetensors, history.json, loss.png and samples.png."""
+    from ..shapes import novel
+
+    with fileio.claim(out, overwrite) as out:
+        teacher = build_generator(model).components
+        size = image_size(teacher)
+        novel_relation = None if exemplars else novel.novel_relation(relation)
+        with fileio.atomic_dir(out, overwrite) as tmp:
+            if exemplars:
+                folder = Path(exemplars)
+            else:
+                if family_of_path(model) != "shapes":
+                    raise ValueError("a real teacher needs --exemplars (a folder of images and text.json)")
+                folder = novel.write_relation_exemplars(tmp / "exemplars", novel_relation.name, count, config.seed,
+                                                        config.token)
+            found = read_exemplars(folder, config.token, size)
+            start = time.perf_counter()
+            with progress.steps(config.steps, f"ReVersion {config.token}", ("denoise", "steer")) as step:
+                vector, history = train_relation(teacher, found, config, step)
+            minutes = (time.perf_counter() - start) / 60
+            meta = {"wadi.init": config.init, "wadi.relation": novel_relation.name if novel_relation else "",
+                    "wadi.base": str(model), "wadi.steps": str(config.steps),
+                    "wadi.steer_weight": str(config.steer_weight), "wadi.exemplars": str(len(found.images))}
+            embeddings.save_embedding(vector, tmp / "reversion.safetensors", config.token, meta)
+            (tmp / "embeddings").mkdir()
+            embeddings.save_textual_inversion(vector, tmp / "embeddings" / f"{name}.safetensors")
+            (tmp / "history.json").write_text(json.dumps(history))
+            loss_curves({"denoising": [h["denoise"] for h in history],
+                         f"steering x {config.steer_weight}": [h["steer"] * config.steer_weight for h in history]},
+                        tmp / "loss.png", title=f"ReVersion {config.token}")
+            progress.note("drawing the sample grid")
+            captions = [c[0] for c in found.captions[:8]]
+            images = MultiStep(25, 3.0)(teacher, captions, list(range(len(captions))))
+            labelled_grid(np.concatenate([found.images[:8], images]),
+                          [f"exemplar: {c}" for c in captions] + [f"teacher: {c}" for c in captions]).save(
+                tmp / "samples.png")
+    return RelationRun(out / "reversion.safetensors", out / "embeddings" / f"{name}.safetensors", minutes)
+
+
+# ----- evaluation on an embedded relation
+
+def vae_round_trip(components, relation, pairs, seed: int) -> np.ndarray:
+    """Renders of the relation for ``pairs``, encoded and decoded by the model's VAE: the best any model drawing
+    through this VAE can be judged to do."""
+    from ..shapes import novel
+    from ..shapes.render import render
+
+    rng = np.random.default_rng([seed, 3])
+    renders = np.stack([np.asarray(render(novel.Scene(relation.scene(a, b, rng), "black", ""))) for a, b in pairs])
+    return decode(components, encode(components, renders))
+
+
+def evaluate(embedding, out: str | os.PathLike, model=None, student=None, count: int = 64, steps: int = 25,
+             guidance: float = 3.0, baseline: str | None = None, seed: int = 0, overwrite: bool = False,
+             report: Callable[[str], None] = lambda text: None) -> dict:
+    """How often the embedded relation a token was learned on holds in images of new entity pairs: the teacher
+    (``steps`` DDIM steps) and, with ``student``, the one-step student, each with the token and with the baseline
+    word (default: the token's initialiser); writes metrics.json and grid.png to ``out``."""
+    from ..shapes import novel
+
+    meta = embeddings.read_embedding(embedding)[2]
+    if not meta.get("wadi.relation"):
+        raise ValueError(f"{embedding} was not learned on an embedded relation "
+                         f"({', '.join(novel.NOVEL_RELATIONS)}); reversion-eval measures those only")
+    with fileio.claim(out, overwrite) as out:
+        relation = novel.novel_relation(meta["wadi.relation"])
+        baseline = baseline or meta.get("wadi.init") or relation.init
+        rng = np.random.default_rng(seed)
+        pool = relation.pairs("new")
+        pairs = [pool[i] for i in rng.integers(len(pool), size=count)]
+        seeds = [seed + i for i in range(count)]
+        rows, grid, labels = {}, [], []
+        teacher = build_generator(model, embeddings=[embedding])  # loaded once: ceiling, rows, word swap
+        (token,) = teacher.tokens
+        ceiling = vae_round_trip(teacher.components, relation, pairs, seed)
+        rows["renders through the VAE (the ceiling)"] = best = novel.relation_accuracy(relation.name, ceiling, pairs)
+        report(f"renders through the VAE: '{relation.name}' holds {best['holds']:.1%}")
+        models = [("teacher", teacher, MultiStep(steps, guidance))]
+        if student:
+            models.append(("student", build_generator(model, [(student, 1.0)], [embedding]), OneStep()))
+        drawn = {}
+        for name, generator, sampler in models:
+            for word in (token, baseline):
+                prompts = [novel.relation_caption(first, second, word) for first, second in pairs]
+                start = time.perf_counter()
+                images = generator(prompts, seeds, sampler)
+                seconds = time.perf_counter() - start
+                label = f"{name} ({'1 step' if name == 'student' else f'{steps} steps'}), '{word}'"
+                rows[label] = {**novel.relation_accuracy(relation.name, images, pairs),
+                               "ms_per_image": 1000 * seconds / len(prompts)}
+                report(f"{label}: '{relation.name}' holds {rows[label]['holds']:.1%}, both shapes "
+                       f"{rows[label]['both']:.1%}")
+                grid.append(images[:8])
+                labels += [f"{label}: {p}" for p in prompts[:8]]
+                drawn[name, word] = images.astype(np.float32)
+        # Does the teacher read the word between the two entities at all? Pixel change from swapping it.
+        opposite = [teacher([novel.relation_caption(a, b, word) for a, b in pairs], seeds,
+                            MultiStep(steps, guidance)).astype(np.float32) for word in ("left of", "right of")]
+        learned = np.abs(drawn["teacher", token] - drawn["teacher", baseline]).mean()
+        sensitivity = {"'left of' vs 'right of'": float(np.abs(opposite[0] - opposite[1]).mean()),
+                       f"'{token}' vs '{baseline}'": float(learned)}
+        report("teacher, mean pixel change (0-255) from the word between the entities: "
+               + ", ".join(f"{k}: {v:.2f}" for k, v in sensitivity.items()))
+        summary = {"relation": relation.name, "prompts": count, "results": rows, "teacher_pixel_change": sensitivity}
+        with fileio.atomic_dir(out, overwrite) as tmp:
+            (tmp / "metrics.json").write_text(json.dumps(summary, indent=1))
+            labelled_grid(np.concatenate(grid), labels).save(tmp / "grid.png")
+    return summary
