@@ -12,6 +12,8 @@ from wadi_core.models import keys
 from wadi_core.lorad.io import AdapterError, read_adapter
 from wadi_core.merge import plan_merge
 
+pytestmark = pytest.mark.slow  # a real ComfyUI (a server, or in this process): minutes
+
 TOLERANCE_WEIGHTS = 1e-5
 
 

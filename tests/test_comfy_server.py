@@ -14,6 +14,8 @@ import torch
 from comfy_support import ComfyServer, ui_to_api
 from wadi_core.models import embeddings
 
+pytestmark = pytest.mark.slow  # a real ComfyUI (a server, or in this process): minutes
+
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 _spec = importlib.util.spec_from_file_location("wadi_workflows_build", WORKFLOWS / "build.py")
 workflow_build = importlib.util.module_from_spec(_spec)

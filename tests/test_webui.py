@@ -84,6 +84,7 @@ def wait_for_text(page, elem_id: str, words: tuple[str, ...], timeout: float = 2
     raise AssertionError(f"#{elem_id} never showed {words}; it shows: {status_text(page, elem_id)!r}")
 
 
+@pytest.mark.slow
 def test_distill_stop_resume_generate_and_a_bad_path_in_the_browser(ui):
     page, run = ui.page, ui.work / "run"
     page.get_by_role("tab", name="Distill").click()
@@ -120,6 +121,7 @@ def test_distill_stop_resume_generate_and_a_bad_path_in_the_browser(ui):
         assert response.status == 200
 
 
+@pytest.mark.slow
 def test_dreambooth_tab_trains_with_progress_and_shows_the_samples(ui):
     page, run = ui.page, ui.work / "subject"
     page.get_by_role("tab", name="DreamBooth").click()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # installs other gradio versions: minutes
+
 ROOT = Path(__file__).resolve().parents[1]
 # version -> what to install; huggingface_hub<1: gradio 3/4 import HfFolder, which 1.x removed.
 # Gradio 3.41 also needs A1111's fastapi/httpx/pydantic pins to serve pages.
@@ -28,6 +30,7 @@ sys.path += {extra!r}
 import gradio
 assert gradio.__version__ == {version!r}, gradio.__version__
 from wadi_webui import build_blocks
+
 blocks = build_blocks()
 assert isinstance(blocks, gradio.Blocks)
 print("built on gradio", gradio.__version__, "with", len(blocks.fns), "events")

@@ -1,23 +1,26 @@
-"""``wadi analyze --model BASE --compare OTHER``: how two checkpoints differ in weight norm and weight direction
-(:func:`wadi_core.analysis.analyze` writes the files)."""
+"""``wadi analyze --model BASE --compare OTHER``: how two checkpoints differ in weight norm and weight direction.
+
+Writes into --out: ``analysis.json`` (every number, with the definitions), ``layers.csv`` (one row per layer),
+``changes.png`` (norm vs direction change per layer), ``svd_energy.png`` (is the change of direction low-rank?),
+``report.md``, and for the swap ablation ``swap.png`` and ``swap_samples.png`` (OTHER with BASE's norms, OTHER
+with BASE's directions, sampled and scored). :func:`wadi_core.analysis.analyze` does the work.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from wadi_core.analysis import Swap, analyze
-from wadi_core.analysis.report import __doc__ as FILES
-from wadi_core.evaluate import Metrics
-from wadi_core.sampling import SAMPLERS
+from wadi_core.choices import SCHEDULERS
 
 from . import argtypes as A
+from .commands import summary
 from .eval_cmd import add_metric_args
 from .outputs import writes
 
 
 def register(sub) -> None:
-    p = sub.add_parser("analyze", help="norm vs direction change of the weights of two checkpoints (paper Fig. 1)",
-                       description=FILES)
+    p = sub.add_parser("analyze", help=summary("analyze"),
+                       description=__doc__)
     p.add_argument("--model", help="the multi-step model (BASE): a diffusers folder or a single-file .safetensors")
     p.add_argument("--compare", help="the model to compare (OTHER): a diffusers folder, a single-file checkpoint, or "
                                      "an adapter / student file for BASE (LoRaD, LoRA, DoRA or full fine-tune)")
@@ -28,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--no-swap", action="store_true", help="skip the swap ablation (no sampling)")
     p.add_argument("--pipeline", help="a diffusers SD folder whose text encoder, VAE and scheduler the swap "
                                       "ablation samples with (default: BASE, when it is such a folder)")
-    p.add_argument("--sampler", default="one-step", choices=("one-step", *SAMPLERS),
+    p.add_argument("--sampler", default="one-step", choices=("one-step", *SCHEDULERS),
                    help="how the swap ablation samples (default one-step: OTHER is a distilled model)")
     p.add_argument("--steps", type=A.positive_int, default=25, help="steps of a multi-step --sampler")
     p.add_argument("--guidance", type=A.guidance, default=3.0, help="CFG scale of a multi-step --sampler")
@@ -44,6 +47,9 @@ def register(sub) -> None:
 
 @writes("out")
 def run(args) -> int:
+    from wadi_core.analysis import Swap, analyze
+    from wadi_core.evaluate import Metrics
+
     base, other = args.model or args.old_model, args.compare or args.old_compare
     if not base or not other:
         raise ValueError("give the two models: --model BASE --compare OTHER")

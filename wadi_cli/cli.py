@@ -1,21 +1,17 @@
-"""``wadi``: the command-line entry point. Each command lives in its own module with
-``register(subparsers)``; expected failures (bad paths, mismatched adapters) print one line
-naming the problem and exit with status 2, without a traceback."""
+"""``wadi``: the command-line entry point. Each command lives in its own module with ``register(subparsers)``
+and is imported only when it runs (``wadi --help`` and ``wadi CMD --help`` load no torch); expected failures
+(bad paths, mismatched adapters) print one line naming the problem and exit with status 2, without a traceback."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
 from wadi_core import __version__
-from wadi_core.errors import user_errors
 
-from . import (analyze_cmd, controlnet_cmd, demo_cmd, distill, dreambooth_cmd, eval_cmd, generate_cmd, highres_cmd,
-               inspect_cmd, merge_cmd, presets_cmd, reversion_cmd, ui_cmd)
-
-COMMANDS = (demo_cmd, distill, generate_cmd, eval_cmd, merge_cmd, analyze_cmd, controlnet_cmd, highres_cmd,
-            reversion_cmd, dreambooth_cmd, inspect_cmd, presets_cmd, ui_cmd)
+from .commands import COMMANDS
 
 
 class Parser(argparse.ArgumentParser):
@@ -25,13 +21,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command``'s module adds its arguments (every command's, when None), the others are listed."""
     parser = Parser(prog="wadi", description="WaDi: one-step diffusion with LoRaD rotation adapters.")
     parser.add_argument("--version", action="version", version=f"wadi {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.register(sub)
+    wanted = {module for module, _ in COMMANDS.values()} if command is None else \
+        {COMMANDS[command][0]} if command in COMMANDS else set()
+    registered: set[str] = set()
+    for name, (module, help_line) in COMMANDS.items():
+        if module in wanted and module not in registered:
+            importlib.import_module(f"{__package__}.{module}").register(sub)
+            registered.add(module)
+        elif module not in wanted:
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command word of an argument list (the first one that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def quiet_model_loading() -> None:
@@ -43,8 +52,11 @@ def quiet_model_loading() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_of(argv) or "").parse_args(argv)
     quiet_model_loading()
+    from wadi_core.errors import user_errors
+
     try:
         return args.run(args) or 0
     except user_errors() as err:

@@ -7,16 +7,17 @@ elsewhere ``--data`` names a JSONL file of ``{"image", "condition", "caption"}``
 
 from __future__ import annotations
 
+from wadi_core.choices import EMBEDDED_MODEL as MODEL_DIR
+from wadi_core.choices import SHAPES_CONTROLNET
 from wadi_core.progress import Progress
-from wadi_core.shapes.components import MODEL_DIR
-from wadi_core.tasks import controlnet as C
 
 from . import argtypes as A
+from .commands import summary
 from .outputs import writes
 
 
 def register(sub) -> None:
-    p = sub.add_parser("controlnet-train", help="train a ControlNet for a teacher (embedded: silhouette control)")
+    p = sub.add_parser("controlnet-train", help=summary("controlnet-train"))
     p.add_argument("--out", required=True, help="output folder (controlnet/ when done, checkpoint/, loss.png)")
     p.add_argument("--model", default=str(MODEL_DIR), help="the teacher the ControlNet is for")
     A.hidden_alias(p, "--teacher", "model")
@@ -32,9 +33,8 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_train)
 
-    g = sub.add_parser("controlnet", help="generate with a ControlNet: one step with --student, or multi-step; "
-                                          "--eval measures mask IoU and prompt accuracy on the embedded world")
-    g.add_argument("--controlnet", default=str(C.SHAPES_CONTROLNET),
+    g = sub.add_parser("controlnet", help=summary("controlnet"))
+    g.add_argument("--controlnet", default=str(SHAPES_CONTROLNET),
                    help="a diffusers ControlNet folder (OUT/controlnet of controlnet-train; default: the shipped "
                         "silhouette ControlNet of the embedded world)")
     g.add_argument("--model", default=str(MODEL_DIR))
@@ -52,6 +52,8 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
+    from wadi_core.tasks import controlnet as C
+
     folder = C.train(args.model, args.out, args.data, args.steps, args.batch_size, args.lr, args.caption_dropout,
                      args.checkpoint_every, args.seed, args.resume, Progress(quiet=args.quiet))
     print(f"wrote {folder} ({args.steps} steps); loss curve in {folder.parent / 'loss.png'}")
@@ -60,6 +62,8 @@ def run_train(args) -> int:
 
 @writes("out")
 def run_generate(args) -> int:
+    from wadi_core.tasks import controlnet as C
+
     C.draw(args.controlnet, args.out, args.model, args.student, args.steps, args.guidance, args.scale, args.prompt,
            args.control, args.eval, args.seed, args.overwrite, report=print)
     print(f"wrote {args.out}")

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from wadi_core import students
-from wadi_core.demo import run_demo
+from wadi_core.choices import ADAPTER_KINDS
 
 from . import argtypes as A
+from .commands import summary
 from .outputs import writes
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="distil the embedded teacher into a one-step student and report (CPU, ~15 min)")
+    p = sub.add_parser("demo", help=summary("demo"))
     p.add_argument("--out", default="wadi-demo", help="output folder (default: wadi-demo)")
     p.add_argument("--steps", type=A.positive_int, default=None,
                    help="distillation steps (default: the embedded default)")
     p.add_argument("--num-prompts", type=A.positive_int, default=256, help="held-out prompts to evaluate on")
-    p.add_argument("--student-kind", default="lorad", choices=students.KINDS,
+    p.add_argument("--student-kind", default="lorad", choices=ADAPTER_KINDS,
                    help="the student's adapter kind, each at its own default learning rate (see wadi distill --help)")
-    A.hidden_alias(p, "--student", "student_kind", choices=students.KINDS)
+    A.hidden_alias(p, "--student", "student_kind", choices=ADAPTER_KINDS)
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--regression-pairs", type=A.count, default=0, metavar="N",
                    help="add DMD's regression loss on N teacher samples (see wadi distill --help)")
@@ -28,6 +28,8 @@ def register(sub) -> None:
 
 @writes("out")
 def run(args) -> int:
+    from wadi_core.demo import run_demo
+
     metrics = run_demo(args.out, args.steps, args.num_prompts, args.student_kind, args.seed, args.regression_pairs,
                        args.overwrite, progress=not args.quiet)
     t, s = metrics["teacher"]["prompt_accuracy"], metrics["student"]["prompt_accuracy"]

@@ -9,6 +9,7 @@ from wadi_core.distill.config import GAN_FEATURES, GRADIENT_MODES, KINDS, LR_SCH
 from wadi_core.distill.recipes import RECIPES
 
 from . import argtypes as A
+from .commands import summary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,7 +103,7 @@ def options_from_args(args) -> dict:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("distill", help="distil a multi-step teacher into a one-step student (WaDi)")
+    p = sub.add_parser("distill", help=summary("distill"))
     add_arguments(p)
     p.set_defaults(run=run)
 

@@ -7,22 +7,17 @@ Without ``--instance-dir`` the embedded subject's exemplars are rendered into OU
 
 from __future__ import annotations
 
-from wadi_core import students
+from wadi_core.choices import EMBEDDED_MODEL as MODEL_DIR
 from wadi_core.progress import Progress
 from wadi_core.shapes import novel
-from wadi_core.shapes.components import MODEL_DIR
-from wadi_core.tasks import dreambooth as D
 
 from . import argtypes as A
+from .commands import summary
 from .outputs import writes
 
-ADAPTER_FILE = D.ADAPTER_FILE
-
-
 def register(sub) -> None:
-    p = sub.add_parser("dreambooth", help="teach a model a subject from a few images (DreamBooth with LoRaD, LoRA "
-                                          "or full fine-tuning, prior preservation)")
-    p.add_argument("--out", required=True, help=f"output folder: {ADAPTER_FILE}, loss.png, samples.png")
+    p = sub.add_parser("dreambooth", help=summary("dreambooth"))
+    p.add_argument("--out", required=True, help="output folder: subject.safetensors, loss.png, samples.png")
     p.add_argument("--instance-dir", help="3-8 images of the subject (default: render the embedded subject)")
     p.add_argument("--count", type=A.positive_int, default=6, help="exemplars to render for the embedded subject")
     p.add_argument("--instance-prompt", default=novel.INSTANCE_PROMPT,
@@ -50,9 +45,8 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_train)
 
-    e = sub.add_parser("dreambooth-eval", help="measure a subject adapter of the embedded world: fidelity (diamond), "
-                                               "colour/position adherence, class drift, diversity")
-    e.add_argument("--adapter", help=f"{ADAPTER_FILE} from wadi dreambooth (without it: the base model, the baseline)")
+    e = sub.add_parser("dreambooth-eval", help=summary("dreambooth-eval"))
+    e.add_argument("--adapter", help="subject.safetensors from wadi dreambooth (without it: the base model, the baseline)")
     e.add_argument("--student", help="evaluate in one step on this student (else the teacher, 25 DDIM steps)")
     e.add_argument("--model", default=str(MODEL_DIR))
     e.add_argument("--count", type=A.at_least_two, default=48, help="images per prompt group")
@@ -64,6 +58,9 @@ def register(sub) -> None:
 
 @writes("out")
 def run_train(args) -> int:
+    from wadi_core import students
+    from wadi_core.tasks import dreambooth as D
+
     spec = students.AdapterSpec(args.adapter_kind, args.rank, args.preset)
     config = D.DreamBoothConfig(args.instance_prompt, args.class_prompt, spec, args.steps, args.batch_size, args.lr,
                                 args.prior_weight, args.seed)
@@ -75,6 +72,8 @@ def run_train(args) -> int:
 
 @writes("out")
 def run_eval(args) -> int:
+    from wadi_core.tasks import dreambooth as D
+
     D.evaluate(args.out, args.model, args.adapter, args.student, args.count, args.seed, args.overwrite, report=print)
     print(f"wrote {args.out}/metrics.json and grid.png")
     return 0

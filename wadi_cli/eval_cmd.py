@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 
-from wadi_core import fileio
-from wadi_core.evaluate import Metrics, evaluate_model
-from wadi_core.images import labelled_grid
-from wadi_core.prompts import read_prompts
-from wadi_core.shapes import sample_prompts
-
 from .generate_cmd import add_model_args, is_one_step, load_generator
 from . import argtypes as A
+from .commands import summary
 from .outputs import writes
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model: prompt accuracy, domain FID, images/s")
+    p = sub.add_parser("eval", help=summary("eval"))
     p.add_argument("--prompts", help="a prompt file (default: held-out prompts of the shapes world)")
     p.add_argument("--num-prompts", type=A.positive_int, default=512)
     p.add_argument("--split", default="heldout", choices=("heldout", "train"))
@@ -43,6 +38,12 @@ def add_metric_args(p) -> None:
 
 @writes("out", "grid")
 def run(args) -> int:
+    from wadi_core import fileio
+    from wadi_core.evaluate import Metrics, evaluate_model
+    from wadi_core.images import labelled_grid
+    from wadi_core.prompts import read_prompts
+    from wadi_core.shapes import sample_prompts
+
     if args.untrained and is_one_step(args):
         raise ValueError("--untrained compares against the multi-step sampler; leave out --student/--one-step")
     prompts = read_prompts(args.prompts) if args.prompts else \

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import time
 
-from wadi_core import students
-from wadi_core.images import write_images
-from wadi_core.merge import parse_adapter_spec
-from wadi_core.prompts import read_prompts
-from wadi_core.sampling import SAMPLERS, Generator, Sampler, build_generator
-from wadi_core.shapes.components import MODEL_DIR
+from wadi_core.choices import EMBEDDED_MODEL as MODEL_DIR
+from wadi_core.choices import SCHEDULERS
 
 from . import argtypes as A
+from .commands import summary
 from .outputs import writes
 
 
@@ -30,7 +27,7 @@ def add_model_args(p) -> None:
                    help="sample --model in one step (a merged student, e.g. from wadi distill --export-merged)")
     p.add_argument("--steps", type=A.positive_int, default=25, help="sampler steps of multi-step sampling (default 25)")
     p.add_argument("--guidance", type=A.guidance, default=3.0, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--sampler", default="ddim", choices=SAMPLERS)
+    p.add_argument("--sampler", default="ddim", choices=SCHEDULERS)
     p.add_argument("--batch-size", type=A.positive_int, default=64)
     p.add_argument("--seed", type=A.seed, default=0, help="image i gets seed SEED + i")
 
@@ -39,8 +36,12 @@ def is_one_step(args) -> bool:
     return bool(args.student) or args.one_step
 
 
-def load_generator(args) -> tuple[Generator, Sampler, str]:
+def load_generator(args) -> tuple:
     """``(generator, sampler, description)`` for the model, students and tokens the arguments name."""
+    from wadi_core import students
+    from wadi_core.merge import parse_adapter_spec
+    from wadi_core.sampling import build_generator
+
     adapters = [parse_adapter_spec(spec) for spec in args.student]
     generator = build_generator(args.model, adapters, args.embedding, one_step=is_one_step(args))
     if generator.tokens:
@@ -56,7 +57,7 @@ def load_generator(args) -> tuple[Generator, Sampler, str]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate images (multi-step with CFG, or one step with a student)")
+    p = sub.add_parser("generate", help=summary("generate"))
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts", help="a prompt file (one per line, or JSONL with a caption field)")
     p.add_argument("--num-per-prompt", type=A.positive_int, default=1)
@@ -68,6 +69,8 @@ def register(sub) -> None:
 
 
 def collect_prompts(args) -> list[str]:
+    from wadi_core.prompts import read_prompts
+
     prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise ValueError("no prompts given; use --prompt TEXT (repeatable) or --prompts FILE")
@@ -78,6 +81,8 @@ def collect_prompts(args) -> list[str]:
 
 @writes("out")
 def run(args) -> int:
+    from wadi_core.images import write_images
+
     prompts = collect_prompts(args)
     generator, sampler, description = load_generator(args)
     seeds = [args.seed + i for i in range(len(prompts))]

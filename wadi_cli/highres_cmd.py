@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 
-from wadi_core.images import write_images
-from wadi_core.sampling import OneStep, TwoStage, build_generator
-from wadi_core.shapes.components import MODEL_DIR
+from wadi_core.choices import EMBEDDED_MODEL as MODEL_DIR
 
 from . import argtypes as A
+from .commands import summary
 from .generate_cmd import collect_prompts
 from .outputs import writes
 
 
 def register(sub) -> None:
-    p = sub.add_parser("highres", help="one-step images above the training resolution (direct or two-stage)")
+    p = sub.add_parser("highres", help=summary("highres"))
     p.add_argument("--model", default=str(MODEL_DIR), help="the teacher (a diffusers SD folder)")
     p.add_argument("--student", required=True, help="the student (student.safetensors of wadi distill)")
     p.add_argument("--prompt", action="append", default=[])
@@ -36,6 +35,9 @@ def register(sub) -> None:
 
 @writes("out")
 def run(args) -> int:
+    from wadi_core.images import write_images
+    from wadi_core.sampling import OneStep, TwoStage, build_generator
+
     prompts = collect_prompts(args)
     student = build_generator(args.model, [(args.student, 1.0)])
     sampler = OneStep(scale=args.scale) if args.route == "one-step" else \

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 
-from wadi_core.lorad.io import describe_adapter
+
+from .commands import summary
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="show family, preset, rank, layers, parameters and angles of an adapter")
+    p = sub.add_parser("inspect", help=summary("inspect"))
     p.add_argument("adapter", help="a LoRaD .safetensors file")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from wadi_core.lorad.io import describe_adapter
+
     info = describe_adapter(args.adapter)
     if args.json:
         print(json.dumps(info, indent=2))

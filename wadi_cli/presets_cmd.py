@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from wadi_core.models.families import REFERENCE_ARCHITECTURES, build_on_meta
-from wadi_core.lorad.presets import PRESETS, preset_parameter_count
+from .commands import summary
 
 
 def register(sub) -> None:
-    p = sub.add_parser("presets", help="list LoRaD presets with layer and parameter counts (no weights needed)")
+    p = sub.add_parser("presets", help=summary("presets"))
     p.set_defaults(run=run)
 
 
-def preset_table() -> list[dict]:
-    rows = []
-    for family, (_, presets) in REFERENCE_ARCHITECTURES.items():
-        model = build_on_meta(family)
-        total = sum(p.numel() for p in model.parameters())
-        for preset, ranks in presets.items():
-            for rank in ranks:
-                layers, params = preset_parameter_count(model, preset, rank)
-                rows.append({"family": family, "preset": preset, "rank": rank, "layers": layers,
-                             "parameters": params, "share": params / total})
-    return rows
-
-
 def run(args) -> int:
+    from wadi_core.lorad.presets import PRESETS, preset_table
+
     for name, preset in PRESETS.items():
         print(f"{name:13s} (paper rank {preset.paper_rank:3d}): {preset.description}")
     print()

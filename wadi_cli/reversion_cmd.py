@@ -9,18 +9,17 @@ shape larger than the second).
 
 from __future__ import annotations
 
+from wadi_core.choices import EMBEDDED_MODEL as MODEL_DIR
 from wadi_core.progress import Progress
 from wadi_core.shapes import novel
-from wadi_core.shapes.components import MODEL_DIR
-from wadi_core.tasks import reversion as R
-from wadi_core.tasks.reversion import ReVersionConfig
 
 from . import argtypes as A
+from .commands import summary
 from .outputs import writes
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reversion", help="learn a relation token <R> from exemplar images (ReVersion)")
+    p = sub.add_parser("reversion", help=summary("reversion"))
     p.add_argument("--out", required=True, help="output folder: reversion.safetensors, embeddings/NAME.safetensors, "
                                                 "loss.png, samples.png")
     p.add_argument("--exemplars", help="folder of images + text.json (image name -> captions with the token); "
@@ -34,21 +33,20 @@ def register(sub) -> None:
     p.add_argument("--init", help="initialiser word(s) of the token's embedding (default: the embedded relation's, "
                                   "'in' for inside, 'and' for larger; 'and' with --exemplars)")
     p.add_argument("--name", default="wadi_relation", help="name of the textual-inversion file (embedding:NAME)")
-    defaults = ReVersionConfig()
-    p.add_argument("--steps", type=A.positive_int, default=defaults.steps)
-    p.add_argument("--batch-size", type=A.positive_int, default=defaults.batch_size)
-    p.add_argument("--lr", type=A.learning_rate, default=defaults.lr)
-    p.add_argument("--steer-weight", type=A.non_negative, default=defaults.steer_weight,
-                   help="weight of the relation-steering loss (0 = plain textual inversion)")
-    p.add_argument("--importance-alpha", type=A.non_negative, default=defaults.importance_alpha,
-                   help="relation-focal timestep sampling strength (0 = uniform)")
+    # left out: ReVersionConfig's defaults (wadi_core/tasks/reversion.py), read only when the command runs
+    p.add_argument("--steps", type=A.positive_int, help="training steps (default 400)")
+    p.add_argument("--batch-size", type=A.positive_int, help="exemplars per step (default 8)")
+    p.add_argument("--lr", type=A.learning_rate, help="the token embedding's learning rate (default 5e-3)")
+    p.add_argument("--steer-weight", type=A.non_negative,
+                   help="weight of the relation-steering loss (default 0.01; 0 = plain textual inversion)")
+    p.add_argument("--importance-alpha", type=A.non_negative,
+                   help="relation-focal timestep sampling strength (default 0.5; 0 = uniform)")
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_train)
 
-    e = sub.add_parser("reversion-eval", help="measure a token learned on an embedded relation: teacher 25 steps "
-                                              "and one-step student on new entity pairs, against the initialiser word")
+    e = sub.add_parser("reversion-eval", help=summary("reversion-eval"))
     e.add_argument("--embedding", required=True, help="reversion.safetensors from wadi reversion")
     e.add_argument("--student", help="a distilled student adapter for the one-step rows")
     e.add_argument("--model", default=str(MODEL_DIR))
@@ -64,10 +62,13 @@ def register(sub) -> None:
 
 @writes("out")
 def run_train(args) -> int:
+    from wadi_core.tasks import reversion as R
+
     init = args.init or (novel.novel_relation(args.relation).init if not args.exemplars else "and")
-    config = ReVersionConfig(token=args.token, init=init, steps=args.steps, batch_size=args.batch_size,
-                             lr=args.lr, steer_weight=args.steer_weight, importance_alpha=args.importance_alpha,
-                             seed=args.seed)
+    given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, steer_weight=args.steer_weight,
+                 importance_alpha=args.importance_alpha)
+    config = R.ReVersionConfig(token=args.token, init=init, seed=args.seed,
+                               **{name: value for name, value in given.items() if value is not None})
     run = R.train(args.model, args.out, config, args.exemplars, args.relation, args.count, args.name,
                   args.overwrite, Progress(quiet=args.quiet))
     print(f"learned {args.token} in {run.minutes:.1f} min; wrote {run.embedding} and {run.textual_inversion} "
@@ -77,6 +78,8 @@ def run_train(args) -> int:
 
 @writes("out")
 def run_eval(args) -> int:
+    from wadi_core.tasks import reversion as R
+
     R.evaluate(args.embedding, args.out, args.model, args.student, args.count, args.steps, args.guidance,
                args.baseline, args.seed, args.overwrite, report=print)
     print(f"wrote {args.out}/metrics.json and grid.png")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from . import argtypes as A
+from .commands import summary
 
 
 def register(sub) -> None:
-    p = sub.add_parser("ui", help="the web UI: distil, generate and analyze from a browser tab")
+    p = sub.add_parser("ui", help=summary("ui"))
     p.add_argument("--listen", action="store_true", help="listen on all interfaces (default: 127.0.0.1 only)")
     p.add_argument("--port", type=A.port, default=7860)
     p.set_defaults(run=run)

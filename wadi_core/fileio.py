@@ -22,9 +22,10 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
@@ -275,7 +276,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
                 shutil.rmtree(tmp)
 
 
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+def save_safetensors(tensors: Mapping[str, "torch.Tensor"], path: str | os.PathLike,
                      metadata: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
     from safetensors.torch import save_file
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

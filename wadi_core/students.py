@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from . import fileio
+from .choices import ADAPTER_KINDS
 from .models.families import family_of_model, model_kind
 from .lorad import module as lorad_module
 from .lorad.io import PREFIXES, AdapterError, adapter_metadata, encode_name, load_adapter, read_adapter_safetensors
 from .lorad.presets import select_targets
 
-KINDS = ("lorad", "lora", "dora", "full")
+KINDS = ADAPTER_KINDS
 TYPE_KEY = "wadi.adapter_type"
 
 
@@ -171,6 +172,7 @@ def apply_adapter_file(model: nn.Module, path: str | os.PathLike, name: str = "d
     spec = read_spec(path)
     if spec.kind == "lorad":
         load_adapter(model, path, adapter_name=name, strength=strength)
+        model.requires_grad_(False)
         return spec
     if strength != 1.0:
         raise AdapterError(f"{path} is a {spec.label()} student; strengths other than 1 are for LoRaD adapters")

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from wadi_core.distill.recipes import Recipe, recipe_for_family
-from wadi_core.shapes.components import MODEL_DIR
+from wadi_core.choices import EMBEDDED_MODEL as MODEL_DIR
+from wadi_core.choices import SHAPES_CONTROLNET
 
 from .jobs import DistillJob, JobRefused, TaskJob
 
@@ -328,7 +329,7 @@ def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare
         raise UIError("upload a control image first (for the built-in ControlNet: white shapes on black)")
     if not (prompt or "").strip():
         raise UIError("write a prompt first")
-    folder = Path((controlnet or "").strip() or C.SHAPES_CONTROLNET).expanduser()
+    folder = Path((controlnet or "").strip() or SHAPES_CONTROLNET).expanduser()
     if not (folder / "config.json").is_file():
         raise UIError(f"{folder} is not a ControlNet folder (no config.json)")
     adapter_path = Path((adapter or "").strip()).expanduser()

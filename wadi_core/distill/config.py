@@ -17,10 +17,10 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..choices import ADAPTER_KINDS as KINDS
 from .recipes import Recipe, recipe_for_model
 
 MATCH, MAY_CHANGE, FREE = "match", "may change", "free"
-KINDS = ("lorad", "lora", "dora", "full")  # adapter kinds of a trained network (wadi_core.students)
 GRADIENT_MODES = ("wadi", "dmd2")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 GAN_FEATURES = ("mid", "last")

@@ -98,3 +98,20 @@ def preset_parameter_count(model: nn.Module, preset: str, rank: int) -> tuple[in
     layers = select_targets(model, preset=preset)
     params = sum(rank * (m.weight.shape[0] + m.weight.shape[1:].numel() // 2) for _, m in layers)
     return len(layers), params
+
+
+def preset_table() -> list[dict]:
+    """Layers and exact trainable parameters of every preset at its paper ranks on the paper's architectures,
+    built on the meta device (no weights, no memory)."""
+    from ..models.families import REFERENCE_ARCHITECTURES, build_on_meta
+
+    rows = []
+    for family, (_, presets) in REFERENCE_ARCHITECTURES.items():
+        model = build_on_meta(family)
+        total = sum(p.numel() for p in model.parameters())
+        for preset, ranks in presets.items():
+            for rank in ranks:
+                layers, params = preset_parameter_count(model, preset, rank)
+                rows.append({"family": family, "preset": preset, "rank": rank, "layers": layers,
+                             "parameters": params, "share": params / total})
+    return rows

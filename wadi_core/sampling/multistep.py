@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..choices import SCHEDULERS
 from ..models.vae import decode
 from .latents import check_eps_prediction, check_sampling_settings, initial_latents, latent_shape
 
-SCHEDULERS = ("ddim", "euler")
 
 
 def make_scheduler(name: str, config):

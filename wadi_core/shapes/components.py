@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ..choices import EMBEDDED_MODEL
 from ..models.components import Components, save_sd_folder
 from .world import IMAGE_SIZE, vocabulary
 
-MODEL_DIR = Path(__file__).resolve().parent / "model"
+MODEL_DIR = EMBEDDED_MODEL
 FAMILY = "shapes"
 MAX_TOKENS = 16  # BOS + the longest caption (9 words) + EOS, padded
 LATENT_SIZE = IMAGE_SIZE // 4

@@ -24,8 +24,6 @@ from ..sampling import Controlled, MultiStep, OneStep, build_generator, image_si
 from ..sampling.controlnet import ControlNetMismatch, check_fits  # noqa: F401  (part of this module's face)
 
 
-# The shipped ControlNet of the embedded world: silhouettes (shapes white on black) -> placement.
-SHAPES_CONTROLNET = Path(__file__).resolve().parents[1] / "shapes" / "controlnet"
 
 
 def new_controlnet(components, conditioning_channels: int = 3):
