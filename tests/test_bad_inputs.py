@@ -129,7 +129,7 @@ CASES = [
     ("distill-guidance-nan", "distill --guidance nan --out {out}", "finite number"),
     ("distill-guidance-below-one", "distill --guidance 0.5 --out {out}", "1 (no guidance) or more"),
     ("distill-lr-inf", "distill --lr-student inf --out {out}", "finite number"),
-    ("distill-lr-huge", "distill --student full --lr-student 1e30 --out {out}", "at most 1"),
+    ("distill-lr-huge", "distill --student-kind full --lr-student 1e30 --out {out}", "at most 1"),
     ("distill-batch-size-zero", "distill --batch-size 0 --out {out}", "1 or more"),
     ("distill-ema-text", "distill --ema fast --out {out}", "is not a number"),
     ("dreambooth-steps-zero", "dreambooth --steps 0 --out {out}", "1 or more"),

@@ -61,7 +61,7 @@ def _watch_command(start, files):
 def distill_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
-            teacher = gr.Textbox(label="Teacher", value=actions.EMBEDDED,
+            teacher = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED,
                                  info="a diffusers folder or a .safetensors file; empty or 'embedded' for the "
                                       "built-in shapes model")
             prompts_path = gr.Textbox(label="Prompt file", placeholder="prompts.txt (one per line, or JSONL)")
@@ -148,7 +148,7 @@ def generate_tab(gr) -> None:
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 batch = gr.Number(value=4, precision=0, label="Images")
-                compare = gr.Checkbox(value=False, label="Also the multi-step teacher (25 steps, CFG 3)")
+                compare = gr.Checkbox(value=False, label="Also the multi-step teacher (25 steps, guidance 3)")
                 twice = gr.Checkbox(value=False, label="2x size (one step, upscale, 4 teacher steps)")
             run = gr.Button("Generate", variant="primary", elem_id="wadi_generate")
         with gr.Column():
@@ -183,7 +183,7 @@ def reversion_tab(gr) -> None:
     from wadi_core.shapes.novel import NOVEL_RELATIONS
     with gr.Row():
         with gr.Column():
-            model = gr.Textbox(label="Teacher (multi-step)", value=actions.EMBEDDED)
+            model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
             exemplars = gr.Textbox(label="Exemplar folder (images + text.json with <R> in every caption)",
                                    info="empty: render an embedded relation", elem_id="wadi_rev_exemplars")
             relation = gr.Dropdown(list(NOVEL_RELATIONS), value="larger", label="Embedded relation")
@@ -218,7 +218,7 @@ def dreambooth_tab(gr) -> None:
             student = gr.Textbox(label="Student (generates the class images in one step; optional)",
                                  elem_id="wadi_db_student")
             with gr.Row():
-                adapter = gr.Dropdown(["lorad", "lora", "full"], value="lorad", label="Adapter")
+                adapter = gr.Dropdown(["lorad", "lora", "full"], value="lorad", label="Subject adapter kind")
                 rank = gr.Number(value=8, precision=0, label="Rank")
                 steps = gr.Number(value=300, precision=0, label="Steps", elem_id="wadi_db_steps")
             out = gr.Textbox(label="Output folder", value="wadi-ui-dreambooth", elem_id="wadi_db_out")
@@ -237,7 +237,7 @@ def dreambooth_tab(gr) -> None:
 def analyze_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
-            base = gr.Textbox(label="Base model (multi-step)", value=actions.EMBEDDED)
+            base = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
             other = gr.Textbox(label="Other model (folder, checkpoint, or a student / adapter file for the base)",
                                elem_id="wadi_analyze_other")
             out = gr.Textbox(label="Output folder", value="wadi-ui-analysis")
