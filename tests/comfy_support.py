@@ -105,6 +105,19 @@ def random_lorad(path: Path, rank: int = 4, seed: int = 0, std: float = 0.05, fa
                                                                    len(layers)), overwrite=True)
 
 
+def released_unet(path: Path, checkpoint: Path, adapter: Path) -> Path:
+    """The authors' release format: the whole UNet's state dict (diffusers names, fp16) of ``checkpoint`` with
+    ``adapter``'s rotations baked in."""
+    from safetensors.torch import save_file
+
+    from wadi_core.merge import _rotated_backbone, plan_merge
+    from wadi_core.models import open_checkpoint
+
+    state = _rotated_backbone(plan_merge(open_checkpoint(checkpoint), [(adapter, 1.0)]), progress=False)
+    save_file({k: v.half().contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
 class ComfyServer:
     """A real ComfyUI server on 127.0.0.1 (CPU) with this repository in custom_nodes/."""
 

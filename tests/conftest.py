@@ -105,11 +105,18 @@ def sd_dir(tmp_path):
 
 @pytest.fixture(scope="session")
 def sd15_random(tmp_path_factory):
-    """Random-weight SD1.5 files for the ComfyUI tests (built once per run): a single-file
-    checkpoint ComfyUI detects as SD1.5 and two LoRaD adapters for it."""
-    from comfy_support import random_lorad, require_comfy, sd15_checkpoint
+    """Random-weight SD1.5 files for the ComfyUI tests (built once per run): a single-file checkpoint ComfyUI
+    detects as SD1.5, two LoRaD adapters for it, the student's rotations baked into a whole-UNet state dict as the
+    authors release theirs, and the adapter wadi extract recovers from that file."""
+    from comfy_support import random_lorad, released_unet, require_comfy, sd15_checkpoint
+
+    from wadi_core.extract import extract
     require_comfy()  # skip (or fail in CI) before spending a minute on 2 GB of weights
     folder = tmp_path_factory.mktemp("sd15-random")
-    return {"checkpoint": sd15_checkpoint(folder / "sd15-random.safetensors"),
-            "student": random_lorad(folder / "student.safetensors", seed=1),
-            "style": random_lorad(folder / "style.safetensors", seed=2)}
+    files = {"checkpoint": sd15_checkpoint(folder / "sd15-random.safetensors"),
+             "student": random_lorad(folder / "student.safetensors", seed=1),
+             "style": random_lorad(folder / "style.safetensors", seed=2)}
+    files["released"] = released_unet(folder / "rotated_unet-sdv1-5.safetensors", files["checkpoint"], files["student"])
+    files["extracted"] = extract(files["checkpoint"], files["released"], folder / "extracted.safetensors", rank=4,
+                                 progress=False).path
+    return files

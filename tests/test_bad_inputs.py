@@ -148,7 +148,7 @@ CASES = [
     ("control-not-an-image", "controlnet --prompt x --control {not_an_image} --out {out}", "not a readable image"),
     ("control-missing", "controlnet --prompt x --control {root}/nope.png --out {out}", "does not exist"),
     # outputs that cannot be written
-    ("out-is-the-base", "merge --base {sd} --adapter {adapter} --out {sd} --overwrite", "is the input --base"),
+    ("out-is-the-base", "merge --model {sd} --adapter {adapter} --out {sd} --overwrite", "is the input --model"),
     ("out-is-an-adapter", "export-lora --base {sd} --adapter {adapter} --out {adapter} --overwrite",
      "is the input --adapter"),
     ("out-is-the-model", "generate --model {sd} --prompt x --out {sd} --overwrite", "is the input --model"),

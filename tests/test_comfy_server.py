@@ -45,8 +45,10 @@ def server(tmp_path_factory, sd15_random):
 
     base = tmp_path_factory.mktemp("comfy-base")
     models = base / "models"
-    for kind in ("checkpoints", "loras", "controlnet", "embeddings"):
+    for kind in ("checkpoints", "loras", "controlnet", "embeddings", "diffusion_models"):
         (models / kind).mkdir(parents=True)
+    (models / "diffusion_models" / workflow_build.RELEASED_UNET).symlink_to(sd15_random["released"])
+    (models / "loras" / workflow_build.EXTRACTED).symlink_to(sd15_random["extracted"])
     for name in (workflow_build.CHECKPOINT, workflow_build.MERGED_CHECKPOINT):
         (models / "checkpoints" / name).symlink_to(sd15_random["checkpoint"])
     (models / "loras" / workflow_build.STUDENT).symlink_to(sd15_random["student"])
@@ -124,6 +126,26 @@ def image_of_variant(server, workflow_name: str, class_type: str, inputs: dict, 
     assert entry["status"]["status_str"] == "success", error_text(entry)
     image = next(i for o in entry["outputs"].values() for i in o.get("images", []))
     return np.asarray(Image.open(server.base / "output" / image["subfolder"] / image["filename"])).astype(int)
+
+
+def test_the_extracted_adapter_draws_what_the_released_unet_draws(server):
+    """The authors' file through ComfyUI's own UNet loader and its wadi extract through our LoRaD loader are one
+    model: the same prompt and seed give the same image, up to the fp16 rounding of the released file."""
+    import json as json_module
+
+    released = image_of_variant(server, "wadi_released_unet", "WaDiOneStepSampler", {"seed": 5}, "released-5")
+    workflow = json_module.loads((WORKFLOWS / "wadi_extracted_adapter.json").read_text())
+    prompt = small(ui_to_api(workflow, server.object_info))
+    for node in prompt.values():
+        if node["class_type"] == "WaDiOneStepSampler":
+            node["inputs"]["seed"] = 5
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", error_text(entry)
+    from PIL import Image
+    import numpy as np
+    full = next(i for o in entry["outputs"].values() for i in o.get("images", []) if "extracted-1.0" in i["filename"])
+    extracted = np.asarray(Image.open(server.base / "output" / full["subfolder"] / full["filename"])).astype(int)
+    assert np.abs(extracted - released).mean() < 4
 
 
 def test_controlnet_changes_the_one_step_image(server):

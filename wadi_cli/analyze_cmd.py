@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--model", help="the multi-step model (BASE): a diffusers folder or a single-file .safetensors")
     p.add_argument("--compare", help="the model to compare (OTHER): a diffusers folder, a single-file checkpoint, or "
                                      "an adapter / student file for BASE (LoRaD, LoRA, DoRA or full fine-tune)")
+    A.backbone_option(p, "--model (BASE)")
     p.add_argument("old_model", nargs="?", help=argparse.SUPPRESS)  # the positional BASE OTHER of before
     p.add_argument("old_compare", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--out", default="wadi-analysis", help="output folder (default: wadi-analysis)")
@@ -55,7 +56,8 @@ def run(args) -> int:
         raise ValueError("give the two models: --model BASE --compare OTHER")
     swap = Swap(not args.no_swap, args.pipeline, args.sampler, args.steps, args.guidance, args.prompts,
                 args.num_prompts, args.batch_size, args.seed, Metrics(args.fid_features, args.reference, args.clip))
-    out = analyze(base, other, args.out, args.convs, swap, args.overwrite, progress=not args.quiet, report=print)
+    out = analyze(base, other, args.out, args.convs, swap, args.overwrite, progress=not args.quiet, report=print,
+                  backbone=args.backbone)
     files = "analysis.json, layers.csv, changes.png, svd_energy.png, report.md"
     print(f"wrote {out}/: {files}" + (", swap.png, swap_samples.png" if (out / "swap.png").is_file() else ""))
     return 0

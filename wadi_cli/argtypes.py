@@ -38,6 +38,7 @@ count = ranged(int, "0 or more", low=0)
 seed = ranged(int, f"a whole number from 0 to {SEED_LIMIT - 1}", low=0, high=SEED_LIMIT - 1)
 port = ranged(int, "a port number from 1 to 65535", low=1, high=65535)
 non_negative = ranged(float, "0 or more", low=0.0)
+positive = ranged(float, "more than 0", low=0.0, low_open=True)
 guidance = ranged(float, "0 or more (1 = no guidance)", low=0.0)
 vsd_guidance = ranged(float, "1 (no guidance) or more", low=1.0)
 learning_rate = ranged(float, "more than 0 and at most 1 (typical: 1e-5 to 1e-2)", low=0.0, high=1.0, low_open=True)
@@ -48,3 +49,10 @@ open_fraction = ranged(float, "more than 0 and at most 1", low=0.0, high=1.0, lo
 def hidden_alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs) -> None:
     """An old spelling of a flag, kept for one release: it sets ``dest`` and is not listed in --help."""
     parser.add_argument(flag, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
+def backbone_option(parser: argparse.ArgumentParser, whose: str = "--model") -> None:
+    """``--unet FILE``: the whole backbone of ``whose`` replaced by a state dict (the authors' released models)."""
+    parser.add_argument("--unet", dest="backbone", metavar="FILE",
+                        help=f"a state dict of a whole UNet (or DiT transformer) that replaces the one of {whose}, "
+                             "e.g. the authors' rotated_unet-sdv1-5.safetensors; checked strictly against it")

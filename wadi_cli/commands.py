@@ -8,6 +8,8 @@ COMMANDS = {
     "eval": ("eval_cmd", "evaluate a model: prompt accuracy, domain FID, images/s"),
     "merge": ("merge_cmd", "bake LoRaD adapters into a model (diffusers folder or single file)"),
     "export-lora": ("merge_cmd", "approximate LoRaD adapters by a standard LoRA (SVD of the delta)"),
+    "extract": ("extract_cmd", "recover a LoRaD adapter from a merged model (the authors' released UNets), or convert "
+                               "their angle files (kduv.pth)"),
     "analyze": ("analyze_cmd", "norm vs direction change of the weights of two checkpoints (paper Fig. 1)"),
     "controlnet-train": ("controlnet_cmd", "train a ControlNet for a teacher (embedded: silhouette control)"),
     "controlnet": ("controlnet_cmd", "generate with a ControlNet: one step with --student, or multi-step; --eval "

@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (controlnet/ when done, checkpoint/, loss.png)")
     p.add_argument("--model", default=str(MODEL_DIR), help="the teacher the ControlNet is for")
     A.hidden_alias(p, "--teacher", "model")
+    A.backbone_option(p)
     p.add_argument("--data", help="JSONL with image, condition and caption per line (needed for a real teacher)")
     p.add_argument("--steps", type=A.positive_int, default=1500)
     p.add_argument("--batch-size", type=A.positive_int, default=32)
@@ -39,6 +40,8 @@ def register(sub) -> None:
                         "silhouette ControlNet of the embedded world)")
     g.add_argument("--model", default=str(MODEL_DIR))
     g.add_argument("--student", help="a student / LoRaD file: one-step generation (else --steps of DDIM)")
+    A.backbone_option(g)
+    g.add_argument("--one-step", action="store_true", help="sample --model in one step (a merged or released student)")
     g.add_argument("--steps", type=A.positive_int, default=25)
     g.add_argument("--guidance", type=A.guidance, default=3.0)
     g.add_argument("--scale", type=A.non_negative, default=1.0, help="ControlNet conditioning scale")
@@ -55,7 +58,7 @@ def run_train(args) -> int:
     from wadi_core.tasks import controlnet as C
 
     folder = C.train(args.model, args.out, args.data, args.steps, args.batch_size, args.lr, args.caption_dropout,
-                     args.checkpoint_every, args.seed, args.resume, Progress(quiet=args.quiet))
+                     args.checkpoint_every, args.seed, args.resume, Progress(quiet=args.quiet), args.backbone)
     print(f"wrote {folder} ({args.steps} steps); loss curve in {folder.parent / 'loss.png'}")
     return 0
 
@@ -65,6 +68,7 @@ def run_generate(args) -> int:
     from wadi_core.tasks import controlnet as C
 
     C.draw(args.controlnet, args.out, args.model, args.student, args.steps, args.guidance, args.scale, args.prompt,
-           args.control, args.eval, args.seed, args.overwrite, report=print)
+           args.control, args.eval, args.seed, args.overwrite, report=print, backbone=args.backbone,
+           one_step=args.one_step)
     print(f"wrote {args.out}")
     return 0

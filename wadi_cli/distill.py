@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="the teacher: a diffusers SD folder, a single-file SD1.x checkpoint (tokenizer/ "
                                    "beside it) or a PixArt-style DiT folder (default: the embedded shapes model)")
     A.hidden_alias(p, "--teacher", "model")
+    A.backbone_option(p, "the teacher (--model)")
     p.add_argument("--recipe", choices=tuple(RECIPES),
                    help="the table of defaults for what is not given (default: the teacher's family's, recognised "
                         "from its weights: shapes for the embedded world, paper for SD1.x/2.x and PixArt)")

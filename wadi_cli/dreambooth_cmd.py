@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--class-dir", help="images of the class (default: generate --num-class-images)")
     p.add_argument("--num-class-images", type=A.positive_int, default=64)
     p.add_argument("--model", default=str(MODEL_DIR), help="the base model (diffusers SD folder)")
+    A.backbone_option(p)
     p.add_argument("--student", help="the distilled student: it generates the class images in one step, and "
                                      "with --on student it is the network fine-tuned")
     p.add_argument("--on", choices=("teacher", "student"), default="teacher", help="which network to fine-tune")
@@ -49,6 +50,7 @@ def register(sub) -> None:
     e.add_argument("--adapter", help="subject.safetensors from wadi dreambooth (without it: the base model, the baseline)")
     e.add_argument("--student", help="evaluate in one step on this student (else the teacher, 25 DDIM steps)")
     e.add_argument("--model", default=str(MODEL_DIR))
+    A.backbone_option(e)
     e.add_argument("--count", type=A.at_least_two, default=48, help="images per prompt group")
     e.add_argument("--seed", type=A.seed, default=0)
     e.add_argument("--out", required=True)
@@ -65,7 +67,7 @@ def run_train(args) -> int:
     config = D.DreamBoothConfig(args.instance_prompt, args.class_prompt, spec, args.steps, args.batch_size, args.lr,
                                 args.prior_weight, args.seed)
     run = D.train(args.model, args.out, config, args.instance_dir, args.count, args.class_dir, args.num_class_images,
-                  args.student, args.on, args.overwrite, Progress(quiet=args.quiet))
+                  args.student, args.on, args.overwrite, Progress(quiet=args.quiet), args.backbone)
     print(f"trained {run.label} ({run.trainable:,} values) in {run.minutes:.1f} min; wrote {run.adapter}")
     return 0
 
@@ -74,6 +76,7 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from wadi_core.tasks import dreambooth as D
 
-    D.evaluate(args.out, args.model, args.adapter, args.student, args.count, args.seed, args.overwrite, report=print)
+    D.evaluate(args.out, args.model, args.adapter, args.student, args.count, args.seed, args.overwrite, report=print,
+               backbone=args.backbone)
     print(f"wrote {args.out}/metrics.json and grid.png")
     return 0

@@ -23,6 +23,7 @@ def add_model_args(p) -> None:
     p.add_argument("--embedding", action="append", default=[], metavar="FILE",
                    help="a learned token (wadi reversion's reversion.safetensors or a one-vector textual-inversion "
                         "file, whose token is its file name); repeat for several")
+    A.backbone_option(p)
     p.add_argument("--one-step", action="store_true",
                    help="sample --model in one step (a merged student, e.g. from wadi distill --export-merged)")
     p.add_argument("--steps", type=A.positive_int, default=25, help="sampler steps of multi-step sampling (default 25)")
@@ -43,7 +44,8 @@ def load_generator(args) -> tuple:
     from wadi_core.sampling import build_generator
 
     adapters = [parse_adapter_spec(spec) for spec in args.student]
-    generator = build_generator(args.model, adapters, args.embedding, one_step=is_one_step(args))
+    generator = build_generator(args.model, adapters, args.embedding, one_step=is_one_step(args),
+                                backbone=args.backbone)
     if generator.tokens:
         print(f"tokens for the prompts: {', '.join(generator.tokens)}")
     for path, _ in adapters:

@@ -15,7 +15,10 @@ from .outputs import writes
 def register(sub) -> None:
     p = sub.add_parser("highres", help=summary("highres"))
     p.add_argument("--model", default=str(MODEL_DIR), help="the teacher (a diffusers SD folder)")
-    p.add_argument("--student", required=True, help="the student (student.safetensors of wadi distill)")
+    p.add_argument("--student", help="the student (student.safetensors of wadi distill)")
+    p.add_argument("--unet", dest="backbone", metavar="FILE",
+                   help="or a released one-step UNet (a state dict of the whole UNet, e.g. the authors' "
+                        "rotated_unet-sdv1-5.safetensors) on --model; the teacher refines with --model's own")
     p.add_argument("--prompt", action="append", default=[])
     p.add_argument("--prompts")
     p.add_argument("--num-per-prompt", type=A.positive_int, default=1)
@@ -38,8 +41,11 @@ def run(args) -> int:
     from wadi_core.images import write_images
     from wadi_core.sampling import OneStep, TwoStage, build_generator
 
+    if not args.student and not args.backbone:
+        raise ValueError("give the one-step model: --student FILE (an adapter) or --unet FILE (a released UNet)")
     prompts = collect_prompts(args)
-    student = build_generator(args.model, [(args.student, 1.0)])
+    student = build_generator(args.model, [(args.student, 1.0)] if args.student else [], backbone=args.backbone,
+                              one_step=True)
     sampler = OneStep(scale=args.scale) if args.route == "one-step" else \
         TwoStage(build_generator(args.model).components, args.scale, args.strength, args.refine_steps, args.guidance)
     seeds = [args.seed + i for i in range(len(prompts))]

@@ -12,8 +12,10 @@ def _add_common(p) -> None:
     p.add_argument("--model", help="the model the adapters were trained on: a diffusers folder or a single "
                                    ".safetensors (required)")
     A.hidden_alias(p, "--base", "model")
-    p.add_argument("--adapter", required=True, action="append", metavar="FILE[:STRENGTH]",
-                   help="a LoRaD adapter, optionally with a strength (default 1); repeat to stack adapters")
+    A.backbone_option(p)
+    p.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a LoRaD adapter, optionally with a strength (default 1); repeat to stack adapters (merge "
+                        "takes none with --unet: the released UNet written into --model's layout)")
     p.add_argument("--out", required=True, help="output path")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -33,12 +35,14 @@ def register(sub) -> None:
     p.set_defaults(run=run_export)
 
 
-def model_and_adapters(args) -> tuple[str, list]:
+def model_and_adapters(args):
+    """The base model (with its --unet replacement) as a checkpoint, and the adapters with their strengths."""
     from wadi_core.merge import parse_adapter_spec
+    from wadi_core.models import open_checkpoint
 
     if not args.model:
         raise ValueError("give the base model the adapters are for: --model PATH")
-    return args.model, [parse_adapter_spec(s) for s in args.adapter]
+    return open_checkpoint(args.model, args.backbone), [parse_adapter_spec(s) for s in args.adapter]
 
 
 def run_merge(args) -> int:

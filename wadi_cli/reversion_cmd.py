@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--count", type=A.positive_int, default=12, help="exemplars to render for the embedded relation")
     p.add_argument("--model", default=str(MODEL_DIR), help="the teacher, the multi-step model (diffusers SD folder)")
     A.hidden_alias(p, "--teacher", "model")
+    A.backbone_option(p)
     p.add_argument("--token", default="<R>", help="the new relation token (must not be in the vocabulary)")
     p.add_argument("--init", help="initialiser word(s) of the token's embedding (default: the embedded relation's, "
                                   "'in' for inside, 'and' for larger; 'and' with --exemplars)")
@@ -50,6 +51,7 @@ def register(sub) -> None:
     e.add_argument("--embedding", required=True, help="reversion.safetensors from wadi reversion")
     e.add_argument("--student", help="a distilled student adapter for the one-step rows")
     e.add_argument("--model", default=str(MODEL_DIR))
+    A.backbone_option(e)
     e.add_argument("--count", type=A.positive_int, default=64, help="prompts (new entity pairs)")
     e.add_argument("--steps", type=A.positive_int, default=25)
     e.add_argument("--guidance", type=A.guidance, default=3.0)
@@ -70,7 +72,7 @@ def run_train(args) -> int:
     config = R.ReVersionConfig(token=args.token, init=init, seed=args.seed,
                                **{name: value for name, value in given.items() if value is not None})
     run = R.train(args.model, args.out, config, args.exemplars, args.relation, args.count, args.name,
-                  args.overwrite, Progress(quiet=args.quiet))
+                  args.overwrite, Progress(quiet=args.quiet), args.backbone)
     print(f"learned {args.token} in {run.minutes:.1f} min; wrote {run.embedding} and {run.textual_inversion} "
           f"(ComfyUI: embedding:{args.name}; A1111: {args.name})")
     return 0
@@ -81,6 +83,6 @@ def run_eval(args) -> int:
     from wadi_core.tasks import reversion as R
 
     R.evaluate(args.embedding, args.out, args.model, args.student, args.count, args.steps, args.guidance,
-               args.baseline, args.seed, args.overwrite, report=print)
+               args.baseline, args.seed, args.overwrite, report=print, backbone=args.backbone)
     print(f"wrote {args.out}/metrics.json and grid.png")
     return 0

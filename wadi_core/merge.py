@@ -59,9 +59,9 @@ class MergePlan:
 
 
 def plan_merge(base: str | os.PathLike | Checkpoint, adapters: Sequence[tuple[str | os.PathLike, float]]) -> MergePlan:
-    if not adapters:
-        raise ValueError("no adapter given; pass at least one --adapter FILE[:strength]")
     ckpt = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    if not adapters and not ckpt.backbone_file:
+        raise ValueError("no adapter given; pass at least one --adapter FILE[:strength]")
     shapes = ckpt.layer_shapes
     layers: dict[str, list] = {}
     files = []
@@ -133,7 +133,9 @@ def merge_checkpoint(base: str | os.PathLike, adapters: Sequence[tuple[str | os.
 
 
 def refuse_inputs_as_output(out: Path, base, adapters: Sequence[tuple[str | os.PathLike, float]]) -> None:
-    inputs = [("--base", base.path if isinstance(base, Checkpoint) else base)]
+    inputs = [("--model", base.path if isinstance(base, Checkpoint) else base)]
+    if isinstance(base, Checkpoint) and base.backbone_file:
+        inputs.append(("--unet", base.backbone_file))
     fileio.refuse_same_path(out, inputs + [("--adapter", path) for path, _ in adapters])
 
 
@@ -232,6 +234,8 @@ def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathL
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if not adapters:
+        raise ValueError("no adapter given; pass at least one --adapter FILE[:strength]")
     out = Path(out)
     refuse_inputs_as_output(out, base, adapters)
     with fileio.claim(out, overwrite):
@@ -298,19 +302,21 @@ def _export_lora(base, adapters, out: Path, rank: int, dtype: torch.dtype, overw
 
 # --- the student merged into its teacher's folder -------------------------------------------------
 
-def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """A copy of the teacher's diffusers folder whose UNet (or DiT) has the student baked in."""
-    fileio.refuse_same_path(out, [("--model", teacher), ("--student", adapter)])
+def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite: bool = False,
+                  backbone: str | os.PathLike | None = None) -> Path:
+    """A copy of the teacher's diffusers folder whose UNet (or DiT; ``backbone``: the state dict that replaced
+    the teacher's) has the student baked in."""
+    fileio.refuse_same_path(out, [("--model", teacher), ("--unet", backbone), ("--student", adapter)])
     if Path(teacher).is_file():  # a single-file teacher: a single file with the student's rotations baked in
         if students.read_spec(adapter).kind != "lorad":
             raise ValueError("--export-merged of a single-file teacher needs a LoRaD student; merge others into a "
                              "diffusers folder of the teacher")
-        out = Path(out)
-        return merge_checkpoint(teacher, [(adapter, 1.0)], out if out.suffix == ".safetensors" else
-                                out.with_suffix(".safetensors"), "single-file", overwrite, progress=False)
+        out = Path(out) if Path(out).suffix == ".safetensors" else Path(out).with_suffix(".safetensors")
+        return merge_checkpoint(open_checkpoint(teacher, backbone), [(adapter, 1.0)], out, "single-file", overwrite,
+                                progress=False)
     from .models import load_components
 
-    components = load_components(teacher)
+    components = load_components(teacher, backbone=backbone)
     students.apply_adapter_file(components.unet, adapter)
     network = students.plain_model(components.unet)
     part = "transformer" if is_dit_folder(teacher) else "unet"

@@ -133,7 +133,7 @@ def learning_rate_for(role: str, kind: str, teacher: str) -> float:
 
 def start_distillation(teacher, prompts_path, pasted, student_kind, student_rank, fake_kind, fake_rank, steps,
                        lr_student, lr_fake, guidance, fake_guidance, out, resume=False,
-                       sample_every=None) -> DistillJob:
+                       sample_every=None, backbone="") -> DistillJob:
     from wadi_core.distill import DistillConfig
     from wadi_core.distill.world import world_for_family
 
@@ -142,7 +142,8 @@ def start_distillation(teacher, prompts_path, pasted, student_kind, student_rank
         raise UIError("this teacher needs prompts: give a prompt file or paste prompts, one per line")
     steps = positive_int(steps, "steps")
     config = DistillConfig.from_options(
-        out=output_folder(out), model=model_path(teacher), prompts=prompts, student_kind=student_kind,
+        out=output_folder(out), model=model_path(teacher), backbone=optional_file(backbone, "replacement UNet"),
+        prompts=prompts, student_kind=student_kind,
         student_rank=positive_int(student_rank, "student rank"), fake_kind=fake_kind,
         fake_rank=positive_int(fake_rank, "fake rank"), steps=steps,
         lr_student=positive_float(lr_student, "student learning rate"),
@@ -200,7 +201,7 @@ def optional_file(text: str, what: str) -> str | None:
     return str(path)
 
 
-def start_reversion(model, exemplars, relation, token, init, steps, out) -> TaskJob:
+def start_reversion(model, exemplars, relation, token, init, steps, out, backbone="") -> TaskJob:
     """ReVersion in the background (embedded exemplars of ``relation`` when no folder is given)."""
     from wadi_core.shapes import novel
     from wadi_core.tasks import reversion
@@ -209,13 +210,13 @@ def start_reversion(model, exemplars, relation, token, init, steps, out) -> Task
     folder = optional_folder(exemplars, "exemplar")
     init = (init or "").strip() or ("and" if folder else novel.novel_relation(relation).init)
     config = ReVersionConfig(token=(token or "").strip() or "<R>", init=init, steps=positive_int(steps, "steps"))
-    model, out = model_path(model), output_folder(out)
+    model, out, backbone = model_path(model), output_folder(out), optional_file(backbone, "replacement UNet")
     return TaskJob.start(out, lambda progress: reversion.train(model, out, config, folder, relation,
-                                                               progress=progress))
+                                                               progress=progress, backbone=backbone))
 
 
 def start_dreambooth(model, instance_dir, instance_prompt, class_prompt, student, adapter_kind, rank, steps,
-                     out) -> TaskJob:
+                     out, backbone="") -> TaskJob:
     """DreamBooth in the background (the embedded subject when no folder is given)."""
     from wadi_core import students
     from wadi_core.tasks import dreambooth
@@ -228,9 +229,9 @@ def start_dreambooth(model, instance_dir, instance_prompt, class_prompt, student
                                          prior_weight=1.0 if class_prompt else 0.0)
     folder = optional_folder(instance_dir, "instance image")
     student_file = optional_file(student, "student")
-    model, out = model_path(model), output_folder(out)
+    model, out, backbone = model_path(model), output_folder(out), optional_file(backbone, "replacement UNet")
     return TaskJob.start(out, lambda progress: dreambooth.train(model, out, config, folder, student=student_file,
-                                                                progress=progress))
+                                                                progress=progress, backbone=backbone))
 
 
 def finished_student(out: str) -> Path:
@@ -272,9 +273,10 @@ def parse_adapters(text: str) -> list[str]:
 
 
 def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_size=False,
-                    embedding_files="") -> tuple[list, str]:
-    """One-step images (with the adapters) and optionally the multi-step teacher beside them; with
-    ``twice_the_size`` the two-stage route (one step, upscale, a short teacher refinement)."""
+                    embedding_files="", backbone="") -> tuple[list, str]:
+    """One-step images (with the adapters, or of the model whose UNet ``backbone`` replaces) and optionally the
+    multi-step teacher beside them; with ``twice_the_size`` the two-stage route (one step, upscale, a short
+    teacher refinement)."""
     from wadi_core.merge import parse_adapter_spec
     from wadi_core.sampling import MultiStep, OneStep, TwoStage, build_generator
 
@@ -282,11 +284,14 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
         raise UIError("write a prompt first")
     batch = positive_int(batch, "batch size")
     specs = parse_adapters(adapters)
-    if twice_the_size and not specs:
-        raise UIError("the 2x route needs a student: give its student.safetensors under adapters")
+    backbone = optional_file(backbone, "replacement UNet")
+    if twice_the_size and not specs and not backbone:
+        raise UIError("the 2x route needs a student: give its student.safetensors under adapters, or a released "
+                      "UNet")
     model = model_path(model)
     tokens = [optional_file(path, "embedding") for path in lines(embedding_files)]
-    student = build_generator(model, [parse_adapter_spec(spec) for spec in specs], tokens, one_step=True)
+    student = build_generator(model, [parse_adapter_spec(spec) for spec in specs], tokens, one_step=True,
+                              backbone=backbone)
     prompts, seeds = [prompt.strip()] * batch, [int(seed or 0) + i for i in range(batch)]
     sampler = TwoStage(build_generator(model, embeddings=tokens).components) if twice_the_size else OneStep()
     start = time.perf_counter()
@@ -306,7 +311,7 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
     return [(np.asarray(image), caption) for image, caption in gallery], text
 
 
-def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
+def analyze_models(base, other, out, convs, swap, backbone="") -> tuple[list[str], str]:
     """``wadi analyze`` of two models; returns its plots and report."""
     from wadi_core.analysis import Swap, analyze
 
@@ -314,13 +319,13 @@ def analyze_models(base, other, out, convs, swap) -> tuple[list[str], str]:
     if not (other or "").strip() or not other_path.exists():
         raise UIError(f"the second model {other!r} does not exist; give a folder, a checkpoint or an adapter file")
     folder = analyze(model_path(base), other_path, output_folder(out), convs, Swap(enabled=bool(swap), num_prompts=64),
-                     overwrite=True, progress=False)
+                     overwrite=True, progress=False, backbone=optional_file(backbone, "replacement UNet"))
     plots = [str(folder / name) for name in ("changes.png", "svd_energy.png", "swap.png", "swap_samples.png")
              if (folder / name).is_file()]
     return plots, (folder / "report.md").read_text()
 
 
-def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare) -> tuple[list, str]:
+def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare, backbone="") -> tuple[list, str]:
     """One-step ControlNet images with a student (and the teacher's 25 steps beside them)."""
     from wadi_core.tasks import controlnet as C
     from wadi_core.sampling import Controlled, MultiStep, build_generator
@@ -332,14 +337,17 @@ def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare
     folder = Path((controlnet or "").strip() or SHAPES_CONTROLNET).expanduser()
     if not (folder / "config.json").is_file():
         raise UIError(f"{folder} is not a ControlNet folder (no config.json)")
+    backbone = optional_file(backbone, "replacement UNet")
     adapter_path = Path((adapter or "").strip()).expanduser()
-    if not adapter_path.is_file():
-        raise UIError(f"the student {adapter_path} does not exist; give the student.safetensors of a distillation")
+    if not backbone and not adapter_path.is_file():
+        raise UIError(f"the student {adapter_path} does not exist; give the student.safetensors of a distillation "
+                      "(or a released UNet as the replacement)")
     net = C.load_controlnet(folder)
     hint = np.asarray(control)[None, ..., :3].astype(np.uint8)
     prompts, seeds = [prompt.strip()], [int(seed or 0)]
     gallery, text = [], ""
-    student = build_generator(model_path(model), [(adapter_path, 1.0)])
+    adapters = [(adapter_path, 1.0)] if (adapter or "").strip() else []
+    student = build_generator(model_path(model), adapters, one_step=True, backbone=backbone)
     start = time.perf_counter()
     image = student(prompts, seeds, Controlled(net, hint))
     gallery.append((image[0], "student, one step"))

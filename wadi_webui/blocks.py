@@ -58,12 +58,20 @@ def _watch_command(start, files):
     return handler
 
 
+def backbone_field(gr):
+    """The optional replacement of a model's whole UNet (the authors' released one-step models)."""
+    return gr.Textbox(label="Replacement UNet (optional)",
+                      info="a state dict of the whole UNet that replaces the model's, e.g. the authors' "
+                           "rotated_unet-sdv1-5.safetensors")
+
+
 def distill_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
             teacher = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED,
                                  info="a diffusers folder or a .safetensors file; empty or 'embedded' for the "
                                       "built-in shapes model")
+            teacher_unet = backbone_field(gr)
             prompts_path = gr.Textbox(label="Prompt file", placeholder="prompts.txt (one per line, or JSONL)")
             pasted = gr.Textbox(label="...or paste prompts, one per line", lines=4)
             # the fields start at the embedded teacher's recipe and follow the recipe of the teacher chosen
@@ -99,15 +107,16 @@ def distill_tab(gr) -> None:
             after = gr.Markdown("", elem_id="wadi_after")
 
     settings = [teacher, prompts_path, pasted, student, student_rank, fake, fake_rank, steps, lr_student, lr_fake,
-                guidance, fake_guidance, out]
+                guidance, fake_guidance, out, teacher_unet]
 
     def launch(resume_run, *values):
+        *fields, backbone = values
         try:
-            job = actions.start_distillation(*values, resume=resume_run)
+            job = actions.start_distillation(*fields, resume=resume_run, backbone=backbone)
         except actions.user_errors() as err:
             yield _error(err), None, None
             return
-        yield from _watch(job, values[-1])
+        yield from _watch(job, fields[-1])
 
     def on_start(*values):
         yield from launch(False, *values)
@@ -140,6 +149,7 @@ def generate_tab(gr) -> None:
         with gr.Column():
             model = gr.Textbox(label="Model", value=actions.EMBEDDED, elem_id="wadi_model",
                                info="the teacher (a diffusers folder) or a merged student")
+            unet = backbone_field(gr)
             adapters = gr.Textbox(label="Students / LoRaD adapters, one per line (path or path:strength)", lines=3,
                                   elem_id="wadi_adapters")
             prompt = gr.Textbox(label="Prompt", value="a red circle", elem_id="wadi_prompt")
@@ -156,14 +166,16 @@ def generate_tab(gr) -> None:
             gallery = gr.Gallery(label="One-step images", elem_id="wadi_gallery")
 
     run.click(_showing_errors(actions.generate_images, empty=[]),
-              inputs=[model, adapters, prompt, seed, batch, compare, twice, embeddings], outputs=[gallery, timing])
+              inputs=[model, adapters, prompt, seed, batch, compare, twice, embeddings, unet], outputs=[gallery, timing])
 
 
 def controlnet_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
             model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
-            adapter = gr.Textbox(label="Student (student.safetensors of a distillation)", elem_id="wadi_cn_student")
+            unet = backbone_field(gr)
+            adapter = gr.Textbox(label="Student (student.safetensors of a distillation; empty with a replacement "
+                                       "UNet)", elem_id="wadi_cn_student")
             controlnet = gr.Textbox(label="ControlNet folder (empty: the built-in silhouette ControlNet)")
             control = gr.Image(label="Control image", type="numpy", elem_id="wadi_cn_control")
             prompt = gr.Textbox(label="Prompt", value="a red circle")
@@ -176,7 +188,7 @@ def controlnet_tab(gr) -> None:
             gallery = gr.Gallery(label="Images", elem_id="wadi_cn_gallery")
 
     run.click(_showing_errors(actions.controlnet_images, empty=[]),
-              inputs=[model, adapter, controlnet, control, prompt, seed, compare], outputs=[gallery, timing])
+              inputs=[model, adapter, controlnet, control, prompt, seed, compare, unet], outputs=[gallery, timing])
 
 
 def reversion_tab(gr) -> None:
@@ -184,6 +196,7 @@ def reversion_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
             model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            unet = backbone_field(gr)
             exemplars = gr.Textbox(label="Exemplar folder (images + text.json with <R> in every caption)",
                                    info="empty: render an embedded relation", elem_id="wadi_rev_exemplars")
             relation = gr.Dropdown(list(NOVEL_RELATIONS), value="larger", label="Embedded relation")
@@ -201,7 +214,7 @@ def reversion_tab(gr) -> None:
             gallery = gr.Gallery(label="Exemplars and the teacher with the token; loss", elem_id="wadi_rev_gallery")
 
     run.click(_watch_command(actions.start_reversion, ["samples.png", "loss.png", "exemplars/00.png"]),
-              inputs=[model, exemplars, relation, token, init, steps, out], outputs=[status, gallery])
+              inputs=[model, exemplars, relation, token, init, steps, out, unet], outputs=[status, gallery])
 
 
 def dreambooth_tab(gr) -> None:
@@ -209,6 +222,7 @@ def dreambooth_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
             model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            unet = backbone_field(gr)
             instance = gr.Textbox(label="Subject images folder (3-8 images)", info="empty: the embedded subject, "
                                   "an orange diamond", elem_id="wadi_db_instance")
             with gr.Row():
@@ -230,7 +244,7 @@ def dreambooth_tab(gr) -> None:
             gallery = gr.Gallery(label="Subject images, then the trained model; loss", elem_id="wadi_db_gallery")
 
     run.click(_watch_command(actions.start_dreambooth, ["samples.png", "loss.png"]),
-              inputs=[model, instance, instance_prompt, class_prompt, student, adapter, rank, steps, out],
+              inputs=[model, instance, instance_prompt, class_prompt, student, adapter, rank, steps, out, unet],
               outputs=[status, gallery])
 
 
@@ -238,8 +252,9 @@ def analyze_tab(gr) -> None:
     with gr.Row():
         with gr.Column():
             base = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
-            other = gr.Textbox(label="Other model (folder, checkpoint, or a student / adapter file for the base)",
-                               elem_id="wadi_analyze_other")
+            unet = backbone_field(gr)
+            other = gr.Textbox(label="Other model (folder, checkpoint, a student / adapter file for the base, or a "
+                                     "released UNet)", elem_id="wadi_analyze_other")
             out = gr.Textbox(label="Output folder", value="wadi-ui-analysis")
             with gr.Row():
                 convs = gr.Checkbox(value=False, label="Also convolutions")
@@ -250,7 +265,7 @@ def analyze_tab(gr) -> None:
             plots = gr.Gallery(label="Plots", elem_id="wadi_analyze_plots")
 
     run.click(_showing_errors(actions.analyze_models, empty=[]),
-              inputs=[base, other, out, convs, swap], outputs=[plots, report])
+              inputs=[base, other, out, convs, swap, unet], outputs=[plots, report])
 
 
 def build_blocks():

@@ -27,10 +27,13 @@ CONTROLNET = "control_v11p_sd15_canny.safetensors"
 CONTROL_IMAGE = "wadi_control_example.png"
 SUBJECT_IMAGES = ("wadi_subject_1.png", "wadi_subject_2.png")
 EMBEDDING = "wadi_relation"  # models/embeddings/wadi_relation.safetensors, from wadi reversion
+RELEASED_UNET = "rotated_unet-sdv1-5.safetensors"  # the authors' released one-step SD1.5 (models/diffusion_models)
+EXTRACTED = "wadi-sd15-extracted.safetensors"  # wadi extract of it: a LoRaD adapter (models/loras)
 
 # For each node type used: its link inputs and outputs as ComfyUI lists them (widgets are given per node).
 NODE_SPECS = {
     "CheckpointLoaderSimple": ([], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "UNETLoader": ([], [("MODEL", "MODEL")]),
     "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
     "EmptyLatentImage": ([], [("LATENT", "LATENT")]),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
@@ -222,8 +225,35 @@ def dreambooth_train() -> Graph:
     return g
 
 
+def released_unet() -> Graph:
+    g = Graph("wadi_released_unet", "The authors' released one-step UNet (Load Diffusion Model) with the SD1.5 "
+                                    "checkpoint's CLIP and VAE, in one step")
+    ckpt, latent = _text_to_image_base(g)
+    unet = g.node("UNETLoader", (0, 240), [RELEASED_UNET, "default"], title="Load Diffusion Model (the released UNet)")
+    prompt = g.node("CLIPTextEncode", (380, 0), ["a photo of a golden retriever in the snow"], clip=(ckpt, 1))
+    sample = g.node("WaDiOneStepSampler", (760, 0), [0, "fixed"], model=(unet, 0), positive=(prompt, 0),
+                    latent_image=(latent, 0))
+    _decode_and_save(g, (sample, 0), (ckpt, 2), 1140, "wadi/released")
+    return g
+
+
+def extracted_adapter() -> Graph:
+    g = Graph("wadi_extracted_adapter", "The released model as a LoRaD adapter (wadi extract), at strengths 1 "
+                                        "and 0.5")
+    ckpt, latent = _text_to_image_base(g)
+    prompt = g.node("CLIPTextEncode", (380, 320), ["a photo of a golden retriever in the snow"], clip=(ckpt, 1))
+    for row, strength in enumerate((1.0, 0.5)):
+        adapter = g.node("WaDiLoadLoRaD", (380, 160 * row), [EXTRACTED, strength], title=f"LoRaD at {strength}",
+                         model=(ckpt, 0))
+        sample = g.node("WaDiOneStepSampler", (760, 300 * row), [0, "fixed"], model=(adapter, 0),
+                        positive=(prompt, 0), latent_image=(latent, 0))
+        image = g.node("VAEDecode", (1140, 300 * row), samples=(sample, 0), vae=(ckpt, 2))
+        g.node("SaveImage", (1140, 300 * row + 140), [f"wadi/extracted-{strength}"], images=(image, 0))
+    return g
+
+
 GRAPHS = (onestep_lorad, onestep_merged, lorad_stack, onestep_controlnet, merge_save, highres_two_stage,
-          reversion_onestep, dreambooth_train)
+          reversion_onestep, dreambooth_train, released_unet, extracted_adapter)
 
 
 def thumbnail(g: Graph, workflow_json: str) -> bytes:

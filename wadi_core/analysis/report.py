@@ -133,11 +133,12 @@ def report_text(base_name: str, other_name: str, sampler: str, summary: dict, sw
 
 def analyze(base: str | os.PathLike, other: str | os.PathLike, out: str | os.PathLike, convs: bool = False,
             swap: Swap = Swap(), overwrite: bool = False, progress: bool = True,
-            report: Callable[[str], None] = lambda text: None) -> Path:
-    """Analyse how ``other`` (a model, or an adapter / student file for ``base``) changed ``base``'s weights, run
-    the swap ablation, and write the files listed above into ``out``; ``report`` gets the summary lines."""
+            report: Callable[[str], None] = lambda text: None, backbone: str | os.PathLike | None = None) -> Path:
+    """Analyse how ``other`` (a model, an adapter / student file for ``base``, or a released backbone state dict)
+    changed ``base``'s weights (``backbone`` replaces base's own), run the swap ablation, and write the files
+    listed above into ``out``; ``report`` gets the summary lines."""
     with fileio.claim(out, overwrite) as out:
-        base_source = open_source(base)
+        base_source = open_source(base, backbone=backbone)
         other_source = open_source(other, base_source)
         pipeline, swap_note = swap_plan(swap, base_source)
         prompts = swap_prompts(swap, base_source) if pipeline is not None else []  # a bad file fails before work

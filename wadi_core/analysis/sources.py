@@ -100,12 +100,14 @@ class PeftLoraSource(WeightSource):
         return flat.reshape(weight.shape)
 
 
-def open_source(path: str | os.PathLike, base: WeightSource | None = None) -> WeightSource:
+def open_source(path: str | os.PathLike, base: WeightSource | None = None,
+                backbone: str | os.PathLike | None = None) -> WeightSource:
     """A model path as a :class:`WeightSource`.
 
-    ``path`` is a diffusers folder or single-file checkpoint; with ``base`` it may also be a wadi
-    adapter (LoRaD file, LoRA / DoRA student) applied to ``base``. A full-fine-tuning student holds
-    the whole network and is read like a checkpoint.
+    ``path`` is a diffusers folder or single-file checkpoint (``backbone``: a state dict replacing its UNet or
+    DiT); with ``base`` it may also be a wadi adapter (LoRaD file, LoRA / DoRA student) applied to ``base``, or
+    a state dict of a whole backbone (the authors' released files). A full-fine-tuning student holds the whole
+    network and is read like a checkpoint.
     """
     path = Path(path).expanduser()
     if base is not None and path.is_file() and path.suffix == ".safetensors":
@@ -118,7 +120,8 @@ def open_source(path: str | os.PathLike, base: WeightSource | None = None) -> We
         if spec is not None and spec.kind in ("lora", "dora"):
             return PeftLoraSource(base.checkpoint, path, spec.kind)
     try:
-        return CheckpointSource(open_checkpoint(path))
+        checkpoint = open_checkpoint(path, backbone)
+        return CheckpointSource(checkpoint, checkpoint.label)
     except CheckpointError as err:
         raise CheckpointError(f"{err}. (The second model may also be a wadi adapter or student file.)") from None
 

@@ -90,6 +90,7 @@ class Extras:
 class DistillConfig:
     out: str = setting("", FREE)
     model: str | None = setting(None)  # the teacher; None: the embedded shapes model
+    backbone: str | None = setting(None)  # a state dict that replaces the teacher's whole UNet / DiT
     prompts: str | None = setting(None)  # None: the world's training prompts (the embedded world has them)
     recipe: str | None = setting(None)  # None: the recipe of the teacher's family
     student: Network = setting(factory=lambda: Network(preset="unet-student"))
@@ -172,7 +173,7 @@ class DistillConfig:
                 raise ValueError("--late-t-max needs --late-fraction F (more than 0), the share of the last steps "
                                  "it applies to")
             options["late_t_max"] = None
-        for name in ("prompts", "gan_images"):
+        for name in ("prompts", "gan_images", "backbone"):
             if options[name]:
                 options[name] = str(Path(options[name]).expanduser().resolve())
         return DistillConfig.from_options(**options)
@@ -241,7 +242,7 @@ def default_model() -> Path:
 
 # flat option -> field path
 OPTIONS: dict[str, str] = {
-    "out": "out", "model": "model", "prompts": "prompts", "recipe": "recipe",
+    "out": "out", "model": "model", "backbone": "backbone", "prompts": "prompts", "recipe": "recipe",
     "student_kind": "student.kind", "student_rank": "student.rank", "student_preset": "student.preset",
     "lr_student": "student.lr",
     "fake_kind": "fake.kind", "fake_rank": "fake.rank", "fake_preset": "fake.preset", "lr_fake": "fake.lr",

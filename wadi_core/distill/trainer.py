@@ -99,8 +99,9 @@ class Distiller:
         self.extras = Extras(self)
         self.extras.check_prompts()
         fileio.check_output(self.out, overwrite=True)  # its folder exists and can be written
-        fileio.refuse_same_path(self.out, [("--model", config.model), ("--prompts", config.prompts),
-                                           ("--gan-images", config.extras.gan.images)], inputs_may_be_inside=True)
+        fileio.refuse_same_path(self.out, [("--model", config.model), ("--unet", config.backbone),
+                                           ("--prompts", config.prompts), ("--gan-images", config.extras.gan.images)],
+                                inputs_may_be_inside=True)
         if config.export_merged:  # checked now, not after the whole run
             fileio.refuse_same_path(config.export_merged, [("--model", config.model), ("--out", self.out)])
             fileio.check_output(config.export_merged, config.overwrite)
@@ -135,7 +136,7 @@ class Distiller:
             self._prepare_output()
         self.accelerator.wait_for_everyone()
         device = self.accelerator.device
-        self.teacher = load_components(c.model)
+        self.teacher = load_components(c.model, backbone=c.backbone)
         check_eps_prediction(self.teacher.scheduler.config)
         self.family = family_of_model(self.teacher.unet)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
@@ -576,11 +577,13 @@ class Distiller:
             if self.ema:
                 self.ema.swap()
             extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),
-                     "wadi.one_step_t": str(self.final_t)}
+                     "wadi.one_step_t": str(self.final_t), **({"wadi.teacher_unet": self.config.backbone}
+                                                              if self.config.backbone else {})}
             students.save_adapter_file(self.unwrapped_student(), self.student_spec(), path, extra=extra,
                                        overwrite=True)
             if self.config.export_merged:
-                export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite)
+                export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite,
+                              backbone=self.config.backbone)
             if self.ema:
                 self.ema.swap()
         self.accelerator.end_training()
@@ -591,7 +594,7 @@ class Distiller:
 def trainable_share(config: DistillConfig) -> dict[str, float]:
     """Trainable parameters of student and fake, and their share of the teacher's backbone."""
     config = config.resolved()
-    unet = load_components(config.model).unet
+    unet = load_components(config.model, backbone=config.backbone).unet
     total = sum(p.numel() for p in unet.parameters())
     out = {"unet_parameters": total}
     for role, net in (("student", config.student), ("fake", config.fake)):

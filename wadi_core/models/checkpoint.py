@@ -34,6 +34,10 @@ class Checkpoint:
     model_dir: Path | None  # the diffusers folder of the backbone
     stored: dict[str, tuple[Path, str]] = field(default_factory=dict)  # diffusers name -> (file, stored key)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # diffusers name -> shape
+    # a replacement backbone (the authors' released UNets): diffusers name -> (its file, its key); read instead of
+    # ``stored``, which keeps the names the base's own files use (a merge writes the base's layout)
+    replaced: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    backbone_file: Path | None = None
 
     @property
     def family(self) -> str:
@@ -49,9 +53,13 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
-        file, key = self.stored[name]
+        file, key = self.replaced.get(name) or self.stored[name]
         with safe_open(str(file), framework="pt") as f:
             return f.get_tensor(key)
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} with {self.backbone_file}" if self.backbone_file else str(self.path)
 
 
 def _header(path: Path) -> dict[str, tuple[int, ...]]:
@@ -125,9 +133,50 @@ def family_of_path(path: str | os.PathLike) -> str:
     return open_checkpoint(path).family
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Recognise a base model path and index its backbone weights (no tensors are loaded)."""
+def open_checkpoint(path: str | os.PathLike, backbone: str | os.PathLike | None = None) -> Checkpoint:
+    """Recognise a base model path and index its backbone weights (no tensors are loaded); with ``backbone``, the
+    backbone's weights come from that file instead (:func:`replace_backbone`)."""
+    ckpt = _open(Path(path).expanduser())
+    return replace_backbone(ckpt, backbone) if backbone else ckpt
+
+
+def backbone_file(path: str | os.PathLike) -> Checkpoint:
+    """A state dict of a whole UNet or DiT (diffusers names, as the authors release their one-step models), or
+    a single-file checkpoint's UNet, indexed like a checkpoint."""
     path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"the backbone file {path} does not exist; give the .safetensors of a whole UNet or "
+                              "transformer (e.g. rotated_unet-sdv1-5.safetensors)")
+    fileio.refuse_pickle(path, "backbone weights")
+    return _open_single_file(path)
+
+
+def replace_backbone(ckpt: Checkpoint, file: str | os.PathLike) -> Checkpoint:
+    """``ckpt`` whose backbone is read from ``file``, checked strictly against it: the same tensor names and shapes
+    (the error names the first that differs), as ``load_state_dict(strict=True)`` would."""
+    other = backbone_file(file)
+    check_same_tensors(ckpt.shapes, other.shapes, f"the backbone file {file}", f"the {ckpt.backbone} of {ckpt.path}")
+    return Checkpoint(ckpt.path, ckpt.kind, ckpt.backbone, ckpt.model_dir, ckpt.stored, ckpt.shapes, other.stored,
+                      Path(file).expanduser())
+
+
+def check_same_tensors(want: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], got_label: str,
+                       want_label: str) -> None:
+    missing = next((name for name in want if name not in got), None)
+    if missing:
+        raise CheckpointError(f"{got_label} has no '{missing}' ({len(want)} tensors expected, it holds {len(got)}); "
+                              f"it is not a state dict of {want_label}")
+    unexpected = next((name for name in got if name not in want), None)
+    if unexpected:
+        raise CheckpointError(f"{got_label} holds '{unexpected}', which {want_label} does not have; it was made for "
+                              "another architecture")
+    for name, shape in want.items():
+        if tuple(got[name]) != tuple(shape):
+            raise CheckpointError(f"{got_label}: '{name}' has shape {tuple(got[name])} but {want_label} needs "
+                                  f"{tuple(shape)}; it was made for another architecture")
+
+
+def _open(path: Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"base model {path} does not exist; give a diffusers folder or a .safetensors checkpoint")
     if path.is_dir():

@@ -10,16 +10,39 @@ import torch
 from .components import Components, is_dit_folder, load_sd_folder
 
 
-def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32) -> Components:
+def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
+                    backbone: str | os.PathLike | None = None) -> Components:
     """A diffusers SD-style folder (a real SD1.x/2.x model, or the embedded shapes model when ``path`` is None),
-    a PixArt-style DiT folder or a single-file SD1.x checkpoint."""
+    a PixArt-style DiT folder or a single-file SD1.x checkpoint; with ``backbone``, a state dict of the whole
+    UNet / transformer (the authors' released one-step models) replaces the model's, checked strictly."""
     if path is None:
         from ..shapes.components import MODEL_DIR
         path = MODEL_DIR
     if Path(path).expanduser().is_file():
         from .single_file import load_single_file_components
-        return load_single_file_components(path, dtype)
-    if is_dit_folder(path):
+        components = load_single_file_components(path, dtype)
+    elif is_dit_folder(path):
         from .dit import load_dit_components  # diffusers' PixArt: imported only when needed
-        return load_dit_components(path, dtype)
-    return load_sd_folder(path, dtype)
+        components = load_dit_components(path, dtype)
+    else:
+        components = load_sd_folder(path, dtype)
+    if backbone:
+        load_backbone(components.unet, backbone, f"the {type(components.unet).__name__} of {path}")
+    return components
+
+
+def load_backbone(model: torch.nn.Module, file: str | os.PathLike, label: str) -> None:
+    """Replace every weight of ``model`` with ``file``'s (same names and shapes, else one error naming the first
+    difference; NaN/Inf refused)."""
+    from .checkpoint import CheckpointError, backbone_file, check_same_tensors
+
+    source = backbone_file(file)
+    own = model.state_dict()
+    check_same_tensors({k: tuple(v.shape) for k, v in own.items()}, source.shapes, f"the backbone file {file}", label)
+    state = {}
+    for name in own:
+        tensor = source.read(name)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"the backbone file {file}: '{name}' holds NaN or Inf values; the file is damaged")
+        state[name] = tensor
+    model.load_state_dict(state, strict=True)

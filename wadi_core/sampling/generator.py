@@ -39,15 +39,17 @@ class Generator:
 
 def build_generator(model: str | os.PathLike | Components | None = None,
                     adapters: Sequence[tuple[str | os.PathLike, float]] = (),
-                    embeddings: Sequence[str | os.PathLike] = (), one_step: bool | None = None) -> Generator:
-    """Load ``model`` (a path, loaded components, or None for the embedded model), apply each adapter file at
-    its strength (LoRaD adapters stack, their angles add) and add each learned token. ``one_step`` defaults to
-    "an adapter is given" (a distilled student); pass it for a merged student or a subject adapter."""
+                    embeddings: Sequence[str | os.PathLike] = (), one_step: bool | None = None,
+                    backbone: str | os.PathLike | None = None) -> Generator:
+    """Load ``model`` (a path, loaded components, or None for the embedded model; ``backbone``: a state dict
+    that replaces its whole UNet or DiT), apply each adapter file at its strength (LoRaD adapters stack, their
+    angles add) and add each learned token. ``one_step`` defaults to "an adapter is given" (a distilled
+    student); pass it for a merged or released student, or a subject adapter."""
     from .. import students
     from ..models import load_components
     from ..models.embeddings import load_embedding
 
-    components = model if isinstance(model, Components) else load_components(model)
+    components = model if isinstance(model, Components) else load_components(model, backbone=backbone)
     tokens = [load_embedding(components, path) for path in embeddings]
     applied = []
     for i, (path, strength) in enumerate(adapters):

@@ -115,7 +115,7 @@ CHECKPOINT = "checkpoint"
 
 def train(model, out: str | os.PathLike, data: str | None = None, steps: int = 1500, batch_size: int = 32,
           lr: float = 1e-4, caption_dropout: float = 0.1, checkpoint_every: int = 250, seed: int = 0,
-          resume: bool = False, progress: Progress = QUIET) -> Path:
+          resume: bool = False, progress: Progress = QUIET, backbone=None) -> Path:
     """Train a ControlNet for ``model`` (the ControlNet recipe: initialised from the teacher's UNet, the teacher
     frozen) on ``data`` (JSONL of image, condition, caption), or on the embedded world's silhouettes; write
     ``out``/controlnet, resumable checkpoints and loss.png. Returns the ControlNet folder."""
@@ -130,7 +130,7 @@ def train(model, out: str | os.PathLike, data: str | None = None, steps: int = 1
             fileio.check_output(out, overwrite=False)
         if not data and family_of_path(model) != "shapes":
             raise ValueError("a real teacher needs --data (JSONL of image, condition, caption)")
-        teacher = build_generator(model).components
+        teacher = build_generator(model, backbone=backbone).components
         size = image_size(teacher)
         rows = JsonlData(data, size) if data else None
         out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,8 @@ def _train_step(teacher, net, opt, rows, seed: int, batch_size: int, caption_dro
 
 def draw(controlnet, out: str | os.PathLike, model=None, student=None, steps: int = 25, guidance: float = 3.0,
          scale: float = 1.0, prompt: str | None = None, control=None, eval_scenes: int = 0, seed: int = 0,
-         overwrite: bool = False, report: Callable[[str], None] = lambda text: None) -> dict | None:
+         overwrite: bool = False, report: Callable[[str], None] = lambda text: None, backbone=None,
+         one_step: bool = False) -> dict | None:
     """Images under ``controlnet`` for ``prompt`` and the ``control`` image, or for ``eval_scenes`` held-out scenes
     of the embedded world (then also their mask IoU and prompt accuracy): one step with ``student``, else
     ``steps`` DDIM steps. Writes the PNGs and grid.png (and metrics.json) to ``out``; returns the metrics."""
@@ -211,18 +212,19 @@ def draw(controlnet, out: str | os.PathLike, model=None, student=None, steps: in
             hints, captions = np.asarray(read_image(control, "control image"))[None], [prompt]
         else:
             raise ValueError("give --prompt and --control, or --eval N")
-        components = build_generator(model).components
+        components = build_generator(model, backbone=backbone).components
         net = load_controlnet(controlnet)
         check_fits(net, components.unet)
         if student:
             from .. import students
             students.apply_adapter_file(components.unet, student)
-        label = "student, 1 step" if student else f"{steps} DDIM steps, CFG {guidance}"
+        one_step = one_step or bool(student)  # a student adapter, or a merged / released student (--unet)
+        label = "student, 1 step" if one_step else f"{steps} DDIM steps, CFG {guidance}"
         seeds = [seed + i for i in range(len(captions))]
-        generate(components, net, captions[:1], hints[:1], seeds[:1], None if student else steps, guidance,
+        generate(components, net, captions[:1], hints[:1], seeds[:1], None if one_step else steps, guidance,
                  scale)  # warm-up
         start = time.perf_counter()
-        images = generate(components, net, captions, hints, seeds, None if student else steps, guidance, scale)
+        images = generate(components, net, captions, hints, seeds, None if one_step else steps, guidance, scale)
         seconds = time.perf_counter() - start
         metrics = None
         with fileio.atomic_dir(out, overwrite) as tmp:

@@ -124,7 +124,7 @@ class SubjectRun:
 
 
 def class_images(model, config: DreamBoothConfig, count: int, folder: Path, class_dir=None, student=None,
-                 size: int = 0, progress: Progress = QUIET) -> np.ndarray | None:
+                 size: int = 0, progress: Progress = QUIET, backbone=None) -> np.ndarray | None:
     """The class folder's images, or ``count`` generated (in one step with ``student``) and saved into ``folder``."""
     if config.prior_weight <= 0:
         return None
@@ -132,7 +132,7 @@ def class_images(model, config: DreamBoothConfig, count: int, folder: Path, clas
         return read_image_folder(class_dir, size)[1]
     progress.note(f"generating {count} class images ('{config.class_prompt}')")
     seeds = list(range(10_000, 10_000 + count))
-    generator = build_generator(model, [(student, 1.0)] if student else [])
+    generator = build_generator(model, [(student, 1.0)] if student else [], backbone=backbone)
     sampler = OneStep() if student else MultiStep()
     images = generator([config.class_prompt] * count, seeds, sampler, progress=progress.bars)
     folder.mkdir(parents=True)
@@ -144,7 +144,7 @@ def class_images(model, config: DreamBoothConfig, count: int, folder: Path, clas
 
 def train(model: str | os.PathLike, out: str | os.PathLike, config: DreamBoothConfig, instance_dir=None,
           count: int = 6, class_dir=None, num_class_images: int = 64, student=None, on: str = "teacher",
-          overwrite: bool = False, progress: Progress = QUIET) -> SubjectRun:
+          overwrite: bool = False, progress: Progress = QUIET, backbone=None) -> SubjectRun:
     """Teach ``model`` (or, with ``on="student"``, its ``student``) the subject of ``instance_dir`` (the embedded
     world renders its own subject when none is given) and write ``out``: the adapter, history.json, loss.png and
     samples.png (instance images beside the trained model's)."""
@@ -154,7 +154,7 @@ def train(model: str | os.PathLike, out: str | os.PathLike, config: DreamBoothCo
         raise ValueError("--on student needs --student (the distilled student adapter)")
     check_prompts(config)
     with fileio.claim(out, overwrite) as out:
-        generator = build_generator(model)
+        generator = build_generator(model, backbone=backbone)
         components, size = generator.components, image_size(generator.components)
         with fileio.atomic_dir(out, overwrite) as tmp:
             if instance_dir:
@@ -165,7 +165,7 @@ def train(model: str | os.PathLike, out: str | os.PathLike, config: DreamBoothCo
                 folder = novel.write_subject_exemplars(tmp / "instance", count, config.seed)
                 instance = read_image_folder(folder, size)[1]
             classes = class_images(model, config, num_class_images, tmp / "class_images", class_dir, student, size,
-                                   progress)
+                                   progress, backbone)
             prepare_unet(components, student if on == "student" else None)
             progress.note("training")
             start = time.perf_counter()
@@ -218,7 +218,7 @@ def diversity(images: np.ndarray, feature_net) -> float:
 
 
 def evaluate(out: str | os.PathLike, model=None, adapter=None, student=None, count: int = 48, seed: int = 0,
-             overwrite: bool = False, report: Callable[[str], None] = lambda text: None) -> dict:
+             overwrite: bool = False, report: Callable[[str], None] = lambda text: None, backbone=None) -> dict:
     """Fidelity to the embedded subject (a diamond), colour and position adherence, class drift and diversity of
     ``adapter`` (without it: the base model, the baseline), in one step on ``student`` or with the teacher's 25
     DDIM steps; writes metrics.json and grid.png to ``out``. ``report`` gets one line per prompt group."""
@@ -226,7 +226,7 @@ def evaluate(out: str | os.PathLike, model=None, adapter=None, student=None, cou
     from ..shapes.features import load_feature_net
 
     with fileio.claim(out, overwrite) as out:
-        components = build_generator(model).components
+        components = build_generator(model, backbone=backbone).components
         if student:
             prepare_unet(components, student)
         if adapter:

@@ -186,14 +186,14 @@ class RelationRun:
 
 def train(model, out: str | os.PathLike, config: ReVersionConfig, exemplars=None, relation: str = "larger",
           count: int = 12, name: str = "wadi_relation", overwrite: bool = False,
-          progress: Progress = QUIET) -> RelationRun:
+          progress: Progress = QUIET, backbone=None) -> RelationRun:
     """Learn ``config.token`` from the exemplars in ``exemplars`` (a folder of images and text.json), or from
     renders of an embedded relation the captions never name; write ``out``: reversion.safetensors,
     embeddings/NAME.safetensors, history.json, loss.png and samples.png."""
     from ..shapes import novel
 
     with fileio.claim(out, overwrite) as out:
-        teacher = build_generator(model).components
+        teacher = build_generator(model, backbone=backbone).components
         size = image_size(teacher)
         novel_relation = None if exemplars else novel.novel_relation(relation)
         with fileio.atomic_dir(out, overwrite) as tmp:
@@ -243,7 +243,7 @@ def vae_round_trip(components, relation, pairs, seed: int) -> np.ndarray:
 
 def evaluate(embedding, out: str | os.PathLike, model=None, student=None, count: int = 64, steps: int = 25,
              guidance: float = 3.0, baseline: str | None = None, seed: int = 0, overwrite: bool = False,
-             report: Callable[[str], None] = lambda text: None) -> dict:
+             report: Callable[[str], None] = lambda text: None, backbone=None) -> dict:
     """How often the embedded relation a token was learned on holds in images of new entity pairs: the teacher
     (``steps`` DDIM steps) and, with ``student``, the one-step student, each with the token and with the baseline
     word (default: the token's initialiser); writes metrics.json and grid.png to ``out``."""
@@ -261,14 +261,15 @@ def evaluate(embedding, out: str | os.PathLike, model=None, student=None, count:
         pairs = [pool[i] for i in rng.integers(len(pool), size=count)]
         seeds = [seed + i for i in range(count)]
         rows, grid, labels = {}, [], []
-        teacher = build_generator(model, embeddings=[embedding])  # loaded once: ceiling, rows, word swap
+        teacher = build_generator(model, embeddings=[embedding], backbone=backbone)  # loaded once: ceiling, rows, swap
         (token,) = teacher.tokens
         ceiling = vae_round_trip(teacher.components, relation, pairs, seed)
         rows["renders through the VAE (the ceiling)"] = best = novel.relation_accuracy(relation.name, ceiling, pairs)
         report(f"renders through the VAE: '{relation.name}' holds {best['holds']:.1%}")
         models = [("teacher", teacher, MultiStep(steps, guidance))]
         if student:
-            models.append(("student", build_generator(model, [(student, 1.0)], [embedding]), OneStep()))
+            models.append(("student", build_generator(model, [(student, 1.0)], [embedding], backbone=backbone),
+                           OneStep()))
         drawn = {}
         for name, generator, sampler in models:
             for word in (token, baseline):
