@@ -23,5 +23,5 @@ if not register_with_comfy():
 if importlib.util.find_spec("comfy_api") is not None:  # ComfyUI with the V3 node API
     from wadi_comfy.v3 import comfy_entrypoint  # noqa: E402,F401
 
-WEB_DIRECTORY = None
+WEB_DIRECTORY = "./web"  # per-node help pages (web/docs/<node id>.md), shown by ComfyUI's node library
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

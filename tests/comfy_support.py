@@ -118,6 +118,17 @@ def released_unet(path: Path, checkpoint: Path, adapter: Path) -> Path:
     return path
 
 
+# ComfyUI's main.py, started the way import_comfy_in_process starts ComfyUI: diffusers and transformers are
+# imported first, while no torchvision exists (they decide once whether it does), then the stand-in goes on the path.
+LAUNCH = """
+import runpy, sys
+import diffusers.models, diffusers.loaders, transformers.modeling_utils
+sys.path.insert(0, {stub!r})
+sys.argv = sys.argv[1:]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
 class ComfyServer:
     """A real ComfyUI server on 127.0.0.1 (CPU) with this repository in custom_nodes/."""
 
@@ -143,10 +154,11 @@ class ComfyServer:
                 port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(base_directory / "comfyui.log", "w")
-        env = dict(os.environ, PYTHONPATH=str(STUB), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
         self.process = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-             "--base-directory", str(base_directory), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"],
+            [sys.executable, "-c", LAUNCH.format(stub=str(STUB)), "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
+             str(port), "--base-directory", str(base_directory), "--disable-auto-launch",
+             "--database-url", "sqlite:///:memory:"],
             cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -225,11 +237,11 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[name] = [str(link[1]), link[2]]
                 continue
             kind = declared[name][0]
+            options = declared[name][1] if len(declared[name]) > 1 else {}
             is_widget = isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
-            if not is_widget or not values:
+            if not is_widget or not values or options.get("forceInput"):
                 continue
             inputs[name] = values.pop(0)
-            options = declared[name][1] if len(declared[name]) > 1 else {}
             if options.get("control_after_generate") and values and values[0] in ("fixed", "increment",
                                                                                  "decrement", "randomize"):
                 values.pop(0)

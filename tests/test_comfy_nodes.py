@@ -172,7 +172,8 @@ def test_v3_entrypoint_offers_the_same_nodes(host):
     schemas = {node.GET_SCHEMA().node_id: node for node in nodes}
     assert set(schemas) == set(NODE_CLASS_MAPPINGS)
     loader = schemas["WaDiLoadLoRaD"].GET_SCHEMA()
-    assert [i.id for i in loader.inputs] == ["model", "adapter_name", "strength"]
+    assert [i.id for i in loader.inputs] == ["model", "adapter_name", "strength", "adapter_file"]
+    assert loader.inputs[-1].optional and loader.inputs[-1].force_input
     v3 = schemas["WaDiOneStepSigmas"].execute(model=host["model"]).args[0]
     assert torch.equal(v3, WaDiOneStepSigmas().sigmas(host["model"])[0])
 
@@ -190,10 +191,20 @@ def test_export_lora_node_writes_a_lora_the_stock_loader_reads(host):
     assert len(model.patches) > 100  # every layer of the adapter, as an ordinary LoRA
 
 
-def test_train_node_trains_a_lorad_that_the_loader_reloads(host):
-    """WaDi Train LoRaD through ComfyUI's TrainSampler: the saved file, loaded by WaDi Load LoRaD, gives the
-    trained model's one-step latent; the input MODEL stays untouched; bad latents are named."""
+def test_train_node_trains_a_lorad_that_the_loader_reloads(host, monkeypatch):
+    """WaDi Train LoRaD through ComfyUI's TrainSampler, as upstream trains today (the model-management training
+    flag set while it runs, the training model not handed on): the saved file, loaded by WaDi Load LoRaD, gives
+    the output model's one-step latent; the input MODEL stays untouched; bad latents are named."""
+    import comfy.model_management
+    import comfy_extras.nodes_train
+
     from wadi_comfy.nodes import WaDiLoadLoRaD, WaDiOneStepSampler, WaDiTrainLoRaD
+    flags, sample = [], comfy_extras.nodes_train.TrainSampler.sample
+
+    def recording(self, *args, **kwargs):
+        flags.append(getattr(comfy.model_management, "in_training", None))
+        return sample(self, *args, **kwargs)
+    monkeypatch.setattr(comfy_extras.nodes_train.TrainSampler, "sample", recording)
 
     model, clip = host["model"], host["clip"]
 
@@ -210,6 +221,8 @@ def test_train_node_trains_a_lorad_that_the_loader_reloads(host):
     adapter = read_adapter(host["models"] / "loras" / name)
     assert adapter.rank == 2 and len(adapter.layers) > 100 and adapter.family == "sd15"
     assert not model.patches and not getattr(model, "weight_wrapper_patches", {})
+    assert flags == [True] and not comfy.model_management.in_training
+    assert not getattr(trained, "weight_wrapper_patches", {}) and len(trained.patches) == len(adapter.layers)
     (reloaded,) = WaDiLoadLoRaD().load(model, name, 1.0)
     prompt, latent = encode("a photo of sks dog"), {"samples": torch.zeros(1, 4, 8, 8)}
     results = [WaDiOneStepSampler().sample(m, prompt, latent, 5)[0]["samples"] for m in (model, trained, reloaded)]

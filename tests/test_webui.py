@@ -141,6 +141,7 @@ def test_a1111_registers_the_tab(monkeypatch):
     modules = types.ModuleType("modules")
     callbacks = types.ModuleType("modules.script_callbacks")
     callbacks.on_ui_tabs = registered.append
+    callbacks.on_before_ui = lambda callback: None
     modules.script_callbacks = callbacks
     monkeypatch.setitem(sys.modules, "modules", modules)
     monkeypatch.setitem(sys.modules, "modules.script_callbacks", callbacks)

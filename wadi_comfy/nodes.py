@@ -11,6 +11,7 @@ import torch
 
 from wadi_core.lorad.io import read_adapter
 
+from .distill_node import WaDiDistill
 from .patching import lorad_patches, one_step_sigmas
 from .training import WaDiTrainLoRaD
 
@@ -40,17 +41,21 @@ class WaDiLoadLoRaD:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",),
+            "model": ("MODEL", {"tooltip": "the base model the adapter was made for (e.g. SD1.5)"}),
             "adapter_name": (_loras(), {"tooltip": "a LoRaD .safetensors file in models/loras"}),
             "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.01,
                                    "tooltip": "scales the rotation angles; 0 leaves the model exactly as it is"}),
+        }, "optional": {
+            "adapter_file": ("STRING", {"forceInput": True,
+                                        "tooltip": "a file name in models/loras from another node (e.g. WaDi "
+                                                   "Distill's adapter_name); when linked it replaces adapter_name"}),
         }}
 
-    def load(self, model, adapter_name, strength):
+    def load(self, model, adapter_name, strength, adapter_file=None):
         patched = model.clone()
         if strength == 0.0:
             return (patched,)
-        adapter = read_adapter(_lora_path(adapter_name))  # LoRA files, truncated files: one clear error
+        adapter = read_adapter(_lora_path(adapter_file or adapter_name))  # LoRA or truncated files: one clear error
         patches, patch_strength = lorad_patches(model, adapter, strength)  # validated before anything changes
         patched.add_patches(patches, patch_strength)
         return (patched,)
@@ -65,7 +70,7 @@ class WaDiOneStepSigmas:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",)}}
+        return {"required": {"model": ("MODEL", {"tooltip": "the one-step student (its schedule gives sigma at t=999)"})}}
 
     def sigmas(self, model):
         return (one_step_sigmas(model),)
@@ -81,10 +86,12 @@ class WaDiOneStepSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",),
-            "positive": ("CONDITIONING",),
-            "latent_image": ("LATENT",),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+            "model": ("MODEL", {"tooltip": "the one-step student: a checkpoint with WaDi Load LoRaD, or a merged one"}),
+            "positive": ("CONDITIONING", {"tooltip": "the prompt (ControlNet conditioning works too); no negative: "
+                                                     "the student draws with CFG 1"}),
+            "latent_image": ("LATENT", {"tooltip": "an Empty Latent Image of the size to draw (512x512 for SD1.5)"}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "the noise seed; the same seed draws the same image"}),
         }}
 
     def sample(self, model, positive, latent_image, seed):
@@ -116,8 +123,12 @@ class WaDiMergeSave:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "clip": ("CLIP",), "vae": ("VAE",),
-                             "filename_prefix": ("STRING", {"default": "checkpoints/wadi-merged"})}}
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "the model with its LoRaD (and LoRA) patches, e.g. from WaDi Load LoRaD"}),
+            "clip": ("CLIP", {"tooltip": "the text encoder to store in the checkpoint"}),
+            "vae": ("VAE", {"tooltip": "the VAE to store in the checkpoint"}),
+            "filename_prefix": ("STRING", {"default": "checkpoints/wadi-merged",
+                                           "tooltip": "where in ComfyUI's output folder the checkpoint goes"})}}
 
     def save(self, model, clip, vae, filename_prefix):
         import comfy.sd
@@ -142,10 +153,14 @@ class WaDiExportLoRA:
     @classmethod
     def INPUT_TYPES(cls):
         import folder_paths
-        return {"required": {"ckpt_name": (folder_paths.get_filename_list("checkpoints"),),
-                             "adapter_name": (_loras(),),
-                             "rank": ("INT", {"default": 64, "min": 1, "max": 1024}),
-                             "lora_name": ("STRING", {"default": "wadi-exported-lora"})}}
+        return {"required": {
+            "ckpt_name": (folder_paths.get_filename_list("checkpoints"),
+                          {"tooltip": "the base checkpoint the adapter was made for"}),
+            "adapter_name": (_loras(), {"tooltip": "the LoRaD file to convert"}),
+            "rank": ("INT", {"default": 64, "min": 1, "max": 1024,
+                             "tooltip": "the LoRA's rank: higher keeps more of the rotation (the report says how much)"}),
+            "lora_name": ("STRING", {"default": "wadi-exported-lora",
+                                     "tooltip": "file name of the LoRA written to models/loras"})}}
 
     def export(self, ckpt_name, adapter_name, rank, lora_name):
         import comfy.utils
@@ -175,6 +190,7 @@ NODE_CLASS_MAPPINGS = {
     "WaDiMergeSave": WaDiMergeSave,
     "WaDiExportLoRA": WaDiExportLoRA,
     "WaDiTrainLoRaD": WaDiTrainLoRaD,
+    "WaDiDistill": WaDiDistill,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "WaDiLoadLoRaD": "WaDi Load LoRaD",
@@ -183,4 +199,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "WaDiMergeSave": "WaDi Merge & Save Checkpoint",
     "WaDiExportLoRA": "WaDi Export LoRA",
     "WaDiTrainLoRaD": "WaDi Train LoRaD (DreamBooth)",
+    "WaDiDistill": "WaDi Distill (one-step LoRaD)",
 }

@@ -3,9 +3,11 @@
 It trains the way ComfyUI's own TrainLoraNode does: each targeted weight gets a weight wrapper
 (``ModelPatcher.add_weight_wrapper``) that rotates it by the adapter's angles, and ComfyUI's
 ``TrainSampler`` runs the steps through its model wrapper (x0-space MSE at random sigmas). Class
-latents, when given, are mixed in with the class prompt (prior preservation). The adapter is saved
-to models/loras in WaDi's LoRaD format, which ``WaDi Load LoRaD`` loads; the output MODEL already
-carries it.
+latents, when given, are mixed in with the class prompt (prior preservation). As upstream's node does
+today, it trains on a clone of the model with ComfyUI's training flag set
+(``comfy.model_management.in_training``) and never hands the training model (its weight wrappers) on:
+the adapter is saved to models/loras in WaDi's LoRaD format, and the output MODEL is the input model
+with that file applied as ordinary LoRaD patches, exactly as ``WaDi Load LoRaD`` would apply it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from torch import nn
 
 from wadi_core.models.families import family_from_weight_shapes
 from wadi_core.lorad import functional as LF
-from wadi_core.lorad.io import DOWN, PREFIXES, UP, adapter_metadata, encode_name
+from wadi_core.lorad.io import DOWN, PREFIXES, UP, adapter_metadata, encode_name, read_adapter
 from wadi_core.lorad.presets import get_preset
+
+from .patching import lorad_patches
 
 PRESET = "unet-student"
 
@@ -101,8 +105,9 @@ def dataset(instance_latents: dict, instance_conditioning: list, class_latents: 
 
 
 def save_adapter(wrappers: dict[str, LoRaDWeightWrapper], model, layers: dict[str, str], rank: int,
-                 filename_prefix: str) -> str:
-    """Write the adapter to models/loras (``PREFIX.safetensors``, numbered if taken); returns its file name."""
+                 filename_prefix: str) -> tuple[str, str]:
+    """Write the adapter to models/loras (``PREFIX.safetensors``, numbered if taken); returns its file name and
+    path."""
     import os
 
     import folder_paths
@@ -122,8 +127,9 @@ def save_adapter(wrappers: dict[str, LoRaDWeightWrapper], model, layers: dict[st
         counter += 1
         name = f"{filename_prefix}_{counter:03d}.safetensors"
     meta = adapter_metadata(family, rank, PRESET, prefix, len(wrappers), {"wadi.trained_in": "ComfyUI"})
-    fileio.save_safetensors(tensors, os.path.join(folder, name), meta)
-    return name
+    path = os.path.join(folder, name)
+    fileio.save_safetensors(tensors, path, meta)
+    return name, path
 
 
 class WaDiTrainLoRaD:
@@ -141,15 +147,18 @@ class WaDiTrainLoRaD:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL",),
+                "model": ("MODEL", {"tooltip": "the model to customise (a Stable Diffusion UNet: SD1.x, SD2.x)"}),
                 "instance_latents": ("LATENT", {"tooltip": "the subject's images through VAE Encode"}),
                 "instance_conditioning": ("CONDITIONING", {"tooltip": "e.g. 'a photo of sks dog'"}),
-                "steps": ("INT", {"default": 300, "min": 1, "max": 100000}),
-                "learning_rate": ("FLOAT", {"default": 5e-3, "min": 1e-7, "max": 1.0, "step": 1e-5}),
-                "rank": ("INT", {"default": 8, "min": 1, "max": 512}),
-                "batch_size": ("INT", {"default": 2, "min": 1, "max": 64}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-                "filename_prefix": ("STRING", {"default": "wadi_dreambooth"}),
+                "steps": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "optimiser steps"}),
+                "learning_rate": ("FLOAT", {"default": 5e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
+                                            "tooltip": "AdamW learning rate of the angle factors"}),
+                "rank": ("INT", {"default": 8, "min": 1, "max": 512, "tooltip": "rank of each layer's angle matrix"}),
+                "batch_size": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "latents per step"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "seeds the adapter's start and the training noise"}),
+                "filename_prefix": ("STRING", {"default": "wadi_dreambooth",
+                                               "tooltip": "file name in models/loras (numbered if taken)"}),
             },
             "optional": {
                 "class_latents": ("LATENT", {"tooltip": "images of the plain class (prior preservation)"}),
@@ -189,12 +198,20 @@ class WaDiTrainLoRaD:
             guider.set_conds(positive)
             noise = Noise_RandomNoise(seed)
             latents = latents.float()
-            with warnings.catch_warnings():  # float32 "autocast" on CPU is what we ask for, not a problem
-                warnings.filterwarnings("ignore", message="In CPU autocast")
-                guider.sample(noise.generate_noise({"samples": latents}), latents, sampler,
-                              torch.arange(latents.shape[0]), seed=seed)
+            was_training = getattr(comfy.model_management, "in_training", False)
+            try:
+                comfy.model_management.in_training = True
+                with warnings.catch_warnings():  # float32 "autocast" on CPU is what we ask for, not a problem
+                    warnings.filterwarnings("ignore", message="In CPU autocast")
+                    guider.sample(noise.generate_noise({"samples": latents}), latents, sampler,
+                                  torch.arange(latents.shape[0]), seed=seed)
+            finally:
+                comfy.model_management.in_training = was_training
             for wrapper in wrappers.values():
                 wrapper.requires_grad_(False)
-        name = save_adapter(wrappers, model, layers, rank, filename_prefix)
+        name, path = save_adapter(wrappers, model, layers, rank, filename_prefix)
+        trained = model.clone()  # the training clone and its wrappers stay here
+        patches, strength = lorad_patches(model, read_adapter(path), 1.0)
+        trained.add_patches(patches, strength)
         report = f"trained {len(wrappers)} layers for {steps} steps (last loss {losses[-1]:.4f}); saved {name}"
-        return {"ui": {"text": [report]}, "result": (patched, name)}
+        return {"ui": {"text": [report]}, "result": (trained, name)}

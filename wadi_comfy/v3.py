@@ -13,10 +13,11 @@ from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WIDGETS = {"INT": io.Int, "FLOAT": io.Float, "STRING": io.String, "BOOLEAN": io.Boolean}
 SOCKETS = {"MODEL": io.Model, "CLIP": io.Clip, "VAE": io.Vae, "CONDITIONING": io.Conditioning,
-           "LATENT": io.Latent, "SIGMAS": io.Sigmas, "STRING": io.String}
+           "LATENT": io.Latent, "SIGMAS": io.Sigmas, "STRING": io.String, "IMAGE": io.Image}
 WIDGET_OPTIONS = {"INT": ("default", "min", "max", "step", "tooltip", "control_after_generate"),
                   "FLOAT": ("default", "min", "max", "step", "tooltip"),
                   "STRING": ("default", "multiline", "tooltip"), "BOOLEAN": ("default", "tooltip")}
+V3_NAMES = {"forceInput": "force_input"}
 
 
 def _input(name: str, spec: tuple, optional: bool = False):
@@ -25,7 +26,8 @@ def _input(name: str, spec: tuple, optional: bool = False):
         return io.Combo.Input(name, options=kind, tooltip=options.get("tooltip"), optional=optional)
     if kind in WIDGETS:
         return WIDGETS[kind].Input(name, optional=optional,
-                                   **{k: options[k] for k in WIDGET_OPTIONS[kind] if k in options})
+                                   **{k: options[k] for k in WIDGET_OPTIONS[kind] if k in options},
+                                   **{V3_NAMES[k]: v for k, v in options.items() if k in V3_NAMES})
     return SOCKETS[kind].Input(name, tooltip=options.get("tooltip"), optional=optional)
 
 

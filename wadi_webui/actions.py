@@ -52,6 +52,13 @@ def lines(text: str) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
+def a1111_recipe_markdown() -> str:
+    """The txt2img settings that draw a LoRaD student in one step in A1111 / Forge, as a table."""
+    from wadi_core.sampling.onestep import A1111_ONE_STEP
+    rows = "\n".join(f"| {name} | {value.replace('<', '&lt;')} |" for name, value in A1111_ONE_STEP)
+    return "| setting | value |\n|---|---|\n" + rows
+
+
 def prompt_file(path_text: str, pasted: str) -> str | None:
     """A prompt file path: the given one, or the pasted prompts written to a temporary file."""
     pasted_lines = lines(pasted)

@@ -161,6 +161,8 @@ def generate_tab(gr) -> None:
                 compare = gr.Checkbox(value=False, label="Also the multi-step teacher (25 steps, guidance 3)")
                 twice = gr.Checkbox(value=False, label="2x size (one step, upscale, 4 teacher steps)")
             run = gr.Button("Generate", variant="primary", elem_id="wadi_generate")
+            with gr.Accordion("One step in AUTOMATIC1111 / Forge txt2img", open=False, elem_id="wadi_a1111_recipe"):
+                gr.Markdown(actions.a1111_recipe_markdown())
         with gr.Column():
             timing = gr.Markdown("", elem_id="wadi_generate_status")
             gallery = gr.Gallery(label="One-step images", elem_id="wadi_gallery")

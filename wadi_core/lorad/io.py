@@ -254,6 +254,12 @@ def load_adapter(model: nn.Module, adapter: str | os.PathLike | AdapterFile, ada
     return file
 
 
+# The kohya-style tags A1111 and Forge read to tell which base a LoRA file is for (their Lora card hides files for
+# another base): SD2.x files say so, SD1.x files say they are not.
+HOST_VERSION_TAGS = {"sd15": {"ss_base_model_version": "sd_v1", "ss_v2": "False"},
+                     "sd21": {"ss_base_model_version": "sd_2.1", "ss_v2": "True"}}
+
+
 def adapter_metadata(family: str, rank: int, preset: str, prefix: str, layers: int,
                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
     meta = {
@@ -264,6 +270,7 @@ def adapter_metadata(family: str, rank: int, preset: str, prefix: str, layers: i
         "wadi.preset": preset,
         "wadi.prefix": prefix,
         "wadi.layers": str(layers),
+        **HOST_VERSION_TAGS.get(family, {}),
     }
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     return meta

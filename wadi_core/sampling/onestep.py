@@ -18,6 +18,19 @@ from .latents import check_eps_prediction, check_sampling_settings, initial_late
 from .prediction import x0_from_eps
 
 
+# The AUTOMATIC1111 / Forge settings whose k-diffusion path computes this same x0 (tests/test_sdwebui_onestep.py
+# follows the hosts' formulas): one Euler step from sigma(999) with the noise scaled by sqrt(1 + sigma^2).
+A1111_ONE_STEP = (
+    ("Sampling method", "Euler"),
+    ("Sampling steps", "1"),
+    ("Schedule type", "Automatic (Uniform, Karras, Simple, SGM Uniform, Exponential: all the same at one step)"),
+    ("CFG Scale", "1"),
+    ("Settings > Sampler parameters > SGM noise multiplier", "on (off scales the noise by sigma, not "
+                                                              "sqrt(1 + sigma^2): 0.23% too weak)"),
+    ("Prompt", "<lora:NAME:1> with the student's file in models/Lora, on the checkpoint it was distilled from"),
+)
+
+
 def final_timestep(scheduler) -> int:
     return scheduler.config.num_train_timesteps - 1
 

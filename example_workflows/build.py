@@ -1,12 +1,11 @@
 """Write the bundled ComfyUI workflows (UI format, as ComfyUI saves them) and their thumbnails.
 
-    python workflows/build.py            # rewrite workflows/*.json and workflows/*.png
-    python workflows/build.py --check    # fail if the committed files differ (a test runs this)
+    python example_workflows/build.py            # rewrite example_workflows/*.json and *.jpg
+    python example_workflows/build.py --check    # fail if the committed files differ (a test runs this)
 
-Each graph is declared once below. The thumbnail is a drawing of the graph with the workflow
-embedded in the PNG ("workflow" text chunk), so dropping the PNG onto ComfyUI also loads it.
-File names in the graphs are what users typically have; the tests put random-weight files
-under the same names.
+Each graph is declared once below. ComfyUI's template browser lists a pack's ``example_workflows/`` with
+the same-named ``.jpg`` as the thumbnail: a drawing of the graph. File names in the graphs are what users
+typically have; the tests put random-weight files under the same names.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ SUBJECT_IMAGES = ("wadi_subject_1.png", "wadi_subject_2.png")
 EMBEDDING = "wadi_relation"  # models/embeddings/wadi_relation.safetensors, from wadi reversion
 RELEASED_UNET = "rotated_unet-sdv1-5.safetensors"  # the authors' released one-step SD1.5 (models/diffusion_models)
 EXTRACTED = "wadi-sd15-extracted.safetensors"  # wadi extract of it: a LoRaD adapter (models/loras)
+DISTILLED = "wadi_student"  # what WaDi Distill writes to models/loras (as .safetensors) and links on
 
 # For each node type used: its link inputs and outputs as ComfyUI lists them (widgets are given per node).
 NODE_SPECS = {
@@ -47,7 +47,8 @@ NODE_SPECS = {
     "ControlNetApplyAdvanced": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                                  ("control_net", "CONTROL_NET"), ("image", "IMAGE"), ("vae", "VAE")],
                                 [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
-    "WaDiLoadLoRaD": ([("model", "MODEL")], [("MODEL", "MODEL")]),
+    "WaDiLoadLoRaD": ([("model", "MODEL"), ("adapter_file", "STRING")], [("MODEL", "MODEL")]),
+    "WaDiDistill": ([], [("adapter_name", "STRING"), ("preview", "IMAGE")]),
     "WaDiOneStepSampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("latent_image", "LATENT")],
                            [("LATENT", "LATENT")]),
     "WaDiOneStepSigmas": ([("model", "MODEL")], [("SIGMAS", "SIGMAS")]),
@@ -252,13 +253,33 @@ def extracted_adapter() -> Graph:
     return g
 
 
+DISTILL_PROMPTS = "\n".join(["a photo of a golden retriever in the snow", "a red vintage car on a city street",
+                             "a bowl of ramen, studio lighting", "a watercolor painting of a lighthouse at dusk"])
+
+
+def distill() -> Graph:
+    g = Graph("wadi_distill", "Distil the checkpoint into a one-step LoRaD student (WaDi Distill), then draw with "
+                              "it in one step")
+    ckpt, latent = _text_to_image_base(g)
+    run = g.node("WaDiDistill", (0, 600), [CHECKPOINT, DISTILL_PROMPTS, 0, 0, 0, DISTILLED, True],
+                 title="WaDi Distill (the paper's recipe: GPU-days for SD1.5)")
+    g.node("SaveImage", (380, 600), ["wadi/distill-preview"], title="Teacher vs student", images=(run, 1))
+    student = g.node("WaDiLoadLoRaD", (380, 0), [STUDENT, 1.0], title="WaDi Load LoRaD (the distilled file)",
+                     model=(ckpt, 0), adapter_file=(run, 0))
+    prompt = g.node("CLIPTextEncode", (380, 200), ["a photo of a golden retriever in the snow"], clip=(ckpt, 1))
+    sample = g.node("WaDiOneStepSampler", (760, 0), [0, "fixed"], model=(student, 0), positive=(prompt, 0),
+                    latent_image=(latent, 0))
+    _decode_and_save(g, (sample, 0), (ckpt, 2), 1140, "wadi/distilled")
+    return g
+
+
 GRAPHS = (onestep_lorad, onestep_merged, lorad_stack, onestep_controlnet, merge_save, highres_two_stage,
-          reversion_onestep, dreambooth_train, released_unet, extracted_adapter)
+          reversion_onestep, dreambooth_train, released_unet, extracted_adapter, distill)
 
 
-def thumbnail(g: Graph, workflow_json: str) -> bytes:
-    """A drawing of the graph (boxes, titles, widget values, links), with the workflow embedded."""
-    from PIL import Image, ImageDraw, PngImagePlugin
+def thumbnail(g: Graph) -> bytes:
+    """A drawing of the graph (boxes, titles, widget values, links) as a JPEG."""
+    from PIL import Image, ImageDraw
 
     scale = 0.5
     right = max(n["pos"][0] + n["size"][0] for n in g.nodes)
@@ -279,10 +300,8 @@ def thumbnail(g: Graph, workflow_json: str) -> bytes:
         draw.text((box[0] + 4, box[1] + 3), n.get("title", n["type"])[:26], fill=(255, 255, 255))
         for i, value in enumerate(n["widgets_values"][:3]):
             draw.text((box[0] + 4, box[1] + 16 + 11 * i), str(value)[:26], fill=(190, 190, 190))
-    info = PngImagePlugin.PngInfo()
-    info.add_text("workflow", workflow_json)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -292,7 +311,7 @@ def render_all() -> dict[Path, bytes]:
         g = build()
         text = json.dumps(g.to_json(), indent=1) + "\n"
         files[HERE / f"{g.name}.json"] = text.encode()
-        files[HERE / f"{g.name}.png"] = thumbnail(g, text)
+        files[HERE / f"{g.name}.jpg"] = thumbnail(g)
     return files
 
 
@@ -305,7 +324,7 @@ def main(argv=None) -> int:
         stale = [p.name for p, data in files.items() if not p.is_file() or
                  (p.suffix == ".json" and p.read_bytes() != data)]
         if stale:
-            print(f"out of date: {', '.join(stale)}; run python workflows/build.py", file=sys.stderr)
+            print(f"out of date: {', '.join(stale)}; run python example_workflows/build.py", file=sys.stderr)
             return 1
         return 0
     for path, data in files.items():
