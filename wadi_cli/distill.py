@@ -84,6 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=A.seed, default=d["seed"])
     p.add_argument("--mixed-precision", default=d["mixed_precision"], choices=PRECISIONS)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--separate-copies", action="store_true",
+                   help="give student and fake their own copies of the teacher's backbone instead of adapters on the "
+                        "one shared backbone (same results, about 3x the weights' memory; for comparisons)")
     p.add_argument("--checkpoint-every", type=A.count, default=d["checkpoint_every"],
                    help="steps between resumable checkpoints, 0 = none before the end")
     p.add_argument("--sample-every", type=A.count, default=d["sample_every"],

@@ -15,6 +15,8 @@ can be loaded without being told what it is.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -64,12 +66,35 @@ def add_adapter(model: nn.Module, spec: AdapterSpec, name: str = "default") -> l
         return lorad_module.trainable_parameters(model, name)
     from peft import LoraConfig, inject_adapter_in_model
 
-    targets = [layer for layer, _ in select_targets(model, preset=spec.preset)]
-    model.requires_grad_(False)
+    # PEFT targets the layer it wrapped for an adapter before by the wrapper's name
+    targets = list(dict.fromkeys(layer.removesuffix(".base_layer") for layer, _ in select_targets(model, preset=spec.preset)))
+    for param_name, param in model.named_parameters():  # the base, not adapters attached earlier
+        if not ADAPTER_PARAM.search(param_name):
+            param.requires_grad_(False)
     config = LoraConfig(r=spec.rank, lora_alpha=spec.rank, target_modules=targets, use_dora=spec.kind == "dora",
                         lora_dropout=0.0, bias="none")
-    inject_adapter_in_model(config, model, adapter_name=name)
-    return [p for n, p in model.named_parameters() if p.requires_grad]
+    earlier = [p for p in model.parameters() if p.requires_grad]  # adapters attached before this one
+    with warnings.catch_warnings():  # a second adapter on one model (the shared backbone) is what we want
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(config, model, adapter_name=name)  # (PEFT freezes everything but its own "lora_")
+    for param in earlier:
+        param.requires_grad_(True)
+    return trainable_parameters(model, spec, name)
+
+
+# parameters of an adapter (PEFT's LoRA / DoRA, or LoRaD), by their names in the model
+ADAPTER_PARAM = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector|lorad_adapters)\.")
+
+
+def trainable_parameters(model: nn.Module, spec: AdapterSpec, name: str = "default") -> list[nn.Parameter]:
+    """The parameters adapter ``name`` trains (every parameter for ``full``); other adapters on the same model are
+    not among them."""
+    if spec.kind == "full":
+        return list(model.parameters())
+    if spec.kind == "lorad":
+        return lorad_module.trainable_parameters(model, name)
+    own = re.compile(rf"\.(lora_A|lora_B|lora_magnitude_vector)\.{re.escape(name)}(\.|$)")
+    return [p for n, p in model.named_parameters() if own.search(n)]
 
 
 def trainable_state(model: nn.Module, spec: AdapterSpec, name: str = "default") -> dict[str, torch.Tensor]:

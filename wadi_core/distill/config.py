@@ -114,6 +114,9 @@ class DistillConfig:
     seed: int = setting(0)
     mixed_precision: str = setting("no", MAY_CHANGE)
     gradient_checkpointing: bool = setting(False, FREE)
+    # student and fake as two adapters on the teacher's one frozen backbone (adapter kinds) or, for comparison and
+    # for "full", their own copies; the results are the same (tests/test_shared_base.py), the memory is not
+    separate_copies: bool = setting(False, FREE)
     extras: Extras = setting(factory=Extras)
     checkpoint_every: int = setting(100, FREE)
     sample_every: int = setting(100, FREE)
@@ -252,6 +255,7 @@ OPTIONS: dict[str, str] = {
     "late_fraction": "timesteps.late_fraction", "late_t_max": "timesteps.late_t_max",
     "null_prompt_share": "null_prompt_share", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup", "ema": "ema",
     "seed": "seed", "mixed_precision": "mixed_precision", "gradient_checkpointing": "gradient_checkpointing",
+    "separate_copies": "separate_copies",
     "regression_pairs": "extras.regression.pairs", "regression_weight": "extras.regression.weight",
     "gan_weight": "extras.gan.weight", "gan_disc_weight": "extras.gan.disc_weight", "gan_images": "extras.gan.images",
     "gan_head_lr": "extras.gan.head_lr", "gan_features": "extras.gan.features",

@@ -39,7 +39,7 @@ from ..prompts import read_prompts
 from ..sampling import MultiStep, check_eps_prediction, initial_latents, latent_shape
 from ..sampling.onestep import predict_x0
 from ..schedules import lr_factor
-from . import losses
+from . import gan, losses, shared
 from .config import MAY_CHANGE, MATCH, OLD_OPTIONS, OPTIONS, DistillConfig
 from .extras import Extras
 from .world import world_for_family
@@ -145,20 +145,25 @@ class Distiller:
         if weight_dtype != torch.float32:
             self.teacher.unet.to(weight_dtype)
 
-        # Student and fake start as copies of the teacher; their base weights stay frozen (except "full").
+        # Student and fake are adapters on the teacher's frozen backbone (shared.Role), or copies of it ("full", or
+        # --separate-copies); their base weights stay frozen (except "full").
         torch.manual_seed(c.seed)  # adapter initialisation
-        self.student = self._trainable_copy(self.student_spec(), weight_dtype)
-        self.fake = self._trainable_copy(self.fake_spec(), weight_dtype)
-        self.student_params = [p for p in self.student.parameters() if p.requires_grad]
-        self.fake_params = [p for p in self.fake.parameters() if p.requires_grad]
+        self.student = self._network("student", self.student_spec(), weight_dtype)
+        self.fake = self._network("fake", self.fake_spec(), weight_dtype)
+        self._share_backbone()
+        self.student_params = students.trainable_parameters(*self._model_and_name("student"))
+        self.fake_params = students.trainable_parameters(*self._model_and_name("fake"))
         # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
         fused = device.type in ("cpu", "cuda")
         self.opt_student = torch.optim.AdamW(self.student_params, lr=c.student.lr, weight_decay=0.0, fused=fused)
         extra_groups = self.extras.fake_param_groups(device)
         self.opt_fake = torch.optim.AdamW([{"params": self.fake_params}] + extra_groups, lr=c.fake.lr,
                                           weight_decay=0.0, fused=fused)
-        self.student, self.fake, self.opt_student, self.opt_fake = self.accelerator.prepare(
-            self.student, self.fake, self.opt_student, self.opt_fake)
+        # DDP takes the parameters that require a gradient when it wraps a network: each wrapper only its own
+        with gan.frozen(self.fake_params):
+            self.student, self.opt_student = self.accelerator.prepare(self.student, self.opt_student)
+        with gan.frozen(self.student_params):
+            self.fake, self.opt_fake = self.accelerator.prepare(self.fake, self.opt_fake)
         self.extras.prepare(self.accelerator)
         self.fake_params += [p for group in extra_groups for p in group["params"]]  # clipped with the fake model
         self.ema = EMA(self.student_params, c.ema) if c.ema else None
@@ -230,14 +235,45 @@ class Distiller:
         f = self.config.fake
         return students.AdapterSpec(f.kind, f.rank, f.preset)
 
-    def _trainable_copy(self, spec: students.AdapterSpec, weight_dtype) -> torch.nn.Module:
+    def shares_backbone(self, role: str) -> bool:
+        """Whether ``role`` ("student" / "fake") is an adapter on the teacher's backbone rather than a copy. The GAN
+        term's backward runs through the fake model inside the student's: with gradient checkpointing, whose
+        backward runs forwards again, the fake then keeps a copy of its own."""
+        spec = self.student_spec() if role == "student" else self.fake_spec()
+        gan_through_fake = role == "fake" and self.extras.gan is not None and self.config.gradient_checkpointing
+        return spec.kind != "full" and not self.config.separate_copies and not gan_through_fake
+
+    def _network(self, role: str, spec: students.AdapterSpec, weight_dtype) -> torch.nn.Module:
+        """The role's adapter on the teacher's backbone (made a :class:`shared.Role` by :meth:`_share_backbone`),
+        or a copy of the teacher with it."""
+        if self.shares_backbone(role):
+            students.add_adapter(self.teacher.unet, spec, role)
+            return self.teacher.unet
         model = copy.deepcopy(self.teacher.unet)
         if spec.kind != "full" and weight_dtype != torch.float32:
             model.to(weight_dtype)  # frozen base weights in half precision; adapters stay float32
-        students.add_adapter(model, spec)
+        students.add_adapter(model, spec, role)
         if self.config.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         return model.train()
+
+    def _share_backbone(self) -> None:
+        roles = [role for role in ("student", "fake") if self.shares_backbone(role)]
+        if not roles:
+            return
+        backbone = self.teacher.unet
+        switch = shared.Switch(backbone)  # every adapter is on it now; none acts outside a role
+        if self.config.gradient_checkpointing:
+            backbone.enable_gradient_checkpointing()
+        backbone.train()  # (SD's UNets have no dropout: the teacher's passes are unchanged)
+        for role in roles:
+            setattr(self, role, shared.Role(backbone, role, switch))
+
+    def _model_and_name(self, role: str) -> tuple[torch.nn.Module, students.AdapterSpec, str]:
+        """``(model, spec, adapter name)`` of a role's adapter, for the students helpers."""
+        net = self.accelerator.unwrap_model(getattr(self, role)) if hasattr(self, "accelerator") else getattr(self, role)
+        model = net.backbone if isinstance(net, shared.Role) else net
+        return model, self.student_spec() if role == "student" else self.fake_spec(), role
 
     @torch.no_grad()
     def _precompute_embeddings(self) -> dict[str, torch.Tensor] | None:
@@ -311,7 +347,8 @@ class Distiller:
             loss = loss_g if extra is None else loss_g + extra
             finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(x0).all())
             if finite:
-                acc.backward(loss)
+                with shared.acting(acc.unwrap_model(self.student)):  # checkpointed forwards run again in here
+                    acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(self.student_params, 1.0)
                 self.opt_student.step()
@@ -347,7 +384,8 @@ class Distiller:
             if extra is not None:
                 loss = loss + extra
             if torch.isfinite(loss):
-                acc.backward(loss)
+                with shared.acting(acc.unwrap_model(self.fake)):
+                    acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(self.fake_params, 1.0)
                 self.opt_fake.step()
@@ -512,8 +550,8 @@ class Distiller:
         state = {
             "config": self.resume_options(),
             "step": self.step, "history": self.history, "seconds": self.seconds,
-            "student": students.trainable_state(self.unwrapped_student(), self.student_spec()),
-            "fake": students.trainable_state(self.accelerator.unwrap_model(self.fake), self.fake_spec()),
+            "student": students.trainable_state(*self._model_and_name("student")),
+            "fake": students.trainable_state(*self._model_and_name("fake")),
             "opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
             "ema": self.ema.shadow if self.ema else None,
             **self.extras.state(),
@@ -549,8 +587,9 @@ class Distiller:
                                      f"this run asks for {name}={now!r}; use the same settings or another --out")
             if rule == MAY_CHANGE and name in saved and was != now:
                 self.log(f"resuming with {name}={now!r} (the checkpoint's run used {was!r})")
-        students.load_trainable_state(self.unwrapped_student(), self.student_spec(), state["student"])
-        students.load_trainable_state(self.accelerator.unwrap_model(self.fake), self.fake_spec(), state["fake"])
+        for role in ("student", "fake"):
+            model, spec, name = self._model_and_name(role)
+            students.load_trainable_state(model, spec, state[role], name)
         self.opt_student.load_state_dict(state["opt_student"])
         self.opt_fake.load_state_dict(state["opt_fake"])
         self.extras.load_state(state)
@@ -579,8 +618,8 @@ class Distiller:
             extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),
                      "wadi.one_step_t": str(self.final_t), **({"wadi.teacher_unet": self.config.backbone}
                                                               if self.config.backbone else {})}
-            students.save_adapter_file(self.unwrapped_student(), self.student_spec(), path, extra=extra,
-                                       overwrite=True)
+            model, spec, name = self._model_and_name("student")
+            students.save_adapter_file(model, spec, path, name=name, extra=extra, overwrite=True)
             if self.config.export_merged:
                 export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite,
                               backbone=self.config.backbone)

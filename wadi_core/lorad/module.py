@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as LF
-from .presets import select_targets
+from .presets import INSIDE_ADAPTER, select_targets
 
 ADAPTERS_ATTR = "lorad_adapters"
 DEFAULT_ADAPTER = "default"
@@ -107,8 +107,23 @@ def _theta(strengths, factors):
     )
 
 
+ONLY_ATTR = "_lorad_only"  # a set of adapter names: only those act (see only_adapters); absent: all act
+
+
 def _active(module: nn.Module) -> list[LoRaDAdapter]:
-    return [a for a in getattr(module, ADAPTERS_ATTR).values() if not a.merged and a.strength != 0.0]
+    only = module.__dict__.get(ONLY_ATTR)
+    return [a for name, a in getattr(module, ADAPTERS_ATTR).items()
+            if not a.merged and a.strength != 0.0 and (only is None or name in only)]
+
+
+def only_adapters(layers: Sequence[nn.Module], names: Sequence[str] | None) -> None:
+    """Let only the adapters ``names`` act in these LoRaD layers (``()``: none; None: all again). Nothing is
+    detached or frozen: the other adapters keep their weights and trainability."""
+    for layer in layers:
+        if names is None:
+            layer.__dict__.pop(ONLY_ATTR, None)
+        else:
+            layer.__dict__[ONLY_ATTR] = frozenset(names)
 
 
 def _needs_grad(module: nn.Module, active: Sequence[LoRaDAdapter]) -> bool:
@@ -171,10 +186,11 @@ def _uninstall(module: nn.Module) -> None:
 
 
 def lorad_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, module)`` of every layer that carries LoRaD adapters."""
+    """``(name, module)`` of every layer that carries LoRaD adapters. A layer that PEFT wrapped (a LoRA on the same
+    backbone) keeps its own name: PEFT's ``base_layer`` is the layer itself."""
     for name, module in model.named_modules():
         if hasattr(module, ADAPTERS_ATTR):
-            yield name, module
+            yield name.replace(".base_layer", ""), module
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -199,9 +215,9 @@ def attach(model: nn.Module, rank: int, preset: str | None = None, targets: Sequ
         if adapter_name in existing:
             raise ValueError(f"layer '{name}' already has an adapter named '{adapter_name}'; "
                              "pick another adapter_name or detach it first")
-    if freeze_base:  # freeze the base model, not adapters attached earlier
+    if freeze_base:  # freeze the base model, not adapters attached earlier (LoRaD's, or PEFT's LoRA factors)
         for name, p in model.named_parameters():
-            if f"{ADAPTERS_ATTR}." not in name:
+            if f"{ADAPTERS_ATTR}." not in name and not INSIDE_ADAPTER.search(name):
                 p.requires_grad_(False)
     for name, module in chosen:
         _install(module)

@@ -6,6 +6,7 @@ Counts these presets must reproduce are in shared/LORAD_SPEC.md section 2 and in
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -58,6 +59,10 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}") from None
 
 
+# the layers of an adapter PEFT put on a model (its LoRA factors), which are never a base layer to adapt
+INSIDE_ADAPTER = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector|lora_embedding_A|lora_embedding_B)(\.|$)")
+
+
 def select_targets(model: nn.Module, preset: str | None = None, targets: Sequence[str] | None = None,
                    exclude: Sequence[str] = (), include_conv: bool = False) -> list[tuple[str, nn.Module]]:
     """The ``(name, module)`` pairs a preset or glob patterns choose.
@@ -72,7 +77,7 @@ def select_targets(model: nn.Module, preset: str | None = None, targets: Sequenc
     kinds = ADAPTABLE if (rule.conv if rule is not None else include_conv) else (nn.Linear,)
     chosen = []
     for name, module in model.named_modules():
-        if not isinstance(module, kinds) or not name:
+        if not isinstance(module, kinds) or not name or INSIDE_ADAPTER.search(name):
             continue
         if rule is not None and not rule.selects(name):
             continue

@@ -1,0 +1,105 @@
+"""Peak memory and time of one distillation step on a full-size SD1.5 UNet: the shared backbone against three copies.
+
+    python benchmarks/distill_memory.py            # writes a random-weight SD1.5 teacher to a temporary folder
+
+Each layout runs in its own process (the peak is that process's maximum resident memory): the distiller with the
+paper's SD1.5 recipe (LoRaD rank 256 student, rank 64 fake, on the unet-student / unet-fake presets) at batch 1,
+64x64 latents, bf16 weights and gradient checkpointing, then one training step, timed. On the 2-core VM one
+step in bf16 takes more than 15 minutes (CPUs without bf16 matrix units emulate it). The UNet
+is SD1.5's, full size, random; text encoder and VAE are small stand-ins (768-wide text features, 4 latent
+channels), because the step uses them only for embeddings computed once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = ["a photo of a dog", "a red car on a street", "a bowl of fruit", "a lighthouse at dusk"]
+
+
+def write_teacher(folder: Path) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from wadi_core.models.components import Components
+    from wadi_core.models.families import sd15_unet
+    from wadi_core.models.single_file import SD_SCHEDULER
+    from wadi_core.shapes import components as C
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(str(C.write_tokenizer(folder.parent / "tokenizer-files")))
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=768,
+                                        num_hidden_layers=1, num_attention_heads=12, max_position_embeddings=77))
+    vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, layers_per_block=1)
+    unet = sd15_unet()
+    C.save_model_folder(Components(tokenizer, text.eval(), vae.eval(), unet.eval(),
+                                   DDPMScheduler.from_config(SD_SCHEDULER)), folder, unet_dtype=torch.bfloat16)
+    (folder.parent / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return folder
+
+
+def measure(teacher: str, separate: bool) -> dict:
+    """In this process: set up the distiller, run two steps; the second's time and the process's peak memory."""
+    import resource
+
+    from wadi_core.distill import DistillConfig, Distiller
+
+    config = DistillConfig.from_options(
+        model=teacher, prompts=str(Path(teacher).parent / "prompts.txt"), out=tempfile.mkdtemp(prefix="wadi-mem-"),
+        batch_size=1, steps=1, mixed_precision="bf16", gradient_checkpointing=True, separate_copies=separate,
+        report_to="none", sample_every=0, checkpoint_every=0)
+    distiller = Distiller(config, progress=False, log=lambda text: None)
+    nets = (distiller.teacher.unet, distiller.student, distiller.fake)
+    weights = {p.data_ptr(): p.numel() * p.element_size() for net in nets for p in net.parameters()}
+    started = time.perf_counter()
+    distiller.train_step()
+    seconds = time.perf_counter() - started
+    distiller.close()
+    return {"layout": "three copies" if separate else "shared backbone", "step_s": seconds,
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "weights_gb": sum(weights.values()) / 1e9,
+            "recipe": distiller.config.recipe, "student_rank": distiller.config.student.rank,
+            "fake_rank": distiller.config.fake.rank}
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--measure":
+        teacher, separate = sys.argv[2].split("::")
+        print(json.dumps(measure(teacher, separate == "1")))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        print("writing a random-weight SD1.5 UNet (bf16) ...", flush=True)
+        teacher = str(write_teacher(Path(tmp) / "sd15"))
+        results = []
+        for separate in (False, True):
+            print(f"measuring the {'three copies' if separate else 'shared backbone'} ...", flush=True)
+            out = subprocess.run([sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}"],
+                                 capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            if out.returncode:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return 1
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    shared, copies = results
+    print(f"recipe {shared['recipe']} (student LoRaD rank {shared['student_rank']}, fake rank {shared['fake_rank']}), "
+          "batch 1, 64x64 latents, bf16 weights, gradient checkpointing, CPU")
+    for r in results:
+        print(f"  {r['layout']:>15}: peak {r['peak_gb']:.2f} GB (weights {r['weights_gb']:.2f} GB), "
+              f"step {r['step_s']:.1f} s")
+    print(f"  shared / three copies: peak {shared['peak_gb'] / copies['peak_gb']:.2f}x, "
+          f"weights {shared['weights_gb'] / copies['weights_gb']:.2f}x, step time {shared['step_s'] / copies['step_s']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
