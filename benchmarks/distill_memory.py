@@ -3,9 +3,10 @@
     python benchmarks/distill_memory.py            # writes a random-weight SD1.5 teacher to a temporary folder
 
 Each layout runs in its own process (the peak is that process's maximum resident memory): the distiller with the
-paper's SD1.5 recipe (LoRaD rank 256 student, rank 64 fake, on the unet-student / unet-fake presets) at batch 1,
-64x64 latents, bf16 weights and gradient checkpointing, then one training step, timed. On the 2-core VM one
-step in bf16 takes more than 15 minutes (CPUs without bf16 matrix units emulate it). The UNet
+paper's SD1.5 recipe (its LoRaD ranks, on the unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16
+weights and gradient checkpointing, then one training step, timed; the shared backbone once more at batch 2, so
+that the memory one more sample takes is measured and the paper's batch of 16 per GPU can be estimated. CPUs
+without bf16 matrix units emulate it: on a 2-core AMD EPYC one step took more than 15 minutes. The UNet
 is SD1.5's, full size, random; text encoder and VAE are small stand-ins (768-wide text features, 4 latent
 channels), because the step uses them only for embeddings computed once.
 """
@@ -50,15 +51,15 @@ def write_teacher(folder: Path) -> Path:
     return folder
 
 
-def measure(teacher: str, separate: bool) -> dict:
-    """In this process: set up the distiller, run two steps; the second's time and the process's peak memory."""
+def measure(teacher: str, separate: bool, batch: int) -> dict:
+    """In this process: set up the distiller, run one step; its time and the process's peak memory."""
     import resource
 
     from wadi_core.distill import DistillConfig, Distiller
 
     config = DistillConfig.from_options(
         model=teacher, prompts=str(Path(teacher).parent / "prompts.txt"), out=tempfile.mkdtemp(prefix="wadi-mem-"),
-        batch_size=1, steps=1, mixed_precision="bf16", gradient_checkpointing=True, separate_copies=separate,
+        batch_size=batch, steps=1, mixed_precision="bf16", gradient_checkpointing=True, separate_copies=separate,
         report_to="none", sample_every=0, checkpoint_every=0)
     distiller = Distiller(config, progress=False, log=lambda text: None)
     nets = (distiller.teacher.unet, distiller.student, distiller.fake)
@@ -67,37 +68,43 @@ def measure(teacher: str, separate: bool) -> dict:
     distiller.train_step()
     seconds = time.perf_counter() - started
     distiller.close()
-    return {"layout": "three copies" if separate else "shared backbone", "step_s": seconds,
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "weights_gb": sum(weights.values()) / 1e9,
+    return {"layout": "three copies" if separate else "shared backbone", "batch": batch, "step_s": seconds,
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "weights_gb": sum(weights.values()) / 1e9,
             "recipe": distiller.config.recipe, "student_rank": distiller.config.student.rank,
             "fake_rank": distiller.config.fake.rank}
 
 
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--measure":
-        teacher, separate = sys.argv[2].split("::")
-        print(json.dumps(measure(teacher, separate == "1")))
+        teacher, separate, batch = sys.argv[2].split("::")
+        print(json.dumps(measure(teacher, separate == "1", int(batch))))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         print("writing a random-weight SD1.5 UNet (bf16) ...", flush=True)
         teacher = str(write_teacher(Path(tmp) / "sd15"))
         results = []
-        for separate in (False, True):
-            print(f"measuring the {'three copies' if separate else 'shared backbone'} ...", flush=True)
-            out = subprocess.run([sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}"],
+        for separate, batch in ((False, 1), (True, 1), (False, 2)):
+            print(f"measuring the {'three copies' if separate else 'shared backbone'} at batch {batch} ...", flush=True)
+            out = subprocess.run([sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}::{batch}"],
                                  capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    shared, copies = results
+    shared, copies, shared2 = results
     print(f"recipe {shared['recipe']} (student LoRaD rank {shared['student_rank']}, fake rank {shared['fake_rank']}), "
-          "batch 1, 64x64 latents, bf16 weights, gradient checkpointing, CPU")
+          "64x64 latents, bf16 weights, gradient checkpointing, CPU")
     for r in results:
-        print(f"  {r['layout']:>15}: peak {r['peak_gb']:.2f} GB (weights {r['weights_gb']:.2f} GB), "
-              f"step {r['step_s']:.1f} s")
-    print(f"  shared / three copies: peak {shared['peak_gb'] / copies['peak_gb']:.2f}x, "
-          f"weights {shared['weights_gb'] / copies['weights_gb']:.2f}x, step time {shared['step_s'] / copies['step_s']:.2f}x")
+        print(f"  {r['layout']:>15}, batch {r['batch']}: peak {r['peak_gb']:.2f} GB "
+              f"(weights {r['weights_gb']:.2f} GB), step {r['step_s']:.1f} s")
+    print(f"  shared / three copies at batch 1: peak {shared['peak_gb'] / copies['peak_gb']:.2f}x, "
+          f"weights {shared['weights_gb'] / copies['weights_gb']:.2f}x, "
+          f"step time {shared['step_s'] / copies['step_s']:.2f}x")
+    per_sample = shared2["peak_gb"] - shared["peak_gb"]
+    print(f"  one more sample: +{per_sample:.2f} GB; the paper's batch of 16 per GPU with the shared backbone: about "
+          f"{shared['peak_gb'] + 15 * per_sample:.1f} GB (three copies: {copies['peak_gb'] + 15 * per_sample:.1f} GB), "
+          "host-side counting, before a GPU's own overhead")
     return 0
 
 

@@ -87,14 +87,14 @@ def test_fake_guidance_sets_the_fake_models_cfg_alone(tmp_path, sd_dir, prompt_f
 
 
 def test_student_ema_is_on_for_the_embedded_world_and_off_for_other_teachers(tmp_path, sd_dir):
-    # The embedded default (0.99) was measured in docs/results.md; a real teacher keeps the paper's default (off).
+    # The embedded default (0.99) was measured in docs/lab/results.md; a real teacher keeps the paper's default (off).
     assert DistillConfig.from_options(out="x").resolved("shapes").ema == 0.99
     assert DistillConfig.from_options(out="x", model=str(sd_dir)).resolved("paper").ema == 0.0
     assert DistillConfig.from_options(out="x", ema=0.0).resolved("shapes").ema == 0.0
 
 
 def test_embedded_world_guides_the_teacher_alone_and_other_teachers_guide_both(sd_dir):
-    # Embedded: teacher CFG 2, unguided fake (docs/results.md); a real teacher: the paper's CFG 1.5 on both.
+    # Embedded: teacher CFG 2, unguided fake (docs/lab/results.md); a real teacher: the paper's CFG 1.5 on both.
     embedded = DistillConfig.from_options(out="x").resolved("shapes")
     assert (embedded.guidance, embedded.fake_guidance) == (2.0, 1.0)
     paper = DistillConfig.from_options(out="x", model=str(sd_dir)).resolved("paper")

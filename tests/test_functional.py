@@ -1,4 +1,4 @@
-"""The rotation math of LORAD_SPEC section 1, one identity per test."""
+"""The rotation math of docs/lorad.md ("The rotation of one layer"), one identity per test."""
 
 import pytest
 import torch

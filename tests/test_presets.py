@@ -1,4 +1,4 @@
-"""The paper's parameter counts (LORAD_SPEC section 2), exact, on meta-device models."""
+"""The paper's parameter counts (docs/lorad.md, "Which layers"), exact, on meta-device models."""
 
 import pytest
 

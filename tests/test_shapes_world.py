@@ -126,7 +126,7 @@ def test_prompt_files(tmp_path):
 def test_attribute_confusion_counts_hits_and_what_is_drawn_instead():
     import runpy
     from pathlib import Path
-    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "attribute_confusion.py"))
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "research" / "attribute_confusion.py"))
     prompts = ["a red circle", "an orange square", "a blue triangle left of a red circle"]
     rng = np.random.default_rng(0)
     renders = render_batch([scene_for_prompt(parse_prompt(p), rng) for p in prompts])

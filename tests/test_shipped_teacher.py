@@ -1,6 +1,6 @@
 """The shipped embedded teacher: complete, small, loadable like SD, and it draws what it is asked.
 
-Thresholds sit well below the accuracy measured in docs/shapes.md, and far above what an
+Thresholds sit well below the accuracy measured in docs/lab/shapes.md, and far above what an
 untrained or broken model reaches (about 1/6 for colour, 1/3 for shape)."""
 
 import pytest

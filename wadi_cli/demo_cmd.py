@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--regression-pairs", type=A.count, default=0, metavar="N",
                    help="add DMD's regression loss on N teacher samples (see wadi distill --help)")
+    p.add_argument("--processes", type=A.positive_int, default=None,
+                   help="distil in N processes of one thread each (default: 2 on a CPU machine with 2 cores or more, "
+                        "else 1; the same student either way)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run)
@@ -31,7 +34,7 @@ def run(args) -> int:
     from wadi_core.demo import run_demo
 
     metrics = run_demo(args.out, args.steps, args.num_prompts, args.student_kind, args.seed, args.regression_pairs,
-                       args.overwrite, progress=not args.quiet)
+                       args.overwrite, progress=not args.quiet, processes=args.processes)
     t, s = metrics["teacher"]["prompt_accuracy"], metrics["student"]["prompt_accuracy"]
     print(f"teacher: colour {t['single/color']:.1%} shape {t['single/shape']:.1%} FID {metrics['teacher']['fid']:.1f}"
           f" | student (1 step): colour {s['single/color']:.1%} shape {s['single/shape']:.1%} "

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fake-preset", default=d["fake_preset"])
     p.add_argument("--steps", type=A.positive_int, help="optimiser steps (embedded default 800)")
     p.add_argument("--batch-size", type=A.positive_int,
-                   help="prompts per micro-batch and process (paper 128; embedded 16)")
+                   help="prompts per micro-batch and process (default: the recipe's whole batch, paper 128, embedded "
+                        "16, split over the processes)")
     p.add_argument("--grad-accum", type=A.positive_int, default=d["grad_accum"])
     p.add_argument("--lr-student", type=A.learning_rate,
                    help="student learning rate (LoRaD: paper 1e-4, embedded 5e-3; embedded LoRA/DoRA 1e-3, full 1e-4; "

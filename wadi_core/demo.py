@@ -13,8 +13,11 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from . import fileio, students
-from .distill import DistillConfig, Distiller, trainable_share
+from .distill import CHECKPOINT, STATE_FILE, DistillConfig, Distiller, trainable_share
+from .distill.processes import default_processes, distill_in_processes
 from .evaluate import evaluate_student, evaluate_teacher, reference_renders, render_floor
 from .images import side_by_side
 from .shapes import sample_prompts
@@ -52,7 +55,8 @@ def report_markdown(metrics: dict) -> str:
         "",
         f"The shipped shapes teacher was distilled into a one-step student ({trained_as}, learning rate "
         f"{c['lr_student']:g}) in {metrics['distillation_steps']} steps "
-        f"({metrics['distillation_minutes']:.1f} min on this machine). "
+        f"({metrics['distillation_minutes']:.1f} min on this machine, "
+        f"in {metrics.get('distillation_processes', 1)} process(es)). "
         f"Evaluated on {metrics['prompts']} held-out prompts (never seen in training); the judge reads colour, "
         "shape, size, position and relation back from the pixels.",
         "",
@@ -69,19 +73,35 @@ def report_markdown(metrics: dict) -> str:
     ])
 
 
+def distill(config: DistillConfig, processes: int, progress: bool) -> tuple[Path, DistillConfig, int, float]:
+    """The student's path, the run's resolved config, its steps and training seconds: in this process, or in
+    ``processes`` processes of one thread each (the same student: the batch is split, not changed)."""
+    if processes == 1:
+        distiller = Distiller(config, progress=progress)
+        return distiller.run(), distiller.config, distiller.step, distiller.seconds
+    resolved = config.resolved(processes=processes)
+    resolved.check()  # refused here, before any process starts
+    path = distill_in_processes(resolved, processes, progress)
+    state = torch.load(Path(resolved.out) / CHECKPOINT / STATE_FILE, map_location="cpu", weights_only=True)
+    return path, resolved, state["step"], state["seconds"]
+
+
 def run_demo(out="wadi-demo", steps: int | None = None, num_prompts: int = 256, student_kind: str = "lorad",
-             seed: int = 0, regression_pairs: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
-    """Distil, evaluate and report into ``out``; returns the metrics (also in ``out``/metrics.json)."""
+             seed: int = 0, regression_pairs: int = 0, overwrite: bool = False, progress: bool = True,
+             processes: int | None = None) -> dict:
+    """Distil, evaluate and report into ``out``; returns the metrics (also in ``out``/metrics.json). The
+    distillation runs in ``processes`` one-thread processes (default: two on a CPU machine of two cores or
+    more, see :func:`wadi_core.distill.processes.default_processes`)."""
     started = time.perf_counter()
+    processes = processes or default_processes()
     with fileio.claim(out, overwrite) as out:
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         out.mkdir()
         config = DistillConfig.from_options(out=str(out / "distill"), student_kind=student_kind, steps=steps,
                                             seed=seed, regression_pairs=regression_pairs, report_to="none")
-        distiller = Distiller(config, progress=progress)
-        student_path = distiller.run()
-        minutes = distiller.seconds / 60
+        student_path, resolved, distilled_steps, seconds = distill(config, processes, progress)
+        minutes = seconds / 60
         shutil.copy(out / "distill" / "loss.png", out / "loss.png")
 
         prompts = [p.caption() for p in sample_prompts(num_prompts, "heldout", seed=seed)]
@@ -95,9 +115,10 @@ def run_demo(out="wadi-demo", steps: int | None = None, num_prompts: int = 256, 
             "prompts": len(prompts),
             "render_floor_fid": render_floor(prompts, seed),
             "parameters": trainable_share(config),
-            "config": distiller.config.options(),
-            "distillation_steps": distiller.step,
+            "config": resolved.options(),
+            "distillation_steps": distilled_steps,
             "distillation_minutes": minutes,
+            "distillation_processes": processes,
             "total_minutes": (time.perf_counter() - started) / 60,
         }
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -149,9 +149,10 @@ class DistillConfig:
 
     # ----- defaults and checks
 
-    def resolved(self, recipe: Recipe | str | None = None) -> "DistillConfig":
+    def resolved(self, recipe: Recipe | str | None = None, processes: int = 1) -> "DistillConfig":
         """A copy with the teacher's path made absolute and every None filled from ``recipe`` (a name or a
-        recipe; default: this config's ``recipe``, else the recipe of the teacher's family)."""
+        recipe; default: this config's ``recipe``, else the recipe of the teacher's family). A recipe's batch is
+        the whole batch: each of ``processes`` processes takes its share."""
         from ..models.components import is_dit_folder
 
         model = str(Path(self.model).expanduser().resolve()) if self.model else str(default_model())
@@ -167,8 +168,13 @@ class DistillConfig:
                 options[f"{role}_rank"] = getattr(recipe, f"{role}_rank")
             if is_dit_folder(model) and options[f"{role}_preset"].startswith("unet-"):
                 options[f"{role}_preset"] = options[f"{role}_preset"].replace("unet-", "dit-", 1)  # DiT presets
-        for name in ("guidance", "fake_guidance", "batch_size", "steps", "fake_updates", "ema", "late_fraction",
-                     "late_t_max", "sample_guidance"):
+        if options["batch_size"] is None:
+            if recipe.batch_size % processes:
+                raise ValueError(f"the {recipe.name} recipe's batch of {recipe.batch_size} prompts does not split over "
+                                 f"{processes} processes; give each its share with --batch-size N")
+            options["batch_size"] = recipe.batch_size // processes
+        for name in ("guidance", "fake_guidance", "steps", "fake_updates", "ema", "late_fraction", "late_t_max",
+                     "sample_guidance"):
             if options[name] is None:
                 options[name] = getattr(recipe, name)
         if not options["late_fraction"]:  # no late phase: its top timestep means nothing

@@ -2,7 +2,7 @@
 
 The trainer calls :class:`Extras` at four places of a step (the batch, the student's loss, the fake model's
 inputs and loss, the record) and reads the same whether a term is on or not: with both off every hook returns
-what it was given. Neither term helped on the embedded world (docs/results.md); both are kept because they are
+what it was given. Neither term helped on the embedded world (docs/lab/results.md); both are kept because they are
 the published recipes' (DMD's and DMD2's) for real teachers, where they are measured to matter.
 """
 

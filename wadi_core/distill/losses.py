@@ -1,4 +1,4 @@
-"""WaDi / VSD losses as pure functions (shared/LORAD_SPEC.md section 4).
+"""WaDi / VSD losses as pure functions (the equations: docs/guide.md, "Distillation").
 
 The student maps noise to ``x0`` in one step; the teacher ("real") and the fake score model
 both predict eps on a re-noised ``x0``. The generator is pushed along

@@ -21,7 +21,7 @@ class Recipe:
     lr: dict[str, dict[str, float]]
     guidance: float  # CFG of the teacher (and, with fake_guidance None, of the fake model) in the VSD gradient
     fake_guidance: float | None
-    batch_size: int
+    batch_size: int  # the whole batch: under N processes each takes batch_size / N (--batch-size is per process)
     steps: int
     fake_updates: int
     ema: float
@@ -46,7 +46,7 @@ PAPER = Recipe(
     late_t_max=None, sample_guidance=7.5, families=("sd15", "sd21", "pixart-alpha"),
     measured="the paper (WaDi, CVPR 2026) and its authors' training script")
 
-# The embedded world's budget is 15 CPU minutes. Measured on it (docs/results.md): three fake updates per student
+# The embedded world's budget is 15 CPU minutes. Measured on it (docs/lab/results.md): three fake updates per student
 # step over 600 steps beat one over 900 in the same time; an EMA of the student (0.99) lowered FID by a fifth in
 # two seeds; an unguided fake model with the teacher at CFG 2 raised shape accuracy by 11-12 points in two seeds
 # with FID under 2x the teacher's; 800 steps whose last 300 draw the gradient's timesteps from t <= 400 (colour is
@@ -59,7 +59,7 @@ SHAPES = Recipe(
         "fake": {"lorad": 1e-2, "lora": 3e-3, "dora": 3e-3, "full": 5e-4}},
     guidance=2.0, fake_guidance=1.0, batch_size=16, steps=800, fake_updates=3, ema=0.99, late_fraction=0.375,
     late_t_max=400, sample_guidance=3.0, families=("shapes",),
-    measured="docs/results.md (the demo's recipe and the adapter ablation)")
+    measured="docs/lab/results.md (the demo's recipe and the adapter ablation)")
 
 RECIPES = {recipe.name: recipe for recipe in (PAPER, SHAPES)}
 

@@ -58,6 +58,9 @@ class ResumeMismatch(ValueError):
     pass
 
 
+ESTIMATE_AFTER = 6  # steps of a run measured before it says how long the rest will take (the first is slower)
+
+
 def every(step: int, interval: int) -> bool:
     """True on each interval-th step; an interval of 0 switches the periodic action off."""
     return interval > 0 and step % interval == 0
@@ -82,6 +85,13 @@ def _reset_single_process_state() -> None:
         GradientState._reset_state()
 
 
+def _processes_on_cpu() -> bool:
+    """Several processes on a machine without an accelerator (``accelerate launch --multi_gpu`` or ``torchrun``):
+    accelerate joins them into one gloo group only when told they are on the CPU; otherwise each would train
+    alone. (``accelerate launch --cpu`` itself starts one process whatever --num_processes says; docs/multi_gpu.md.)"""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
 class Distiller:
     """One distillation run: setup, ``train_step()``, checkpoints, samples and the final files."""
 
@@ -89,7 +99,7 @@ class Distiller:
         from accelerate import Accelerator
 
         check_teacher(config.model)
-        self.config = config = config.resolved()
+        self.config = config = config.resolved(processes=int(os.environ.get("WORLD_SIZE", "1")))
         config.check()
         self.out = Path(config.out).expanduser()
         self.log = log
@@ -98,19 +108,18 @@ class Distiller:
         self.prompts = self._prompt_list()
         self.extras = Extras(self)
         self.extras.check_prompts()
-        fileio.check_output(self.out, overwrite=True)  # its folder exists and can be written
-        fileio.refuse_same_path(self.out, [("--model", config.model), ("--unet", config.backbone),
-                                           ("--prompts", config.prompts), ("--gan-images", config.extras.gan.images)],
-                                inputs_may_be_inside=True)
-        if config.export_merged:  # checked now, not after the whole run
-            fileio.refuse_same_path(config.export_merged, [("--model", config.model), ("--out", self.out)])
-            fileio.check_output(config.export_merged, config.overwrite)
-
         trackers = self._trackers()
         _reset_single_process_state()
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=_processes_on_cpu(),
                                        gradient_accumulation_steps=config.grad_accum,
                                        log_with=trackers or None, project_dir=str(self.out))
+        if self.accelerator.is_main_process:  # the main process checks, writes and speaks for all
+            self._check_outputs()
+        else:
+            self.log = lambda message: None
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self._fsdp():
+            self.log("FSDP was asked for, but accelerate shards only on GPUs (and other accelerators): these "
+                     f"processes run {self.accelerator.distributed_type.value} instead")
         self._claim = contextlib.ExitStack()  # the run folder's lock, held until the run ends
         try:
             self._setup(trackers)
@@ -119,6 +128,15 @@ class Distiller:
             raise
 
     # ----- set-up
+
+    def _check_outputs(self) -> None:
+        c = self.config
+        fileio.check_output(self.out, overwrite=True)  # its folder exists and can be written
+        fileio.refuse_same_path(self.out, [("--model", c.model), ("--unet", c.backbone), ("--prompts", c.prompts),
+                                           ("--gan-images", c.extras.gan.images)], inputs_may_be_inside=True)
+        if c.export_merged:  # checked now, not after the whole run
+            fileio.refuse_same_path(c.export_merged, [("--model", c.model), ("--out", self.out)])
+            fileio.check_output(c.export_merged, c.overwrite)
 
     def _prompt_list(self) -> list[str]:
         if self.config.prompts:
@@ -185,7 +203,7 @@ class Distiller:
         self.last_step_finite = True
         self.checkpoint_step: int | None = None  # the step of the last good checkpoint in the run folder
         self.seconds = time.perf_counter() - started  # making the pairs is part of the training time
-        self._teacher_samples = None
+        self._teacher_samples = None  # (the sample guidance, the teacher's uint8 images), kept in checkpoints
         if c.resume:
             self._load_checkpoint()
         if self.accelerator.is_main_process:  # only now, so that a refused run leaves nothing behind
@@ -241,7 +259,11 @@ class Distiller:
         backward runs forwards again, the fake then keeps a copy of its own."""
         spec = self.student_spec() if role == "student" else self.fake_spec()
         gan_through_fake = role == "fake" and self.extras.gan is not None and self.config.gradient_checkpointing
-        return spec.kind != "full" and not self.config.separate_copies and not gan_through_fake
+        return spec.kind != "full" and not self.config.separate_copies and not gan_through_fake and not self._fsdp()
+
+    def _fsdp(self) -> bool:
+        """FSDP shards each network it wraps, so student and fake keep copies of their own under it."""
+        return str(self.accelerator.distributed_type).endswith("FSDP")
 
     def _network(self, role: str, spec: students.AdapterSpec, weight_dtype) -> torch.nn.Module:
         """The role's adapter on the teacher's backbone (made a :class:`shared.Role` by :meth:`_share_backbone`),
@@ -297,13 +319,37 @@ class Distiller:
 
     # ----- the step
 
-    def _batch(self, micro: int) -> tuple[list[str], torch.Generator, np.random.Generator]:
-        """Prompts and the random generators of one micro-batch, fixed by (seed, step, micro-batch, process)."""
-        c = self.config
-        rng = np.random.default_rng([c.seed, self.step, micro, self.accelerator.process_index])
-        prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=c.batch_size)]
+    # Several processes: every random draw of a micro-batch is made for the whole batch of all processes (fixed by
+    # seed, step and micro-batch) and each process keeps its rows, so P processes x batch b train as one process x
+    # batch P*b does (DDP averages the processes' mean losses into the mean over the whole batch).
+
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.accelerator.num_processes
+
+    def _rows(self, draw: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a draw made for the whole batch."""
+        b, i = self.config.batch_size, self.accelerator.process_index
+        return draw[i * b:(i + 1) * b]
+
+    def _everyone(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every process (a backward that one process skips would stall the others)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum")
+                    == self.accelerator.num_processes)
+
+    def _batch(self, micro: int) -> tuple[list[str], torch.Tensor, torch.Generator, np.random.Generator]:
+        """This process's prompts and initial noise of one micro-batch, the generator of the batch's further draws,
+        and the generator of the extras' draws (DMD pairs, GAN images: per process when there are several)."""
+        c, acc = self.config, self.accelerator
+        rng = np.random.default_rng([c.seed, self.step, micro, 0])
+        prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=self.global_batch())]
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        return prompts, gen, rng
+        z = self._rows(torch.randn((len(prompts), *self.shape), generator=gen))
+        b, i = c.batch_size, acc.process_index
+        if acc.num_processes > 1:
+            rng = np.random.default_rng([c.seed, self.step, micro, 1 + i])
+        return prompts[i * b:(i + 1) * b], z, gen, rng
 
     def _eps(self, model, x_t, t, cond_pos, scale):
         """Guided eps of ``model`` (CFG ``scale``): one batched call for both halves; at scale 1 the conditional
@@ -322,9 +368,8 @@ class Distiller:
 
     def _micro_step(self, micro: int) -> dict[str, float]:
         c, acc, device = self.config, self.accelerator, self.accelerator.device
-        prompts, gen, rng = self._batch(micro)
+        prompts, z, gen, rng = self._batch(micro)
         n = len(prompts)
-        z = torch.randn((n, *self.shape), generator=gen)
         pick = self.extras.edit_batch(prompts, z, rng)
         cond = self.embed(prompts)
         z = z.to(device)
@@ -334,8 +379,9 @@ class Distiller:
             with acc.autocast():
                 x0 = predict_x0(self.student, self.teacher.scheduler, z, cond).float()
             # 2. the VSD gradient at a re-noised x0, and the student's step along it
-            t = losses.sample_generator_timesteps(n, gen, device, self.generator_t_range())
-            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = self._rows(losses.sample_generator_timesteps(self.global_batch(), gen, device,
+                                                             self.generator_t_range()))
+            noise = self._rows(torch.randn((self.global_batch(), *x0.shape[1:]), generator=gen)).to(device)
             x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
             with torch.no_grad():
                 eps_real = self._eps(self.teacher.unet, x_t, t, cond, c.guidance)
@@ -345,7 +391,7 @@ class Distiller:
             loss_g = losses.generator_loss(x0, grad)
             extra, record = self.extras.student_loss(x0, noise, t, cond, pick)
             loss = loss_g if extra is None else loss_g + extra
-            finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(x0).all())
+            finite = self._everyone(bool(torch.isfinite(loss)) and bool(torch.isfinite(x0).all()))
             if finite:
                 with shared.acting(acc.unwrap_model(self.student)):  # checkpointed forwards run again in here
                     acc.backward(loss)
@@ -355,7 +401,8 @@ class Distiller:
             self.opt_student.zero_grad(set_to_none=True)
 
         # 3. the fake model learns the student's current distribution
-        self.extras.before_fake_updates(prompts, gen)
+        self.extras.before_fake_updates(prompts, gen if acc.num_processes == 1 else
+                                        torch.Generator().manual_seed(int(rng.integers(2 ** 62))))
         for update in range(c.fake_updates):
             loss_f, loss_d = self._fake_update(x0.detach(), cond, gen, first=update == 0)
             if update == 0 and self.extras.gan is not None:
@@ -370,10 +417,10 @@ class Distiller:
         c, acc, device = self.config, self.accelerator, self.accelerator.device
         n = x0.shape[0]
         with acc.accumulate(self.fake):
-            t = losses.sample_fake_timesteps(n, len(self.abar), gen, device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
+            t = self._rows(losses.sample_fake_timesteps(self.global_batch(), len(self.abar), gen, device))
+            noise = self._rows(torch.randn((self.global_batch(), *x0.shape[1:]), generator=gen)).to(device)
             x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu()).to(device)
-            drop = (torch.rand(n, generator=gen) < c.null_prompt_share).to(device)
+            drop = self._rows(torch.rand(self.global_batch(), generator=gen) < c.null_prompt_share).to(device)
             cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
             x_in, t_in, cond_in = self.extras.fake_inputs(x_t, t, cond_f, noise, drop, first)
             with acc.autocast(), self.extras.capture(first):
@@ -383,7 +430,7 @@ class Distiller:
             extra, loss_d = self.extras.fake_loss(first)
             if extra is not None:
                 loss = loss + extra
-            if torch.isfinite(loss):
+            if self._everyone(bool(torch.isfinite(loss))):
                 with shared.acting(acc.unwrap_model(self.fake)):
                     acc.backward(loss)
                 if acc.sync_gradients:
@@ -398,7 +445,7 @@ class Distiller:
         self._set_learning_rates()
         results = [self._micro_step(m) for m in range(self.config.grad_accum)]
         # 4. bookkeeping
-        finite = all(r["finite"] for r in results)
+        finite = self._everyone(all(r["finite"] for r in results))
         self.last_step_finite = finite
         if finite:
             self.bad_steps = 0
@@ -410,7 +457,10 @@ class Distiller:
                 raise Diverged(f"the losses were NaN/Inf for {self.bad_steps} steps in a row (up to step "
                                f"{self.step + 1}); stopped. {self.divergence_advice()}")
         logged = ("loss_student", "loss_fake", "grad_norm") + self.extras.logged()
-        record = {"step": self.step + 1, **{k: float(np.mean([r[k] for r in results])) for k in logged},
+        values = [float(np.mean([r[k] for r in results])) for k in logged]
+        if self.accelerator.num_processes > 1:  # the whole batch's, as one process would log it
+            values = self.accelerator.reduce(torch.tensor(values, device=self.accelerator.device), "mean").tolist()
+        record = {"step": self.step + 1, **dict(zip(logged, values)),
                   "skipped": not finite, "seconds": time.perf_counter() - started}
         self.history.append(record)
         self.seconds += record["seconds"]
@@ -436,12 +486,16 @@ class Distiller:
         """Train to ``config.steps`` with checkpoints and sample grids; returns the final adapter (None if
         ``should_stop`` ended the run early, after writing a checkpoint)."""
         c = self.config
-        bar = tqdm(total=c.steps, initial=self.step, desc="distilling", disable=not self.progress)
+        bar = tqdm(total=c.steps, initial=self.step, desc="distilling",
+                   disable=not (self.progress and self.accelerator.is_main_process))
         if self.step == 0:
             self.write_samples()
+        first = self.step
         try:
             while self.step < c.steps:
                 record = self.train_step()
+                if self.step == first + ESTIMATE_AFTER and self.step < c.steps:
+                    self._log_estimate(first)
                 bar.update(1)
                 bar.set_postfix(student=f"{record['loss_student']:.3g}", fake=f"{record['loss_fake']:.3g}")
                 if on_step:
@@ -460,6 +514,14 @@ class Distiller:
         finally:
             bar.close()
             self.close()
+
+    def _log_estimate(self, first: int) -> None:
+        """How long the rest of the run will take on this machine, from this run's steps after its first."""
+        measured = [r["seconds"] for r in self.history[first + 1:self.step]]
+        per_step = sum(measured) / len(measured)
+        left = self.config.steps - self.step
+        self.log(f"measured {per_step:.2f} s a step on this machine: about {left * per_step / 60:.1f} min for the "
+                 f"{left} steps left")
 
     def divergence_advice(self) -> str:
         """Where the last good checkpoint is and the command that continues from it at lower rates (the rates and
@@ -508,15 +570,15 @@ class Distiller:
             return None
         prompts = list(self.world.sample_prompts()) or self.prompts[:8]
         seeds = list(range(len(prompts)))
-        if self._teacher_samples is None:
-            self._teacher_samples = MultiStep(steps=25, guidance=self.config.sample_guidance)(
-                self.teacher, prompts, seeds)
+        guidance = self.config.sample_guidance
+        if self._teacher_samples is None or self._teacher_samples[0] != guidance:
+            self._teacher_samples = (guidance, MultiStep(steps=25, guidance=guidance)(self.teacher, prompts, seeds))
         try:
             student = self.student_images(prompts, seeds)
         except NonFiniteError:  # a diverging step: the losses say so, and the checkpoint is not replaced
             self.log(f"no sample grid at step {self.step}: the student's images are not finite")
             return None
-        grid = side_by_side({"teacher 25 steps": self._teacher_samples, f"student, step {self.step}": student},
+        grid = side_by_side({"teacher 25 steps": self._teacher_samples[1], f"student, step {self.step}": student},
                             prompts)
         path = fileio.save_png(grid, self.out / "samples" / f"step_{self.step:06d}.png", overwrite=True)
         fileio.save_png(grid, self.out / "samples" / "latest.png", overwrite=True)
@@ -548,7 +610,7 @@ class Distiller:
                      f"no checkpoint at step {self.step}: its losses or weights are not finite")
             return None
         state = {
-            "config": self.resume_options(),
+            "config": self.resume_options(), "processes": self.accelerator.num_processes,
             "step": self.step, "history": self.history, "seconds": self.seconds,
             "student": students.trainable_state(*self._model_and_name("student")),
             "fake": students.trainable_state(*self._model_and_name("fake")),
@@ -556,6 +618,9 @@ class Distiller:
             "ema": self.ema.shadow if self.ema else None,
             **self.extras.state(),
             "torch_rng": torch.get_rng_state(),
+            # a resumed run's grids need not draw the teacher's 25 steps again
+            "teacher_samples": None if self._teacher_samples is None else
+            {"guidance": self._teacher_samples[0], "images": torch.from_numpy(self._teacher_samples[1])},
         }
         with fileio.atomic_dir(self.out / CHECKPOINT, overwrite=True) as tmp:
             torch.save(state, tmp / STATE_FILE)
@@ -579,6 +644,8 @@ class Distiller:
         # an option missing from an older checkpoint had its default then; checkpoints from before the late phase
         # had none, and before recipes the recipe followed the teacher, as it does now
         defaults = DistillConfig().options() | {"late_fraction": 0.0, "recipe": self.config.recipe}
+        if self._same_batch_on_other_processes(state.get("processes", 1), saved.get("batch_size")):
+            saved["batch_size"] = self.config.batch_size
         for name in OPTIONS:
             rule, now = self.config.rule(name), self.config.options()[name]
             was = saved.get(name, defaults[name])
@@ -597,22 +664,43 @@ class Distiller:
             for s, saved_tensor in zip(self.ema.shadow, state["ema"]):
                 s.copy_(saved_tensor)
         torch.set_rng_state(state["torch_rng"])
+        if state.get("teacher_samples"):
+            kept = state["teacher_samples"]
+            self._teacher_samples = (kept["guidance"], kept["images"].numpy())
         self.step, self.history, self.seconds = state["step"], state["history"], state["seconds"]
         self.checkpoint_step = self.step
         self.log(f"resumed {self.out} at step {self.step}")
+
+    def _same_batch_on_other_processes(self, processes: int, batch_size: int | None) -> bool:
+        """A run may resume under another process count when the whole batch stays the same (the draws are made
+        for the whole batch, so the run goes on as it would have); otherwise it is refused naming the batch size
+        that keeps it."""
+        now = self.accelerator.num_processes
+        if processes == now or batch_size is None:
+            return False
+        whole, ours = batch_size * processes, self.global_batch()
+        if whole != ours:
+            fix = (f"--batch-size {whole // now}" if whole % now == 0 else
+                   f"a process count that divides {whole}")
+            raise ResumeMismatch(f"cannot resume {self.out}: its checkpoint was made by {processes} process(es) x "
+                                 f"batch {batch_size} = {whole} prompts a step, but this run has {now} x "
+                                 f"{self.config.batch_size} = {ours}; keep {whole} prompts a step ({fix}) or use "
+                                 "another --out")
+        self.log(f"resuming a run of {processes} process(es) x batch {batch_size} with {now} x "
+                 f"{self.config.batch_size}: the same {whole} prompts a step")
+        return True
 
     def finish(self) -> Path:
         """The final ``student.safetensors`` (EMA weights if EMA is on), loss plot, optional merged model."""
         from ..merge import export_merged
 
-        self.accelerator.wait_for_everyone()
         path = self.out / "student.safetensors"
         if not (self.last_step_finite and self.weights_are_finite()):
             self.close()
             raise Diverged(f"the weights are not finite after step {self.step}, so no student was written. "
                            f"{self.divergence_advice()}")
+        self.save_checkpoint()  # every process waits there for the others; the main one writes
         if self.accelerator.is_main_process:
-            self.save_checkpoint()
             if self.ema:
                 self.ema.swap()
             extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),

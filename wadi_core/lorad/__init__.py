@@ -1,4 +1,4 @@
-"""LoRaD: low-rank rotation adapters (see shared/LORAD_SPEC.md).
+"""LoRaD: low-rank rotation adapters (the math, presets and file: docs/lorad.md).
 
 ``functional`` holds the pure math, ``module`` attaches adapters to torch models, ``presets``
 chooses layers and ``io`` reads and writes adapter files.

@@ -1,4 +1,4 @@
-"""LoRaD as pure tensor math (no nn.Module), see shared/LORAD_SPEC.md section 1.
+"""LoRaD as pure tensor math (no nn.Module), see docs/lorad.md ("The rotation of one layer").
 
 A LoRaD adapter on a weight ``W`` of shape ``[out, in]`` (or a conv kernel, flattened to
 ``[out, in*kh*kw]``) rotates the entries of every row in adjacent pairs ``(2j, 2j+1)`` by the

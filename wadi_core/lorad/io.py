@@ -1,4 +1,4 @@
-"""The LoRaD adapter file (shared/LORAD_SPEC.md section 3).
+"""The LoRaD adapter file (docs/lorad.md, "The adapter file").
 
 One ``.safetensors`` file with kohya-style module keys that ComfyUI, A1111 and Forge already map
 to their own weight names::

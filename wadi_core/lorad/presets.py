@@ -1,6 +1,6 @@
 """Which layers get a LoRaD adapter: the paper's presets and user glob patterns.
 
-Counts these presets must reproduce are in shared/LORAD_SPEC.md section 2 and in the tests.
+Counts these presets must reproduce are in docs/lorad.md ("Which layers") and in tests/test_presets.py.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
 
 
 # A relation's axis: right on the axis but wrong on the side means the model placed the objects on the
-# right line but did not bind which object goes first (docs/shapes.md, session 8).
+# right line but did not bind which object goes first (docs/lab/shapes.md, session 8).
 AXIS_OF = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
 
 

@@ -2,7 +2,7 @@
 
 Without it a shapes teacher learns the axis of a relation (side by side, or one over the other)
 but not which object goes first: half its "A left of B" images show A on the right, on training
-captions too, however long it trains (docs/shapes.md, "Session 8"). A linear head reads, from each
+captions too, however long it trains (docs/lab/shapes.md, "Session 8"). A linear head reads, from each
 text-encoder token from the relation word on, the side of the object that token describes (left,
 right, top, bottom) and that object's colour; its cross-entropy trains the text encoder along with
 the diffusion loss. The head is dropped after training: the exported model is a plain

@@ -74,7 +74,7 @@ def parse_args(argv=None):
                         "relations at random. In the UNet and layout stages")
     p.add_argument("--side-from", type=int, default=0, metavar="STEP",
                    help="in the UNet stage, add the side loss from this step on (0, the default, is the measured "
-                        "best: started late it no longer teaches position, docs/shapes.md)")
+                        "best: started late it no longer teaches position, docs/lab/shapes.md)")
     p.add_argument("--latent-pool", type=int, default=0, metavar="N",
                    help="encode N rendered training scenes once after the VAE stage and draw the UNet stage's "
                         "batches from them (saves the VAE encoder pass of every step, ~20%% of its time); "

@@ -1,13 +1,13 @@
 """Which colours and shapes a shapes-world generator gets wrong, and what it draws instead.
 
-    python scripts/attribute_confusion.py --student runs/demo/student.safetensors   # one-step student
-    python scripts/attribute_confusion.py                                            # the teacher, 25 steps
-    python scripts/attribute_confusion.py --student S --grid squares.png --shape square   # look at them
+    python research/attribute_confusion.py --student runs/demo/student.safetensors   # one-step student
+    python research/attribute_confusion.py                                            # the teacher, 25 steps
+    python research/attribute_confusion.py --student S --grid squares.png --shape square   # look at them
 
 On the single-object prompts of `wadi eval`'s held-out set (same prompts and seeds), prints per colour and per
 shape how often the judge finds it, and for the misses the colour / shape of the largest object drawn instead;
 then per shape how much of its bounding box the object of the prompt's colour fills (the judge calls 0.84 or
-more a square). Results: docs/results.md, "Session 11" and "Session 15".
+more a square). Results: docs/lab/results.md, "Session 11" and "Session 15".
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Why a shapes teacher gets relation prompts wrong: axis or side, text encoder or UNet.
 
-    python scripts/relation_diagnosis.py                       # the shipped teacher
-    python scripts/relation_diagnosis.py --fine-tune 1500 --lr 6e-4 --out runs/relation-ft
+    python research/relation_diagnosis.py                       # the shipped teacher
+    python research/relation_diagnosis.py --fine-tune 1500 --lr 6e-4 --out runs/relation-ft
 
 Prints, for the training and the held-out relation compositions, how often both colours are found,
 the axis is right (side by side vs one over the other) and the side is right given the axis; how
 well a linear probe reads the relation word from the text encoder's second-object colour token; and
 whether the UNet's mean x0 prediction puts colour A on the left for "A left of B" (a profile across
 the image). With --fine-tune N it first fine-tunes a copy on relation scenes only, with the layout
-loss of wadi_core.shapes.train_teacher, and exports it to --out. Results: docs/shapes.md, "Session 8".
+loss of wadi_core.shapes.train_teacher, and exports it to --out. Results: docs/lab/shapes.md, "Session 8".
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Can the judge still read the prompt from a VAE's reconstructions of renders? The ceiling a teacher trained on
 that VAE can reach: what the decoder blurs away (a square's corners, a small object), no UNet can draw.
 
-    python scripts/vae_check.py                          # the shipped model's VAE
-    python scripts/vae_check.py --model runs/teacher-model
-    python scripts/vae_check.py --work runs/teacher      # the VAE in a training run's state (also mid-run)
+    python research/vae_check.py                          # the shipped model's VAE
+    python research/vae_check.py --model runs/teacher-model
+    python research/vae_check.py --work runs/teacher      # the VAE in a training run's state (also mid-run)
 
 Renders the held-out prompts of `wadi eval` (same prompts and seeds), encodes them (posterior mean), decodes, and
-prints the judge's per-attribute accuracy on the reconstructions. Results: docs/shapes.md.
+prints the judge's per-attribute accuracy on the reconstructions. Results: docs/lab/shapes.md.
 """
 
 from __future__ import annotations

@@ -1,0 +1,159 @@
+"""``wadi distill`` in two processes on this CPU: ``accelerate launch --multi_gpu --num_processes 2`` (a gloo group;
+``accelerate launch --cpu`` would start one process, docs/multi_gpu.md).
+
+The draws of a step are made for the whole batch of all processes and DDP averages the processes' gradients, so
+2 processes x batch 2 train the student that 1 process x batch 4 trains. The two runs add the same numbers in
+another order (a mean over 4 against the mean of two means over 2), which moves the last bits; Adam's first steps
+grow that in the tiny entries of the adapters' up factors (measured: at most 3.3e-4 of a tensor's largest entry,
+median 1.2e-5), so the students are compared to 1e-3 of each tensor's largest entry. A process that trains on its
+half alone moves every trained tensor by 0.33 to 7 times its largest entry (the last test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import write_sd_folder
+from wadi_core.distill import DistillConfig, Distiller, ResumeMismatch
+
+PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
+ROOT = Path(__file__).resolve().parents[1]
+OPTIONS = dict(student_rank=4, fake_rank=2, lr_student=1e-2, lr_fake=1e-2, guidance=1.5, sample_every=100,
+               report_to="none")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("processes")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return write_sd_folder(root / "sd"), root / "prompts.txt"
+
+
+def flags(options: dict) -> list[str]:
+    out = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
+def launch(processes: int, teacher, out: Path, use_fsdp: bool = False, **options) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes N -m wadi_cli distill ...`` (or ``--use_fsdp``), one thread a
+    process."""
+    model, prompts = teacher
+    kind = ["--use_fsdp", "--fsdp_version", "2"] if use_fsdp else ["--multi_gpu"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(29500 + os.getpid() % 1000),
+               "-m", "wadi_cli", "distill", "--model", str(model), "--prompts", str(prompts), "--out", str(out),
+               "--quiet", *flags({**OPTIONS, **options})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+
+
+def one_process(teacher, out: Path, **options) -> Path:
+    model, prompts = teacher
+    config = DistillConfig.from_options(out=str(out), model=str(model), prompts=str(prompts), **{**OPTIONS, **options})
+    return Distiller(config, progress=False).run()
+
+
+def assert_close(a: dict, b: dict, tol: float = 1e-3) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        scale = max(a[key].abs().max().item(), 1e-12)
+        assert (a[key] - b[key]).abs().max().item() <= tol * scale, key
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(teacher, tmp_path_factory):
+    """One process x batch 4 over 3 steps, and two processes x batch 2 (the shared base: both adapters on one
+    backbone, each DDP wrapper with its own parameters)."""
+    root = tmp_path_factory.mktemp("runs")
+    one_process(teacher, root / "one", steps=3, batch_size=4, checkpoint_every=2)
+    two = ok(launch(2, teacher, root / "two", steps=3, batch_size=2, checkpoint_every=2))
+    return root, two
+
+
+def test_two_processes_train_the_student_of_one_process_with_the_whole_batch(runs):
+    root, _ = runs
+    one, two = load_file(root / "one" / "student.safetensors"), load_file(root / "two" / "student.safetensors")
+    assert_close(one, two)
+    assert any(v.abs().max() > 0 for k, v in two.items() if k.endswith("lorad_up"))  # it did train
+    # the logged losses are the whole batch's, as one process logs them
+    h1 = json.loads((root / "one" / "history.json").read_text())
+    h2 = json.loads((root / "two" / "history.json").read_text())
+    assert [h["step"] for h in h2] == [1, 2, 3]
+    for a, b in zip(h1, h2):
+        assert b["loss_fake"] == pytest.approx(a["loss_fake"], rel=1e-3)
+
+
+def test_only_the_main_process_writes_and_speaks(runs):
+    root, two = runs
+    names = sorted(str(p.relative_to(root / "two")) for p in (root / "two").rglob("*"))
+    assert names == sorted(str(p.relative_to(root / "one")) for p in (root / "one").rglob("*"))
+    assert not [n for n in names if n.endswith(".tmp") or ".tmp-" in n]
+    assert two.stdout.count("wrote ") == 1, two.stdout  # one "wrote ... student.safetensors" line, not two
+
+
+def test_a_run_resumes_under_another_process_count_with_the_same_whole_batch(runs, teacher):
+    root, _ = runs
+    # two processes stop at step 2 (the checkpoint); one process with the whole batch continues to step 3
+    ok(launch(2, teacher, root / "parts", steps=2, batch_size=2, checkpoint_every=2))
+    resumed = one_process(teacher, root / "parts", steps=3, batch_size=4, checkpoint_every=2, resume=True)
+    assert_close(load_file(root / "one" / "student.safetensors"), load_file(resumed))
+    # the other way: a one-process checkpoint continued by two processes
+    one_process(teacher, root / "back", steps=2, batch_size=4, checkpoint_every=2)
+    result = ok(launch(2, teacher, root / "back", steps=3, batch_size=2, checkpoint_every=2, resume=True))
+    assert "resuming a run of 1 process(es) x batch 4 with 2 x 2: the same 4 prompts a step" in result.stdout
+    assert_close(load_file(root / "one" / "student.safetensors"), load_file(root / "back" / "student.safetensors"))
+
+
+def test_resuming_with_another_whole_batch_is_refused_naming_the_batch_size_that_keeps_it(runs, teacher):
+    root, _ = runs
+    before = (root / "two" / "checkpoint" / "state.pt").read_bytes()
+    with pytest.raises(ResumeMismatch, match=re.escape(
+            "its checkpoint was made by 2 process(es) x batch 2 = 4 prompts a step, but this run has 1 x 2 = 2; "
+            "keep 4 prompts a step (--batch-size 4)")):
+        one_process(teacher, root / "two", steps=4, batch_size=2, resume=True)
+    assert (root / "two" / "checkpoint" / "state.pt").read_bytes() == before  # nothing written
+
+
+def test_the_comparison_tells_a_process_that_trains_on_its_half_alone(runs, teacher):
+    """The tolerance is tight enough to tell: the student of one process's half of the batch (what a process
+    gives when the gradients are not averaged) is another student."""
+    root, _ = runs
+    one_process(teacher, root / "half", steps=3, batch_size=2, checkpoint_every=2)
+    with pytest.raises(AssertionError):
+        assert_close(load_file(root / "two" / "student.safetensors"), load_file(root / "half" / "student.safetensors"))
+
+
+def test_two_processes_with_gradient_checkpointing_and_ema_on_the_shared_base(runs, teacher):
+    """Checkpointed backwards run their forwards again inside the role, under DDP too; the EMA is the same on
+    every process."""
+    root, _ = runs
+    extra = dict(steps=2, checkpoint_every=0, gradient_checkpointing=True, ema=0.5)
+    one = one_process(teacher, root / "ckpt-one", batch_size=4, **extra)
+    ok(launch(2, teacher, root / "ckpt-two", batch_size=2, **extra))
+    assert_close(load_file(one), load_file(root / "ckpt-two" / "student.safetensors"))
+
+
+def test_fsdp_on_cpu_processes_says_it_runs_ddp(runs, teacher):
+    """accelerate turns FSDP on only for GPUs and other accelerators; on CPU processes the run says so and trains
+    with DDP (the same student)."""
+    root, _ = runs
+    result = ok(launch(2, teacher, root / "fsdp", steps=3, batch_size=2, checkpoint_every=2, use_fsdp=True))
+    assert "FSDP was asked for, but accelerate shards only on GPUs" in result.stdout
+    assert_close(load_file(root / "two" / "student.safetensors"), load_file(root / "fsdp" / "student.safetensors"))
