@@ -28,7 +28,7 @@ def test_demo_writes_its_report(tmp_path):
 
 
 def test_demo_in_two_processes_trains_the_student_of_one_and_says_how_long_it_will_take(tmp_path, capfd):
-    """The demo's default on a CPU of two cores: two one-thread processes with half the batch each."""
+    """``--processes 2``: two one-thread processes with half the batch each."""
     import torch
     from safetensors.torch import load_file
 

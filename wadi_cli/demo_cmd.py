@@ -21,9 +21,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--regression-pairs", type=A.count, default=0, metavar="N",
                    help="add DMD's regression loss on N teacher samples (see wadi distill --help)")
-    p.add_argument("--processes", type=A.positive_int, default=None,
-                   help="distil in N processes of one thread each (default: 2 on a CPU machine with 2 cores or more, "
-                        "else 1; the same student either way)")
+    p.add_argument("--processes", type=A.positive_int, default=1,
+                   help="distil in N processes of one thread each, each with its share of the batch (default 1; "
+                        "see docs/multi_gpu.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run)

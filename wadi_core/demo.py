@@ -17,7 +17,7 @@ import torch
 
 from . import fileio, students
 from .distill import CHECKPOINT, STATE_FILE, DistillConfig, Distiller, trainable_share
-from .distill.processes import default_processes, distill_in_processes
+from .distill.processes import distill_in_processes
 from .evaluate import evaluate_student, evaluate_teacher, reference_renders, render_floor
 from .images import side_by_side
 from .shapes import sample_prompts
@@ -88,12 +88,11 @@ def distill(config: DistillConfig, processes: int, progress: bool) -> tuple[Path
 
 def run_demo(out="wadi-demo", steps: int | None = None, num_prompts: int = 256, student_kind: str = "lorad",
              seed: int = 0, regression_pairs: int = 0, overwrite: bool = False, progress: bool = True,
-             processes: int | None = None) -> dict:
-    """Distil, evaluate and report into ``out``; returns the metrics (also in ``out``/metrics.json). The
-    distillation runs in ``processes`` one-thread processes (default: two on a CPU machine of two cores or
-    more, see :func:`wadi_core.distill.processes.default_processes`)."""
+             processes: int = 1) -> dict:
+    """Distil, evaluate and report into ``out``; returns the metrics (also in ``out``/metrics.json). With
+    ``processes`` > 1 the distillation runs in that many one-thread processes, each with its share of the batch
+    (docs/multi_gpu.md: on the 2-core VMs measured it was not faster)."""
     started = time.perf_counter()
-    processes = processes or default_processes()
     with fileio.claim(out, overwrite) as out:
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()

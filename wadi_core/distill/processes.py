@@ -1,8 +1,9 @@
 """A distillation in several processes of one thread each on this machine (``accelerate launch``, gloo on CPU).
 
-Two single-thread processes use two cores without the two threads of one process waiting on each other. Each
-process takes its share of the whole batch and the draws are made for the whole batch, so the student is the one a
-single process trains (to the last bits: tests/test_processes.py).
+Two single-thread processes use two cores without the two threads of one process waiting on each other (faster
+on some VMs, equal on others: docs/multi_gpu.md). Each process takes its share of the whole batch and the draws are
+made for the whole batch, so the student is the one a single process trains but for the order of float sums
+(tests/test_processes.py).
 
     python -m wadi_core.distill.processes CONFIG.json    # one process's part (what accelerate launch starts)
 """
@@ -17,14 +18,6 @@ import tempfile
 from pathlib import Path
 
 from .config import DistillConfig
-
-
-def default_processes() -> int:
-    """Two one-thread processes on a CPU machine of two cores or more; one process where there is an accelerator
-    (its work is on the device)."""
-    import torch
-
-    return 2 if (os.cpu_count() or 1) >= 2 and not torch.accelerator.is_available() else 1
 
 
 def distill_in_processes(config: DistillConfig, processes: int, progress: bool = True) -> Path:
