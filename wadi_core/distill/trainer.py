@@ -74,13 +74,18 @@ def check_teacher(model: str | None) -> None:
                                 "model)")
 
 
+def _world_size() -> int:
+    """The number of processes of this run, as the launcher (accelerate, torchrun) set it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _reset_single_process_state() -> None:
     """accelerate keeps one global state per process; a process that runs several distillations one after another
     (tests, the web UI) must be able to change e.g. the mixed precision between them. Only done outside distributed
     launches, where the state belongs to the launcher."""
     from accelerate.state import AcceleratorState, GradientState
 
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if _world_size() == 1:
         AcceleratorState._reset_state()
         GradientState._reset_state()
 
@@ -89,7 +94,7 @@ def _processes_on_cpu() -> bool:
     """Several processes on a machine without an accelerator (``accelerate launch --multi_gpu`` or ``torchrun``):
     accelerate joins them into one gloo group only when told they are on the CPU; otherwise each would train
     alone. (``accelerate launch --cpu`` itself starts one process whatever --num_processes says; docs/multi_gpu.md.)"""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+    return _world_size() > 1 and not torch.accelerator.is_available()
 
 
 class Distiller:
@@ -99,7 +104,7 @@ class Distiller:
         from accelerate import Accelerator
 
         check_teacher(config.model)
-        self.config = config = config.resolved(processes=int(os.environ.get("WORLD_SIZE", "1")))
+        self.config = config = config.resolved(processes=_world_size())
         config.check()
         self.out = Path(config.out).expanduser()
         self.log = log
@@ -326,10 +331,14 @@ class Distiller:
     def global_batch(self) -> int:
         return self.config.batch_size * self.accelerator.num_processes
 
-    def _rows(self, draw: torch.Tensor) -> torch.Tensor:
-        """This process's rows of a draw made for the whole batch."""
+    def _rows(self, draw):
+        """This process's rows of a draw (tensor or list) made for the whole batch."""
         b, i = self.config.batch_size, self.accelerator.process_index
         return draw[i * b:(i + 1) * b]
+
+    def _noise(self, shape, gen: torch.Generator) -> torch.Tensor:
+        """This process's rows of standard normal noise drawn for the whole batch, ``shape`` per sample."""
+        return self._rows(torch.randn((self.global_batch(), *shape), generator=gen))
 
     def _everyone(self, flag: bool) -> bool:
         """True when ``flag`` holds on every process (a backward that one process skips would stall the others)."""
@@ -345,11 +354,10 @@ class Distiller:
         rng = np.random.default_rng([c.seed, self.step, micro, 0])
         prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=self.global_batch())]
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        z = self._rows(torch.randn((len(prompts), *self.shape), generator=gen))
-        b, i = c.batch_size, acc.process_index
+        z = self._noise(self.shape, gen)
         if acc.num_processes > 1:
-            rng = np.random.default_rng([c.seed, self.step, micro, 1 + i])
-        return prompts[i * b:(i + 1) * b], z, gen, rng
+            rng = np.random.default_rng([c.seed, self.step, micro, 1 + acc.process_index])
+        return self._rows(prompts), z, gen, rng
 
     def _eps(self, model, x_t, t, cond_pos, scale):
         """Guided eps of ``model`` (CFG ``scale``): one batched call for both halves; at scale 1 the conditional
@@ -381,7 +389,7 @@ class Distiller:
             # 2. the VSD gradient at a re-noised x0, and the student's step along it
             t = self._rows(losses.sample_generator_timesteps(self.global_batch(), gen, device,
                                                              self.generator_t_range()))
-            noise = self._rows(torch.randn((self.global_batch(), *x0.shape[1:]), generator=gen)).to(device)
+            noise = self._noise(x0.shape[1:], gen).to(device)
             x_t = self.teacher.scheduler.add_noise(x0.detach(), noise, t.cpu()).to(device)
             with torch.no_grad():
                 eps_real = self._eps(self.teacher.unet, x_t, t, cond, c.guidance)
@@ -418,7 +426,7 @@ class Distiller:
         n = x0.shape[0]
         with acc.accumulate(self.fake):
             t = self._rows(losses.sample_fake_timesteps(self.global_batch(), len(self.abar), gen, device))
-            noise = self._rows(torch.randn((self.global_batch(), *x0.shape[1:]), generator=gen)).to(device)
+            noise = self._noise(x0.shape[1:], gen).to(device)
             x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu()).to(device)
             drop = self._rows(torch.rand(self.global_batch(), generator=gen) < c.null_prompt_share).to(device)
             cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
