@@ -454,8 +454,8 @@ def test_export_lora_retries_an_svd_that_does_not_converge(tmp_path, world, monk
 
 def test_a_refused_distillation_leaves_no_folder_so_the_corrected_rerun_starts(tmp_path, world):
     from wadi_core.distill import Distiller
-    with pytest.raises(ValueError, match="predicts 'v_prediction'"):
-        Distiller(distill_config(tmp_path, world, model=str(write_sd_folder(tmp_path / "v", "v_prediction"))),
+    with pytest.raises(ValueError, match="predicts 'sample'"):
+        Distiller(distill_config(tmp_path, world, model=str(write_sd_folder(tmp_path / "x0", "sample"))),
                   progress=False)
     assert not (tmp_path / "run").exists()
     assert Distiller(distill_config(tmp_path, world, steps=1), progress=False).run().is_file()

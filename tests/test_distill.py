@@ -36,7 +36,14 @@ def config(tmp_path, sd_dir, prompt_file, name="run", **kw):
     return DistillConfig.from_options(**{**base, **kw})
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, sd_dir, prompt_file):
+@pytest.fixture(params=["epsilon", "v_prediction"])
+def any_sd_dir(request, tmp_path):
+    """A tiny SD folder of each supported parameterisation (eps-prediction as SD1.5, v-prediction as SD2.1-768)."""
+    return write_sd_folder(tmp_path / f"sd-{request.param}", prediction_type=request.param)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, any_sd_dir, prompt_file):
+    sd_dir = any_sd_dir
     whole = Distiller(config(tmp_path, sd_dir, prompt_file, "whole"), progress=False)
     whole.run()
     first = Distiller(config(tmp_path, sd_dir, prompt_file, "parts"), progress=False)
@@ -149,10 +156,23 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, sd_dir, p
     assert all(torch.isfinite(v).all() for v in saved["student"].values())
 
 
-def test_v_prediction_teacher_is_refused(tmp_path, prompt_file):
+def test_a_v_prediction_teachers_scores_are_turned_into_eps(tmp_path, prompt_file):
     teacher = write_sd_folder(tmp_path / "vpred", prediction_type="v_prediction")
-    with pytest.raises(ValueError, match="predicts 'v_prediction'.*eps-prediction"):
-        Distiller(config(tmp_path, teacher, prompt_file), progress=False)
+    run = Distiller(config(tmp_path, teacher, prompt_file, steps=1), progress=False)
+    assert run.prediction == "v_prediction"
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, *run.shape, generator=g)
+    t = torch.tensor([100, 900])
+    cond = run.embed(PROMPTS[:2])
+    with torch.no_grad():
+        v = run.teacher.unet(x_t, t, cond).sample
+        a = run.abar[t].view(-1, 1, 1, 1)
+        assert torch.allclose(run._eps(run.teacher.unet, x_t, t, cond, 1.0), (1 - a).sqrt() * x_t + a.sqrt() * v,
+                              atol=1e-5)
+    run.close()
+    with pytest.raises(ValueError, match="predicts 'sample'"):
+        Distiller(config(tmp_path, write_sd_folder(tmp_path / "x0", prediction_type="sample"), prompt_file,
+                         name="refused"), progress=False)
 
 
 def test_empty_or_missing_prompt_file(tmp_path, sd_dir):
@@ -177,7 +197,8 @@ def test_other_student_types_train_and_reload(tmp_path, sd_dir, prompt_file, kin
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_student_file_loads_for_generation_and_merged_export_matches(tmp_path, sd_dir, prompt_file, capsys):
+def test_student_file_loads_for_generation_and_merged_export_matches(tmp_path, any_sd_dir, prompt_file, capsys):
+    sd_dir = any_sd_dir
     merged = tmp_path / "merged"
     run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, export_merged=str(merged)), progress=False)
     path = run.run()

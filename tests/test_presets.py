@@ -11,6 +11,9 @@ SPEC = [  # family, preset, rank, layers, parameters
     ("sd15", "unet-fake", 32, 160, 9_378_816),
     ("pixart-alpha", "dit-student", 128, 283, 81_219_584),
     ("pixart-alpha", "dit-fake", 32, 280, 20_127_744),
+    # not the paper's: SDXL by the same rules (wadi presets prints these)
+    ("sdxl", "unet-student", 128, 739, 265_297_920),
+    ("sdxl", "unet-fake", 32, 700, 64_491_520),
 ]
 PAPER_TABLE3 = [("unet-student", 64, 20.95e6), ("unet-student", 128, 41.90e6), ("unet-student", 512, 167.59e6),
                 ("unet-fake", 16, 4.69e6), ("unet-fake", 64, 18.76e6)]
@@ -18,7 +21,7 @@ PAPER_TABLE3 = [("unet-student", 64, 20.95e6), ("unet-student", 128, 41.90e6), (
 
 @pytest.fixture(scope="module")
 def models():
-    return {f: build_on_meta(f) for f in ("sd15", "sd21", "pixart-alpha")}
+    return {f: build_on_meta(f) for f in ("sd15", "sd21", "pixart-alpha", "sdxl")}
 
 
 @pytest.mark.parametrize("family,preset,rank,layers,params", SPEC)
@@ -84,3 +87,19 @@ def test_conv_preset_adds_the_block_convolutions(models):
     _, linear_params = lorad.preset_parameter_count(model, "unet-student", 8)
     conv_params = sum(8 * (m.weight.shape[0] + m.weight[0].numel() // 2) for m in convs.values())
     assert lorad.preset_parameter_count(model, "unet-student-conv", 8) == (len(chosen), linear_params + conv_params)
+
+
+def test_sdxl_is_the_full_size_unet_and_is_recognised(models):
+    sdxl = models["sdxl"]
+    assert sum(p.numel() for p in sdxl.parameters()) == 2_567_463_684  # SDXL base 1.0's UNet
+    assert family_from_weight_shapes({n: tuple(p.shape) for n, p in sdxl.named_parameters()}) == "sdxl"
+    assert all(not n.startswith("add_embedding") for n, _ in lorad.select_targets(sdxl, preset="unet-student"))
+
+
+def test_an_sdxl_pipeline_is_refused_with_what_works(tmp_path):
+    from wadi_core.models import load_components
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        (tmp_path / "sdxl" / part).mkdir(parents=True)
+    (tmp_path / "sdxl" / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    with pytest.raises(ValueError, match="SDXL pipeline.*wadi presets"):
+        load_components(tmp_path / "sdxl")

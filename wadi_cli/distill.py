@@ -27,16 +27,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-kind", default=d["student_kind"], choices=KINDS, help="the student's adapter kind")
     A.hidden_alias(p, "--student", "student_kind", choices=KINDS)
     p.add_argument("--student-rank", type=A.positive_int, help="student rank (paper 256; embedded default 24)")
-    p.add_argument("--student-preset", default=d["student_preset"])
+    p.add_argument("--student-preset", default=d["student_preset"],
+                   help="the layers the student adapts: a preset name (wadi presets) or glob patterns")
     p.add_argument("--fake-kind", default=d["fake_kind"], choices=KINDS, help="the fake score model's adapter kind")
     A.hidden_alias(p, "--fake", "fake_kind", choices=KINDS)
     p.add_argument("--fake-rank", type=A.positive_int, help="fake rank (paper 32; embedded default 8)")
-    p.add_argument("--fake-preset", default=d["fake_preset"])
+    p.add_argument("--fake-preset", default=d["fake_preset"],
+                   help="the layers the fake score model adapts: a preset name (wadi presets) or glob patterns")
     p.add_argument("--steps", type=A.positive_int, help="optimiser steps (embedded default 800)")
     p.add_argument("--batch-size", type=A.positive_int,
                    help="prompts per micro-batch and process (default: the recipe's whole batch, paper 128, embedded "
                         "16, split over the processes)")
-    p.add_argument("--grad-accum", type=A.positive_int, default=d["grad_accum"])
+    p.add_argument("--grad-accum", type=A.positive_int, default=d["grad_accum"],
+                   help="micro-batches per optimiser step (1: none)")
     p.add_argument("--lr-student", type=A.learning_rate,
                    help="student learning rate (LoRaD: paper 1e-4, embedded 5e-3; embedded LoRA/DoRA 1e-3, full 1e-4; "
                         "full, real teacher 1e-5)")
@@ -52,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fake-guidance", type=A.vsd_guidance,
                    help="CFG of the fake model alone (paper: the same as --guidance, as in the paper's script; "
                         "embedded 1, which targets the teacher's guided distribution, as in DMD2)")
-    p.add_argument("--gradient-mode", default=d["gradient_mode"], choices=GRADIENT_MODES)
+    p.add_argument("--gradient-mode", default=d["gradient_mode"], choices=GRADIENT_MODES,
+                   help="wadi: the eps-space gradient weighted by sigma_t^2; dmd2: DMD2's x0-space normalisation")
     p.add_argument("--generator-t-min", type=A.count, default=d["generator_t_min"],
                    help="lowest timestep of the VSD gradient (spec: 20)")
     p.add_argument("--generator-t-max", type=A.count, default=d["generator_t_max"],
@@ -67,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regression-pairs", type=A.count, default=d["regression_pairs"], metavar="N",
                    help="DMD's regression loss (not part of WaDi; off by default): make N teacher samples before "
                         "training and pull the student's one-step output for their noise toward them")
-    p.add_argument("--regression-weight", type=A.non_negative, default=d["regression_weight"])
+    p.add_argument("--regression-weight", type=A.non_negative, default=d["regression_weight"],
+                   help="weight of the regression loss (with --regression-pairs)")
     p.add_argument("--gan-weight", type=A.non_negative, default=d["gan_weight"],
                    help="DMD2's GAN term (not part of WaDi; 0 = off): weight of the student's GAN loss against a "
                         "head on the fake model's middle features")
@@ -76,15 +81,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gan-images", metavar="FOLDER",
                    help="real images for the GAN term (captions in same-named .txt files); the embedded world "
                         "renders its own")
-    p.add_argument("--gan-head-lr", type=A.learning_rate, default=d["gan_head_lr"])
+    p.add_argument("--gan-head-lr", type=A.learning_rate, default=d["gan_head_lr"],
+                   help="learning rate of the GAN term's discriminator head")
     p.add_argument("--gan-features", default=d["gan_features"], choices=GAN_FEATURES,
                    help="where the discriminator head reads the fake model: mid (the UNet's mid block, as DMD2) or "
                         "last (its last up block, full latent resolution)")
     p.add_argument("--ema", type=A.fraction, help="EMA decay of the student adapter, 0 = off (paper's script: off, "
                                              "optionally 0.999; embedded default 0.99)")
-    p.add_argument("--seed", type=A.seed, default=d["seed"])
-    p.add_argument("--mixed-precision", default=d["mixed_precision"], choices=PRECISIONS)
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--seed", type=A.seed, default=d["seed"], help="seed of the adapters' initialisation and every draw")
+    p.add_argument("--mixed-precision", default=d["mixed_precision"], choices=PRECISIONS,
+                   help="half-precision frozen weights and autocast; adapters and their optimiser stay float32")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the UNet's activations in backward: less memory, more time")
     p.add_argument("--separate-copies", action="store_true",
                    help="give student and fake their own copies of the teacher's backbone instead of adapters on the "
                         "one shared backbone (same results, about 3x the weights' memory; for comparisons)")
@@ -95,10 +103,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-bad-steps", type=A.positive_int, default=d["max_bad_steps"],
                    help="stop after this many consecutive NaN/Inf steps")
     p.add_argument("--export-merged", help="also write the teacher folder with the student merged into its UNet")
-    p.add_argument("--report-to", default=d["report_to"], choices=("tensorboard", "none"))
+    p.add_argument("--report-to", default=d["report_to"], choices=("tensorboard", "none"),
+                   help="where losses go besides history.json")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a non-empty --out")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def options_from_args(args) -> dict:

@@ -1,4 +1,5 @@
-"""``wadi ui``: the WaDi web UI (Distill, Generate, Analyze) as a standalone Gradio app."""
+"""``wadi ui``: the WaDi web UI (Distill, Generate, ControlNet, ReVersion, DreamBooth, Analyze) as a standalone
+Gradio app."""
 
 from __future__ import annotations
 

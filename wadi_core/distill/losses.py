@@ -1,4 +1,4 @@
-"""WaDi / VSD losses as pure functions (the equations: docs/guide.md, "Distillation").
+"""WaDi / VSD losses as pure functions (the equations: docs/distillation.md, "The losses").
 
 The student maps noise to ``x0`` in one step; the teacher ("real") and the fake score model
 both predict eps on a re-noised ``x0``. The generator is pushed along
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..sampling.prediction import per_sample, x0_from_eps
+from ..sampling.prediction import per_sample, target, x0_from_eps
 
 GENERATOR_T_RANGE = (20, 980)  # inclusive, as the authors' [0.02, 0.981) * 1000
 GRADIENT_MODES = ("wadi", "dmd2")
@@ -61,10 +61,15 @@ def generator_loss(x0: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return 0.5 * F.mse_loss(x0.float(), (x0.float() - grad).detach())
 
 
-def fake_model_loss(eps_pred: torch.Tensor, noise: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """Eps-prediction loss weighted by ``abar_t`` (the authors' ``mse(sqrt(abar) eps_pred, sqrt(abar) noise)``)."""
-    a = per_sample(abar_t, eps_pred).float()
-    return (a * (eps_pred.float() - noise.float()).square()).mean()
+def fake_model_loss(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, abar_t: torch.Tensor,
+                    kind: str = "epsilon") -> torch.Tensor:
+    """The fake model's denoising loss on ``x_t = sqrt(abar) x0 + sqrt(1 - abar) noise``, in its own
+    parameterisation ``kind``. Eps: ``mean(abar (eps_pred - noise)^2)`` (the authors' ``mse(sqrt(abar) eps_pred,
+    sqrt(abar) noise)``). V: ``mean(abar^2 (v_pred - v)^2)``, the same objective, since ``eps_pred - noise =
+    sqrt(abar) (v_pred - v)``."""
+    a = per_sample(abar_t, pred).float()
+    weight = a if kind == "epsilon" else a.square()
+    return (weight * (pred.float() - target(x0.float(), noise.float(), abar_t, kind)).square()).mean()
 
 
 def regression_loss(x0: torch.Tensor, teacher_x0: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ from ..images import side_by_side
 from ..models import NonFiniteError, decode, family_of_model, family_of_path, load_components
 from ..plots import loss_curves
 from ..prompts import read_prompts
-from ..sampling import MultiStep, check_eps_prediction, initial_latents, latent_shape
+from ..sampling import MultiStep, initial_latents, latent_shape, prediction_type
+from ..sampling.prediction import eps_from_output
 from ..sampling.onestep import predict_x0
 from ..schedules import lr_factor
 from . import gan, losses, shared
@@ -160,13 +161,15 @@ class Distiller:
         self.accelerator.wait_for_everyone()
         device = self.accelerator.device
         self.teacher = load_components(c.model, backbone=c.backbone)
-        check_eps_prediction(self.teacher.scheduler.config)
+        self.prediction = prediction_type(self.teacher.scheduler.config)  # eps or v; student and fake share it
         self.family = family_of_model(self.teacher.unet)
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
         for module in (self.teacher.unet, self.teacher.text_encoder, self.teacher.vae):
             module.to(device)
         if weight_dtype != torch.float32:
             self.teacher.unet.to(weight_dtype)
+        if device.type == "cpu":  # oneDNN's convolutions take channels-last kernels faster (docs/benchmarks.md)
+            self.teacher.unet.to(memory_format=torch.channels_last)
 
         # Student and fake are adapters on the teacher's frozen backbone (shared.Role), or copies of it ("full", or
         # --separate-copies); their base weights stay frozen (except "full").
@@ -361,18 +364,18 @@ class Distiller:
 
     def _eps(self, model, x_t, t, cond_pos, scale):
         """Guided eps of ``model`` (CFG ``scale``): one batched call for both halves; at scale 1 the conditional
-        half alone."""
+        half alone. A v-prediction model's guided output is turned into eps (CFG commutes with that affine map)."""
         guided = scale != 1
         n = x_t.shape[0]
         x = torch.cat([x_t, x_t]) if guided else x_t
         cond = torch.cat([self.null.expand(n, -1, -1), cond_pos]) if guided else cond_pos
         with self.accelerator.autocast():
-            eps = model(x.to(next(model.parameters()).dtype), torch.cat([t, t]) if guided else t,
+            out = model(x.to(next(model.parameters()).dtype), torch.cat([t, t]) if guided else t,
                         cond.to(x.dtype)).sample.float()
-        if not guided:
-            return eps
-        uncond, pos = eps.chunk(2)
-        return losses.guided(uncond, pos, scale)
+        if guided:
+            uncond, pos = out.chunk(2)
+            out = losses.guided(uncond, pos, scale)
+        return eps_from_output(out, x_t.float(), self.abar[t], self.prediction)
 
     def _micro_step(self, micro: int) -> dict[str, float]:
         c, acc, device = self.config, self.accelerator, self.accelerator.device
@@ -434,7 +437,7 @@ class Distiller:
             with acc.autocast(), self.extras.capture(first):
                 dtype = next(self.fake.parameters()).dtype
                 pred = self.fake(x_in.to(dtype), t_in, cond_in.to(dtype)).sample
-            loss = losses.fake_model_loss(pred[:n], noise, self.abar[t])
+            loss = losses.fake_model_loss(pred[:n], x0, noise, self.abar[t], self.prediction)
             extra, loss_d = self.extras.fake_loss(first)
             if extra is not None:
                 loss = loss + extra

@@ -66,6 +66,10 @@ def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    if (Path(folder) / "text_encoder_2").is_dir():
+        raise ModelFolderError(f"{folder} is an SDXL pipeline (two text encoders, a pooled text embedding and time "
+                               "ids); wadi does not load SDXL yet: `wadi presets` shows its layers, distillation and "
+                               "sampling take SD1.x / SD2.x and PixArt-alpha models")
     folder = check_model_folder(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)

@@ -23,6 +23,18 @@ def sd21_unet() -> nn.Module:
                                 use_linear_projection=True, upcast_attention=True)
 
 
+def sdxl_unet() -> nn.Module:
+    """SDXL base 1.0's UNet: three levels (the first without attention), 1, 2 and 10 transformer layers per
+    attention block, 2048-wide text features, and the added conditions (pooled text embedding and time ids)."""
+    from diffusers import UNet2DConditionModel
+    return UNet2DConditionModel(
+        sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816)
+
+
 def pixart_alpha_transformer() -> nn.Module:
     from diffusers import PixArtTransformer2DModel
     return PixArtTransformer2DModel(
@@ -35,6 +47,8 @@ def pixart_alpha_transformer() -> nn.Module:
 REFERENCE_ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], dict[str, tuple[int, ...]]]] = {
     "sd15": (sd15_unet, {"unet-student": (64, 128, 256, 512), "unet-fake": (16, 32, 64)}),
     "sd21": (sd21_unet, {"unet-student": (256,), "unet-fake": (32,)}),
+    # not in the paper (no SDXL distillation has been run here): rank 128 keeps the share near the paper's 10%
+    "sdxl": (sdxl_unet, {"unet-student": (128, 256), "unet-fake": (32,)}),
     "pixart-alpha": (pixart_alpha_transformer, {"dit-student": (128,), "dit-fake": (32,)}),
 }
 
@@ -60,6 +74,9 @@ def family_from_weight_shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
         if tuple(k) == (64, 64) and tuple(shapes.get("conv_in.weight", ())) == (64, 4, 3, 3):
             return "shapes"  # the embedded default (wadi_core/shapes/components.py)
         return "unknown"
+    k = shapes.get("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    if k is not None and tuple(k) == (640, 2048) and "add_embedding.linear_1.weight" in shapes:
+        return "sdxl"
     k = shapes.get("transformer_blocks.0.attn2.to_k.weight")
     if k is not None and tuple(k) == (1152, 1152) and "caption_projection.linear_1.weight" in shapes:
         return "pixart-alpha"

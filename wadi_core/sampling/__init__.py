@@ -6,12 +6,13 @@ resolution) and a :class:`Generator` built from a model, adapters with strengths
 """
 
 from .generator import Generator, build_generator
-from .latents import check_eps_prediction, check_sampling_settings, image_size, initial_latents, latent_shape
+from .latents import check_sampling_settings, image_size, initial_latents, latent_shape
+from .prediction import prediction_type
 from .multistep import SCHEDULERS, make_scheduler, sample, sample_latents
 from .samplers import Controlled, MultiStep, OneStep, Sampler, TwoStage
 
 SAMPLERS = SCHEDULERS  # the scheduler names --sampler takes
 
 __all__ = ["Generator", "build_generator", "Sampler", "MultiStep", "OneStep", "Controlled", "TwoStage",
-           "SCHEDULERS", "SAMPLERS", "sample", "sample_latents", "make_scheduler", "check_eps_prediction",
+           "SCHEDULERS", "SAMPLERS", "sample", "sample_latents", "make_scheduler", "prediction_type",
            "check_sampling_settings", "image_size", "initial_latents", "latent_shape"]

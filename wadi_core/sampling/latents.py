@@ -9,13 +9,6 @@ from typing import Sequence
 import torch
 
 
-def check_eps_prediction(scheduler_config) -> None:
-    kind = scheduler_config.get("prediction_type", "epsilon")
-    if kind != "epsilon":
-        raise ValueError(f"the model predicts '{kind}', but wadi supports eps-prediction models only for now "
-                         "(SD1.x and SD2.x base models, the embedded default)")
-
-
 def initial_latents(seeds: Sequence[int], shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=dtype)
                         for s in seeds])

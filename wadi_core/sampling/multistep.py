@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from ..choices import SCHEDULERS
 from ..models.vae import decode
-from .latents import check_eps_prediction, check_sampling_settings, initial_latents, latent_shape
+from .latents import check_sampling_settings, initial_latents, latent_shape
+from .prediction import prediction_type
 
 
 
@@ -55,7 +56,7 @@ def sample_latents(components, prompts: Sequence[str], seeds: Sequence[int] | No
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    check_eps_prediction(components.scheduler.config)
+    prediction_type(components.scheduler.config)  # eps or v: the scheduler's step reads either
     if init_latents is not None and (sampler != "ddim" or not 0 < strength <= 1):
         raise ValueError("image-to-image refinement needs the ddim sampler and a strength in (0, 1]")
     unet = components.unet

@@ -1,6 +1,7 @@
 """One-step generation: one UNet call at t = T-1 on pure noise, then the x0 formula and the VAE.
 
-``x0 = (z - sqrt(1 - abar_T) * eps) / sqrt(abar_T)`` with the scheduler's own ``abar_T``
+``x0 = (z - sqrt(1 - abar_T) * eps) / sqrt(abar_T)`` for an eps-prediction model and
+``x0 = sqrt(abar_T) z - sqrt(1 - abar_T) * v`` for a v-prediction one, with the scheduler's own ``abar_T``
 (for SD's schedule abar_999 = 0.0047). No classifier-free guidance: the student was distilled
 with the teacher's guidance baked in.
 """
@@ -14,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.vae import decode
-from .latents import check_eps_prediction, check_sampling_settings, initial_latents, latent_shape
-from .prediction import x0_from_eps
+from .latents import check_sampling_settings, initial_latents, latent_shape
+from .prediction import prediction_type, x0_from_output
 
 
 # The AUTOMATIC1111 / Forge settings whose k-diffusion path computes this same x0 (tests/test_sdwebui_onestep.py
@@ -39,9 +40,9 @@ def predict_x0(unet, scheduler, noise: torch.Tensor, text_embeddings: torch.Tens
     """The student's one-step latent ``x0`` from ``noise`` (differentiable, for training too)."""
     t = final_timestep(scheduler)
     timesteps = torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long)
-    eps = unet(noise, timesteps, text_embeddings).sample
+    output = unet(noise, timesteps, text_embeddings).sample
     abar = scheduler.alphas_cumprod[t].expand(noise.shape[0])
-    return x0_from_eps(noise, eps, abar)
+    return x0_from_output(output, noise, abar, prediction_type(scheduler.config))
 
 
 @torch.no_grad()
@@ -55,7 +56,7 @@ def generate(components, prompts: Sequence[str], seeds: Sequence[int] | None = N
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    check_eps_prediction(components.scheduler.config)
+    prediction_type(components.scheduler.config)
     check_sampling_settings(batch_size=batch_size)
     unet = components.unet
     out = []

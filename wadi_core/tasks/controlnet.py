@@ -22,6 +22,7 @@ from ..prompts import read_text
 
 from ..sampling import Controlled, MultiStep, OneStep, build_generator, image_size
 from ..sampling.controlnet import ControlNetMismatch, check_fits  # noqa: F401  (part of this module's face)
+from ..sampling.prediction import denoising_target
 
 
 
@@ -184,8 +185,8 @@ def _train_step(teacher, net, opt, rows, seed: int, batch_size: int, caption_dro
     noisy = teacher.scheduler.add_noise(latents, noise, t)
     control = torch.from_numpy(hints).permute(0, 3, 1, 2).float() / 255.0
     down, mid = net(noisy, t, encoder_hidden_states=cond, controlnet_cond=control, return_dict=False)
-    eps = teacher.unet(noisy, t, cond, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-    loss = F.mse_loss(eps, noise)
+    out = teacher.unet(noisy, t, cond, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    loss = F.mse_loss(out, denoising_target(teacher.scheduler, latents, noise, t))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

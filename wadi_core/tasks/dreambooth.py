@@ -30,6 +30,7 @@ from ..models.vae import encode
 from ..plots import loss_curves
 from ..progress import QUIET, Progress
 from ..sampling import MultiStep, OneStep, build_generator, image_size
+from ..sampling.prediction import denoising_target
 
 ADAPTER_FILE = "subject.safetensors"
 
@@ -95,8 +96,8 @@ def train_subject(components, instance_images: np.ndarray, class_images: np.ndar
             latents = encode(components, images[pick], generator)
             noise = torch.randn(latents.shape, generator=generator)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=generator)
-            eps = unet(scheduler.add_noise(latents, noise, t), t, text.expand(len(pick), -1, -1)).sample
-            losses.append(F.mse_loss(eps.float(), noise))
+            out = unet(scheduler.add_noise(latents, noise, t), t, text.expand(len(pick), -1, -1)).sample
+            losses.append(F.mse_loss(out.float(), denoising_target(scheduler, latents, noise, t)))
         loss = losses[0] + (config.prior_weight * losses[1] if prior else 0.0)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step + 1}; lower the learning rate")

@@ -31,6 +31,7 @@ from ..models.vae import encode
 from ..plots import loss_curves
 from ..progress import QUIET, Progress
 from ..sampling import MultiStep, OneStep, build_generator, image_size
+from ..sampling.prediction import denoising_target
 
 PREPOSITIONS = ("in", "on", "at", "of", "above", "below", "inside", "under", "over", "behind", "beside", "between",
                 "near", "into", "onto", "within", "among", "around", "across", "along", "against", "beneath",
@@ -150,8 +151,8 @@ def train_relation(components, exemplars: Exemplars, config: ReVersionConfig,
             t = relation_timesteps(len(pick), scheduler.config.num_train_timesteps, config.importance_alpha,
                                    generator)
             noisy = scheduler.add_noise(latents, noise, t)
-            eps = unet(noisy, t, components.encode_prompts(captions)).sample
-            denoise = F.mse_loss(eps.float(), noise)
+            out = unet(noisy, t, components.encode_prompts(captions)).sample
+            denoise = F.mse_loss(out.float(), denoising_target(scheduler, latents, noise, t))
             ids = components.tokenizer(captions, add_special_tokens=False).input_ids
             entities = sorted({i for row in ids for i in row if i not in stop_ids})
             chosen = rng.choice(positive_ids, size=min(config.positives, len(positive_ids)), replace=False)
