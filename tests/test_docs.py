@@ -4,6 +4,7 @@ The dated notebook (docs/lab/) keeps the commands as they were run, so only its 
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -75,14 +76,44 @@ def test_the_pages_show_commands():  # the scan itself finds what it should
         ["wadi generate --student S --prompt p --out o"]
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", FENCE.sub("", page.read_text()), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(slug)
+    return found
+
+
 @pytest.mark.parametrize("page", EVERY_PAGE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_and_image_resolves(page):
     text = FENCE.sub("", page.read_text())
     broken = []
     for target in LINK.findall(text):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
-            continue  # web addresses and anchors on the same page
-        path = (page.parent / target.split("#")[0]).resolve()
+        if re.match(r"[a-z]+:", target):
+            continue  # web addresses
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
         if not path.exists():
             broken.append(target)
-    assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+        elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+            broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)} links to missing files or headings: {broken}"
+
+
+def test_anchors_follow_githubs_rule(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("# The losses\n## Channels-last kernels on a CPU\n### `wadi ui`: the tabs\n")
+    assert anchors(page) == {"the-losses", "channels-last-kernels-on-a-cpu", "wadi-ui-the-tabs"}
+
+
+def test_the_distillation_guide_has_a_row_for_every_flag():
+    parser = build_parser("distill")
+    sub = parser._subparsers._group_actions[0].choices["distill"]
+    flags = {s for a in sub._actions for s in a.option_strings
+             if s.startswith("--") and s != "--help" and a.help != argparse.SUPPRESS}
+    text = (ROOT / "docs" / "distillation.md").read_text()
+    table = "\n".join(line for line in text.splitlines() if line.startswith("| `--"))
+    missing = sorted(f for f in flags if not re.search(rf"`{re.escape(f)}[` ]", table))
+    assert not missing, f"docs/distillation.md's flag table has no row for {missing}"
+    assert len(flags) > 40

@@ -69,10 +69,14 @@ def test_sampling_is_seeded_per_image(model_dir):
         sample(c, [], steps=3)
 
 
-def test_v_prediction_models_are_refused(model_dir):
+def test_v_prediction_models_sample_and_other_predictions_are_refused(model_dir):
     c = load_components(model_dir)
+    eps = sample(c, ["a red circle"], [0], steps=2, progress=False)
     c.scheduler = type(c.scheduler).from_config(c.scheduler.config, prediction_type="v_prediction")
-    with pytest.raises(ValueError, match="eps-prediction models only"):
+    v = sample(c, ["a red circle"], [0], steps=2, progress=False)  # the scheduler reads the same output as v
+    assert v.shape == eps.shape and np.abs(v.astype(int) - eps.astype(int)).max() > 10
+    c.scheduler = type(c.scheduler).from_config(c.scheduler.config, prediction_type="sample")
+    with pytest.raises(ValueError, match="predicts 'sample'"):
         sample(c, ["a red circle"], steps=2, progress=False)
 
 
