@@ -5,6 +5,7 @@ The dated notebook (docs/lab/) keeps the commands as they were run, so only its 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -76,13 +77,14 @@ def test_the_pages_show_commands():  # the scan itself finds what it should
         ["wadi generate --student S --prompt p --out o"]
 
 
-def anchors(page: Path) -> set[str]:
+@functools.lru_cache(maxsize=None)  # a page is read once, however many links point at it
+def anchors(page: Path) -> frozenset[str]:
     """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
     found = set()
     for heading in re.findall(r"^#+ (.+)$", FENCE.sub("", page.read_text()), re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         found.add(slug)
-    return found
+    return frozenset(found)
 
 
 @pytest.mark.parametrize("page", EVERY_PAGE, ids=lambda p: str(p.relative_to(ROOT)))
