@@ -86,7 +86,7 @@ def sd15_checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 def random_lorad(path: Path, rank: int = 4, seed: int = 0, std: float = 0.05, family: str = "sd15") -> Path:
-    """A LoRaD adapter for every unet-student layer of the SD1.5 UNet, with random angles."""
+    """A LoRaD adapter for every unet-student layer of the ``family``'s UNet (SD1.5 by default), with random angles."""
     from wadi_core import fileio
     from wadi_core.models.families import build_on_meta
     from wadi_core.lorad import functional as LF
@@ -95,7 +95,7 @@ def random_lorad(path: Path, rank: int = 4, seed: int = 0, std: float = 0.05, fa
 
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    layers = select_targets(build_on_meta("sd15"), preset="unet-student")
+    layers = select_targets(build_on_meta(family), preset="unet-student")
     for name, module in layers:
         (up_shape, down_shape) = LF.adapter_shapes(module.weight.shape, rank)
         key = encode_name("lora_unet", name)

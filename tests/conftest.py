@@ -98,6 +98,50 @@ def write_sd_folder(root, prediction_type: str = "epsilon"):
     return root
 
 
+def tiny_sdxl_unet_config() -> dict:
+    """SDXL's layout in miniature: no attention at the first level, 1 and 2 transformer layers, linear projections,
+    the pooled text embedding (16 values) and six time ids (8 frequencies each) as added conditions."""
+    return dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=64)
+
+
+def write_sdxl_folder(root, prediction_type: str = "epsilon"):
+    """A complete tiny SDXL folder (two tokenizers and text encoders, VAE, UNet, scheduler) that ``load_components``
+    and diffusers' ``StableDiffusionXLPipeline`` load."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from wadi_core.shapes import components as C
+
+    tokenizer_dir = C.write_tokenizer(root.parent / f"{root.name}-tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    config = C.text_encoder_config(len(tokenizer))
+    config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.projection_dim = 32, 64, 2, 16
+    for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        cls(config).eval().save_pretrained(root / name)
+    for name in ("tokenizer", "tokenizer_2"):
+        tokenizer.save_pretrained(root / name)
+    tiny_vae().save_pretrained(root / "vae")
+    unet = UNet2DConditionModel(**tiny_sdxl_unet_config())
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0, 0.05)
+    unet.save_pretrained(root / "unet")
+    DDPMScheduler.from_config({**C.SCHEDULER_CONFIG, "prediction_type": prediction_type}).save_pretrained(
+        root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+        "scheduler": ["diffusers", "DDPMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
+    return root
+
+
 @pytest.fixture
 def sd_dir(tmp_path):
     return write_sd_folder(tmp_path / "sd")

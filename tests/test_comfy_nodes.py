@@ -274,3 +274,28 @@ def ckpt_tensor(path, key):
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         return f.get_tensor(key)
+
+
+def test_an_sdxl_lorad_file_covers_comfys_own_sdxl_model(host, tmp_path):
+    """ComfyUI's detector reads our LDM names of SDXL's UNet (built on the meta device, no weights) as SDXL, and
+    both the stock loader and ours find a layer of that model for every key of an SDXL LoRaD file."""
+    from types import SimpleNamespace
+
+    import comfy.lora
+    import comfy.model_detection
+    import comfy.utils
+
+    from wadi_comfy.patching import lorad_patches
+    from wadi_core.models.families import build_on_meta
+
+    state = build_on_meta("sdxl").state_dict()
+    ldm = {keys.LDM_UNET + v: state[k] for k, v in keys.unet_name_map(state).items()}
+    config = comfy.model_detection.model_config_from_unet(ldm, keys.LDM_UNET)
+    assert type(config).__name__ == "SDXL"
+    model = config.get_model(ldm, keys.LDM_UNET, device=torch.device("meta"))
+    path = random_lorad(tmp_path / "sdxl.safetensors", family="sdxl")
+    adapter = read_adapter(path)
+    assert len(adapter.layers) == 739
+    stock = comfy.lora.load_lora(comfy.utils.load_torch_file(str(path)), comfy.lora.model_lora_keys_unet(model, {}))
+    ours, _ = lorad_patches(SimpleNamespace(model=model), adapter, 1.0)
+    assert set(stock) == set(ours) and len(ours) == 739

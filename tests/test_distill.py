@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import write_sd_folder
+from conftest import write_sd_folder, write_sdxl_folder
 from wadi_cli.cli import main
 from wadi_core.distill import DistillConfig, Distiller, Diverged, ResumeMismatch
 from wadi_core import students
@@ -36,9 +36,12 @@ def config(tmp_path, sd_dir, prompt_file, name="run", **kw):
     return DistillConfig.from_options(**{**base, **kw})
 
 
-@pytest.fixture(params=["epsilon", "v_prediction"])
+@pytest.fixture(params=["epsilon", "v_prediction", "sdxl"])
 def any_sd_dir(request, tmp_path):
-    """A tiny SD folder of each supported parameterisation (eps-prediction as SD1.5, v-prediction as SD2.1-768)."""
+    """A tiny SD folder of each supported parameterisation (eps-prediction as SD1.5, v-prediction as SD2.1-768) and a
+    tiny SDXL folder (two text encoders, pooled embedding and time ids)."""
+    if request.param == "sdxl":
+        return write_sdxl_folder(tmp_path / "sdxl")
     return write_sd_folder(tmp_path / f"sd-{request.param}", prediction_type=request.param)
 
 

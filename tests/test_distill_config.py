@@ -62,7 +62,15 @@ def test_the_recipe_follows_the_teachers_family_not_its_path(tmp_path):
     assert unknown.recipe == "paper"  # an architecture we do not know gets the paper's reference values
     chosen = DistillConfig.from_options(out="x", recipe="paper").resolved()  # --recipe overrides the family's
     assert chosen.recipe == "paper" and chosen.student.rank == 256 and chosen.model == str(MODEL_DIR)
-    assert set(RECIPES) == {"paper", "shapes"}
+    sdxl_shaped = tmp_path / "sdxl"
+    sdxl_shaped.mkdir()
+    (sdxl_shaped / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    save_file({"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": torch.zeros(640, 2048),
+               "add_embedding.linear_1.weight": torch.zeros(1, 1)}, str(sdxl_shaped / "diffusion_pytorch_model.safetensors"))
+    sdxl = DistillConfig.from_options(out="x", model=str(sdxl_shaped)).resolved()
+    assert sdxl.recipe == "sdxl" and (sdxl.student.rank, sdxl.guidance, sdxl.fake_updates, sdxl.batch_size) == \
+        (128, 8.0, 5, 128)
+    assert set(RECIPES) == {"paper", "shapes", "sdxl"}
 
 
 def test_a_copied_embedded_teacher_trains_on_its_world(tmp_path):

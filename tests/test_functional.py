@@ -133,3 +133,21 @@ def test_rank_one_equals_peft_oft_block_size_two():
     up = torch.ones(5, 1)
     ours = x @ LF.rotate(base_weight, up, theta).t() + layer.base_layer.bias
     assert torch.allclose(ours, peft_out, atol=1e-5)
+
+
+def test_truncated_svd_repeats_and_reports_the_error_of_its_factors():
+    """Randomised for a small rank of a large matrix: the same factors on every call, exact on a matrix of that
+    rank, and ||A||^2 - sum(s^2) is the error of u diag(s) vh (what export-lora reports); exact SVD otherwise."""
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(200, 4, generator=g) @ torch.randn(4, 150, generator=g)
+         + 1e-3 * torch.randn(200, 150, generator=g)).double()  # float64: the identity below cancels 1e5 to 1e-2
+    u, s, vh = LF.truncated_svd(a, 4)
+    again = LF.truncated_svd(a, 4)
+    assert all(torch.equal(x, y) for x, y in zip((u, s, vh), again))
+    exact = torch.linalg.svdvals(a)
+    assert torch.allclose(s, exact[:4], rtol=1e-4)
+    err = (a - u @ torch.diag(s) @ vh).pow(2).sum()
+    assert torch.allclose(err, a.pow(2).sum() - s.pow(2).sum(), rtol=1e-6)
+    assert torch.allclose(err, exact[4:].pow(2).sum(), rtol=1e-2)  # as good as the best rank-4 approximation
+    u, s, vh = LF.truncated_svd(a[:20, :30], 4)  # small: the exact SVD
+    assert torch.allclose(s, torch.linalg.svdvals(a[:20, :30])[:4])

@@ -95,11 +95,3 @@ def test_sdxl_is_the_full_size_unet_and_is_recognised(models):
     assert family_from_weight_shapes({n: tuple(p.shape) for n, p in sdxl.named_parameters()}) == "sdxl"
     assert all(not n.startswith("add_embedding") for n, _ in lorad.select_targets(sdxl, preset="unet-student"))
 
-
-def test_an_sdxl_pipeline_is_refused_with_what_works(tmp_path):
-    from wadi_core.models import load_components
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
-        (tmp_path / "sdxl" / part).mkdir(parents=True)
-    (tmp_path / "sdxl" / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
-    with pytest.raises(ValueError, match="SDXL pipeline.*wadi presets"):
-        load_components(tmp_path / "sdxl")

@@ -155,6 +155,7 @@ def test_a1111_s_lora_card_files_each_adapter_under_its_base():
     from wadi_core.lorad.io import adapter_metadata
     assert detect_version(adapter_metadata("sd15", 8, "unet-student", "lora_unet", 10)) == "SD1"
     assert detect_version(adapter_metadata("sd21", 8, "unet-student", "lora_unet", 10)) == "SD2"
+    assert detect_version(adapter_metadata("sdxl", 8, "unet-student", "lora_unet", 10)) == "SDXL"
 
 
 # ----- Forge

@@ -79,14 +79,9 @@ def pair_angles(base: torch.Tensor, merged: torch.Tensor, tolerance: float) -> t
 def low_rank(theta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(up [out, r], down [r, in//2])``, the best rank-``rank`` factorisation of ``theta`` (truncated SVD; a
     randomised one with oversampling when the rank is small against the matrix, as for SD-size layers)."""
-    r = min(rank, *theta.shape)
-    if 4 * (r + 8) < min(theta.shape):
-        u, s, v = torch.svd_lowrank(theta, q=r + 8, niter=4)
-        vh = v.T
-    else:
-        u, s, vh = torch.linalg.svd(theta, full_matrices=False)
-    root = s[:r].sqrt()
-    return u[:, :r] * root, root[:, None] * vh[:r]
+    u, s, vh = LF.truncated_svd(theta, rank)
+    root = s.sqrt()
+    return u * root, root[:, None] * vh
 
 
 def weight_error(base: torch.Tensor, merged: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> float:

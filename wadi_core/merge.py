@@ -172,8 +172,11 @@ def _write_single_file(ckpt: Checkpoint, backbone: dict[str, torch.Tensor], out:
     tensors = {keys.LDM_UNET + names[k]: v for k, v in backbone.items()}
     if ckpt.kind == "diffusers-pipeline":
         tensors.update(keys.add_prefix(keys.vae_to_ldm(_read_folder(ckpt.path / "vae")), keys.LDM_VAE))
-        text = ckpt.path / "text_encoder"
-        if text.is_dir():
+        text, text_2 = ckpt.path / "text_encoder", ckpt.path / "text_encoder_2"
+        if text_2.is_dir():  # SDXL: CLIP ViT-L as for SD1.x under SDXL's prefix, then OpenCLIP bigG
+            tensors.update(keys.add_prefix(keys.clip_l_to_ldm(_read_folder(text)), keys.LDM_SDXL_CLIP_L))
+            tensors.update(keys.add_prefix(keys.openclip_to_ldm(_read_folder(text_2)), keys.LDM_SDXL_CLIP_G))
+        elif text.is_dir():
             tensors.update(keys.add_prefix(keys.clip_l_to_ldm(_read_folder(text)), keys.LDM_CLIP))
     return fileio.save_safetensors(tensors, out, {"wadi.merged_from": str(ckpt.path)}, overwrite)
 
@@ -227,7 +230,8 @@ class LoraExport:
 def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathLike, float]], out: str | os.PathLike,
                 rank: int, dtype: torch.dtype = torch.float16, overwrite: bool = False,
                 progress: bool = True, on_layer: Callable[[int, int], None] | None = None) -> LoraExport:
-    """Approximate the rotation delta ``W' - W`` of each layer by its best rank-``rank`` SVD.
+    """Approximate the rotation delta ``W' - W`` of each layer by its rank-``rank`` truncated SVD (randomised for
+    ranks small against the layer; the error reported is that of the factors written).
 
     Writes a kohya-style LoRA (``lora_up.weight``, ``lora_down.weight``, ``alpha = rank``) that
     ComfyUI, A1111 and diffusers load as an ordinary LoRA, and reports the approximation error.
@@ -242,13 +246,13 @@ def export_lora(base: str | os.PathLike, adapters: Sequence[tuple[str | os.PathL
         return _export_lora(base, adapters, out, rank, dtype, overwrite, progress, on_layer)
 
 
-def _svd(d: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The SVD of one layer's delta; a float32 SVD that does not converge is retried in float64."""
+def _svd(d: torch.Tensor, rank: int, layer: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-``rank`` SVD of one layer's delta; a float32 SVD that does not converge is retried in float64."""
     try:
-        return torch.linalg.svd(d, full_matrices=False)
+        return LF.truncated_svd(d, rank)
     except torch.linalg.LinAlgError:
         try:
-            u, s, vh = torch.linalg.svd(d.double(), full_matrices=False)
+            u, s, vh = LF.truncated_svd(d.double(), rank)
             return u.float(), s.float(), vh.float()
         except torch.linalg.LinAlgError:
             raise AdapterError(f"the SVD of the delta of '{layer}' did not converge (its values span "
@@ -276,14 +280,14 @@ def _export_lora(base, adapters, out: Path, rank: int, dtype: torch.dtype, overw
         d = (LF.rotate_by_angles(weight, plan.theta(layer)) - weight).reshape(weight.shape[0], -1)
         if not bool(torch.isfinite(d).all()):
             raise AdapterError(f"the adapters together give non-finite weights on '{layer}'; lower their strengths")
-        u, s, vh = _svd(d, layer)
-        r = min(rank, s.numel())
-        root = s[:r].sqrt()
-        up, down = u[:, :r] * root, root[:, None] * vh[:r]
+        u, s, vh = _svd(d, rank, layer)
+        r = s.numel()
+        root = s.sqrt()
+        up, down = u * root, root[:, None] * vh
+        layer_err, layer_total = float((d - up @ down).pow(2).sum()), float(d.pow(2).sum())  # of these factors
         if weight.ndim > 2:
             down = down.reshape(r, *weight.shape[1:])
             up = up.reshape(*up.shape, *([1] * (weight.ndim - 2)))
-        layer_err, layer_total = float((s[r:] ** 2).sum()), float((s ** 2).sum())
         err_sq, total_sq = err_sq + layer_err, total_sq + layer_total
         rel = math.sqrt(layer_err / layer_total) if layer_total > 0 else 0.0
         if rel >= worst[1]:
@@ -323,8 +327,9 @@ def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite:
     with fileio.atomic_dir(out, overwrite) as tmp:
         shutil.copytree(teacher, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(part))
         network.save_pretrained(tmp / part)
-        if part == "transformer":  # diffusers' own class name, so PixArt pipelines load the folder
-            config = json.loads((tmp / part / "config.json").read_text())
-            config["_class_name"] = "PixArtTransformer2DModel"
-            (tmp / part / "config.json").write_text(json.dumps(config, indent=1))
+        # diffusers' own class name (not our wrapper's: PixArt's eps half, SDXL's packed text), so that
+        # diffusers' pipelines load the folder
+        config = json.loads((tmp / part / "config.json").read_text())
+        config["_class_name"] = next(c.__name__ for c in type(network).__mro__ if c.__module__.startswith("diffusers"))
+        (tmp / part / "config.json").write_text(json.dumps(config, indent=1))
     return Path(out)

@@ -61,7 +61,20 @@ SHAPES = Recipe(
     late_t_max=400, sample_guidance=3.0, families=("shapes",),
     measured="docs/lab/results.md (the demo's recipe and the adapter ablation)")
 
-RECIPES = {recipe.name: recipe for recipe in (PAPER, SHAPES)}
+# Not run here (no GPU): DMD2's SDXL scripts (experiments/sdxl in tianweiy/DMD2) train with the teacher at CFG 8 and an
+# unguided fake model, five fake updates per generator step, 2 images on each of 64 GPUs, their full UNet at 5e-7
+# and their LoRA at 5e-5; LoRaD keeps the paper's rates (angles take larger steps than additive factors) and the
+# rank whose share of the UNet is near the paper's 10% (docs/lorad.md).
+SDXL = Recipe(
+    name="sdxl", about="values chosen from DMD2's SDXL recipe with the paper's LoRaD rates (unmeasured: no SDXL run)",
+    student_rank=128, fake_rank=32,
+    lr={"student": {"lorad": 1e-4, "lora": 5e-5, "dora": 5e-5, "full": 5e-7},
+        "fake": {"lorad": 1e-2, "lora": 5e-5, "dora": 5e-5, "full": 5e-7}},
+    guidance=8.0, fake_guidance=1.0, batch_size=128, steps=20000, fake_updates=5, ema=0.0, late_fraction=0.0,
+    late_t_max=None, sample_guidance=5.0, families=("sdxl",),
+    measured="not measured: DMD2's SDXL training scripts and the paper's LoRaD rates")
+
+RECIPES = {recipe.name: recipe for recipe in (PAPER, SHAPES, SDXL)}
 
 
 def recipe_for_family(family: str) -> Recipe:

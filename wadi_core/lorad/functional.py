@@ -150,3 +150,18 @@ def rotation_angle_grad(rotated: torch.Tensor, grad_rotated: torch.Tensor) -> to
     flat_r = rotated.reshape(rotated.shape[0], -1)
     flat_g = grad_rotated.reshape(grad_rotated.shape[0], -1)
     return (_as_complex(flat_r, dtype).conj() * _as_complex(flat_g, dtype)).imag
+
+
+def truncated_svd(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-``rank`` singular triplets ``(u [m, r], s [r], vh [r, n])`` of a 2-D matrix: exact, or randomised
+    (8 extra columns, 4 power iterations, a fixed seed so that it repeats) when the rank is small against the
+    matrix, as for SD-size layers. Either way ``u diag(s) vh`` misses ``||matrix||_F^2 - sum(s^2)`` exactly: the
+    randomised factors are the exact SVD of the matrix's projection onto an orthonormal basis."""
+    r = min(rank, *matrix.shape)
+    if 4 * (r + 8) < min(matrix.shape):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            u, s, v = torch.svd_lowrank(matrix, q=r + 8, niter=4)
+        return u[:, :r], s[:r], v[:, :r].T
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return u[:, :r], s[:r], vh[:r]

@@ -215,9 +215,6 @@ def match_layers(adapter: AdapterFile, shapes: Mapping[str, tuple[int, ...]], ki
     Returns ``{module name: (up, down)}``. Nothing is modified.
     """
     where = adapter.label()
-    if adapter.family not in ("unknown", "custom") and family != "unknown" and adapter.family != family:
-        raise AdapterError(f"{where} was trained for '{adapter.family}' but the model is '{family}'; "
-                           "use an adapter made for this base model")
     prefix = PREFIXES[kind]
     by_key: dict[str, str] = {}
     for name in shapes:
@@ -226,21 +223,28 @@ def match_layers(adapter: AdapterFile, shapes: Mapping[str, tuple[int, ...]], ki
             raise AdapterError(f"layers '{by_key[key]}' and '{name}' share the key '{key}'; "
                                "this model cannot use kohya-style LoRaD keys")
         by_key[key] = name
-    matched = {}
+    matched, misfit = {}, None
     for key, (up, down) in adapter.layers.items():
         name = by_key.get(key)
         if name is None:
             hint = ""
             if not key.startswith(prefix + "_"):
                 hint = f" (it is for a {'DiT' if key.startswith('lora_transformer_') else 'UNet'} backbone)"
-            raise AdapterError(f"{where}: key '{key}' names no layer of this model{hint}; "
-                               "the adapter was made for another architecture")
+            misfit = f"key '{key}' names no layer of this model{hint}"
+            break
         (out_f, _), (_, half) = LF.adapter_shapes(shapes[name], up.shape[1])
         if up.shape[0] != out_f or down.shape[1] != half:
-            raise AdapterError(f"{where}: '{key}' has up {tuple(up.shape)} / down {tuple(down.shape)} but layer "
-                               f"'{name}' has weight {tuple(shapes[name])} (needs up [{out_f}, r], down [r, {half}]); "
-                               "the adapter was made for another base model")
+            misfit = (f"'{key}' has up {tuple(up.shape)} / down {tuple(down.shape)} but layer '{name}' has weight "
+                      f"{tuple(shapes[name])} (needs up [{out_f}, r], down [r, {half}])")
+            break
         matched[name] = (up, down)
+    if adapter.family not in ("unknown", "custom") and family != "unknown" and adapter.family != family:
+        first = f" (the first misfit: {misfit})" if misfit else ""
+        raise AdapterError(f"{where} was trained for '{adapter.family}' but the model is '{family}'{first}; "
+                           "use an adapter made for this base model")
+    if misfit:
+        what = "architecture" if "names no layer" in misfit else "base model"
+        raise AdapterError(f"{where}: {misfit}; the adapter was made for another {what}")
     return matched
 
 
@@ -257,7 +261,8 @@ def load_adapter(model: nn.Module, adapter: str | os.PathLike | AdapterFile, ada
 # The kohya-style tags A1111 and Forge read to tell which base a LoRA file is for (their Lora card hides files for
 # another base): SD2.x files say so, SD1.x files say they are not.
 HOST_VERSION_TAGS = {"sd15": {"ss_base_model_version": "sd_v1", "ss_v2": "False"},
-                     "sd21": {"ss_base_model_version": "sd_2.1", "ss_v2": "True"}}
+                     "sd21": {"ss_base_model_version": "sd_2.1", "ss_v2": "True"},
+                     "sdxl": {"ss_base_model_version": "sdxl_base_v1-0", "ss_v2": "False"}}
 
 
 def adapter_metadata(family: str, rank: int, preset: str, prefix: str, layers: int,

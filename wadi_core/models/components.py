@@ -23,6 +23,11 @@ def is_dit_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / DIT_FOLDER / "config.json").is_file()
 
 
+def is_sdxl_folder(folder: str | os.PathLike) -> bool:
+    """A diffusers SDXL pipeline folder: a second text encoder next to the first."""
+    return (Path(folder) / "text_encoder_2").is_dir()
+
+
 class ModelFolderError(ValueError):
     """A model folder with a missing or unreadable part; the message names the file."""
 
@@ -62,14 +67,11 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
 
 
 def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Components:
-    """A diffusers ``StableDiffusionPipeline`` folder (the embedded default or a real SD1.x/2.x model)."""
+    """A diffusers ``StableDiffusionPipeline`` folder (the embedded default or a real SD1.x/2.x model); SDXL folders
+    are read by :func:`wadi_core.models.sdxl.load_sdxl_folder`."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if (Path(folder) / "text_encoder_2").is_dir():
-        raise ModelFolderError(f"{folder} is an SDXL pipeline (two text encoders, a pooled text embedding and time "
-                               "ids); wadi does not load SDXL yet: `wadi presets` shows its layers, distillation and "
-                               "sampling take SD1.x / SD2.x and PixArt-alpha models")
     folder = check_model_folder(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)

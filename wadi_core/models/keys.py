@@ -1,7 +1,7 @@
 """Weight names: diffusers <-> original LDM ("single-file", as ComfyUI and A1111 load them).
 
 The UNet mapping is derived from the block layout (layers per block, which blocks have
-attention), so it covers SD1.x, SD2.x and any smaller UNet of the same shape, such as the
+attention), so it covers SD1.x, SD2.x, SDXL and any smaller UNet of the same shape, such as the
 embedded default. Attention internals have the same names on both sides; only the block
 containers and the ResNet sub-layers are renamed.
 """
@@ -17,6 +17,8 @@ import torch
 LDM_UNET = "model.diffusion_model."
 LDM_VAE = "first_stage_model."
 LDM_CLIP = "cond_stage_model.transformer."
+LDM_SDXL_CLIP_L = "conditioner.embedders.0.transformer."  # SDXL's first text encoder (CLIP ViT-L)
+LDM_SDXL_CLIP_G = "conditioner.embedders.1.model."  # SDXL's second (OpenCLIP ViT-bigG, OpenCLIP's names)
 
 _RESNET_UNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -65,6 +67,9 @@ class UNetLayout:
         """``(diffusers prefix, LDM prefix, sub-layer renames)`` for every block of the UNet."""
         step = self.layers_per_block + 1
         pairs = [("time_embedding.linear_1", "time_embed.0", {}), ("time_embedding.linear_2", "time_embed.2", {}),
+                 # SDXL's added conditions (pooled text embedding and time ids) sit where LDM has a class embedding;
+                 # read back from LDM, label_emb is SDXL's (listed first: of the families wadi reads, only SDXL has it)
+                 ("add_embedding.linear_1", "label_emb.0.0", {}), ("add_embedding.linear_2", "label_emb.0.2", {}),
                  ("class_embedding.linear_1", "label_emb.0.0", {}), ("class_embedding.linear_2", "label_emb.0.2", {}),
                  ("conv_in", "input_blocks.0.0", {}), ("conv_norm_out", "out.0", {}), ("conv_out", "out.2", {}),
                  ("mid_block.resnets.0", "middle_block.0", _RESNET_UNET),
@@ -162,6 +167,39 @@ def vae_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def clip_l_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """SD1.x text encoder (Hugging Face CLIPTextModel): LDM only adds a prefix."""
     return {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in state.items()}
+
+
+_OPENCLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+                   "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_OPENCLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
+                 "embeddings.position_embedding.weight": "positional_embedding",
+                 "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+
+
+def openclip_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face ``CLIPTextModelWithProjection`` state dict in OpenCLIP's names (SDXL's second text encoder):
+    q, k and v fused into ``in_proj``, the projection stored transposed (OpenCLIP multiplies ``x @ P``)."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
+    out = {}
+    for name, tensor in state.items():
+        if name in _OPENCLIP_TOP:
+            out[_OPENCLIP_TOP[name]] = tensor
+        elif name == "text_projection.weight":
+            out["text_projection"] = tensor.T.contiguous()
+        elif m := re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", name):
+            layer, part, kind = m.groups()
+            block = f"transformer.resblocks.{layer}."
+            if part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                if part == "self_attn.q_proj":  # written once, for all three
+                    out[f"{block}attn.in_proj_{kind}"] = torch.cat(
+                        [state[f"encoder.layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"])
+            elif part in _OPENCLIP_LAYER:
+                out[f"{block}{_OPENCLIP_LAYER[part]}.{kind}"] = tensor
+            else:
+                raise KeyConversionError(f"no OpenCLIP name for text-encoder weight '{name}'")
+        else:
+            raise KeyConversionError(f"no OpenCLIP name for text-encoder weight '{name}'")
+    return out
 
 
 def add_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from .components import Components, is_dit_folder, load_sd_folder
+from .components import Components, is_dit_folder, is_sdxl_folder, load_sd_folder
 
 
 def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
                     backbone: str | os.PathLike | None = None) -> Components:
-    """A diffusers SD-style folder (a real SD1.x/2.x model, or the embedded shapes model when ``path`` is None),
+    """A diffusers SD-style folder (a real SD1.x/2.x or SDXL model, or the embedded shapes model when ``path`` is None),
     a PixArt-style DiT folder or a single-file SD1.x checkpoint; with ``backbone``, a state dict of the whole
     UNet / transformer (the authors' released one-step models) replaces the model's, checked strictly."""
     if path is None:
@@ -21,6 +21,9 @@ def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = 
     if Path(path).expanduser().is_file():
         from .single_file import load_single_file_components
         components = load_single_file_components(path, dtype)
+    elif is_sdxl_folder(path):
+        from .sdxl import load_sdxl_folder
+        components = load_sdxl_folder(path, dtype)
     elif is_dit_folder(path):
         from .dit import load_dit_components  # diffusers' PixArt: imported only when needed
         components = load_dit_components(path, dtype)

@@ -50,7 +50,10 @@ def _load(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, 
         raise CheckpointError(f"{path} lacks the {what} weight '{missing[0]}' (and {len(missing) - 1} more); it is not "
                               "a complete SD1.x checkpoint")
     module.load_state_dict({k: tensors[k].reshape(v.shape).to(v.dtype) for k, v in own.items() if k in tensors},
-                           strict=False)
+                           strict=False, assign=True)
+    left = next((n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta), None)
+    if left:  # a tensor no file holds and no initialiser filled (built on the meta device)
+        raise CheckpointError(f"{path} lacks the {what} weight '{left}'; it is not a complete SD1.x checkpoint")
 
 
 def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
@@ -67,9 +70,9 @@ def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = to
         raise CheckpointError(f"{path} is a '{ckpt.family}' checkpoint; single-file teachers are read for SD1.x only. "
                               "Use a diffusers folder of it (diffusers' from_single_file, then save_pretrained)")
     tokenizer = find_tokenizer(path)
-    unet = sd15_unet()
+    with torch.device("meta"):  # the file holds every UNet and VAE weight: none is initialised only to be replaced
+        unet, vae = sd15_unet(), AutoencoderKL(**SD_VAE)
     _load(unet, {name: ckpt.read(name) for name in ckpt.stored}, "UNet", path)
-    vae = AutoencoderKL(**SD_VAE)
     to_ldm = keys.vae_to_ldm({k: v for k, v in vae.state_dict().items()})  # names only: LDM -> diffusers below
     ldm_to_diffusers = dict(zip((keys.LDM_VAE + k for k in to_ldm), vae.state_dict()))
     text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L))

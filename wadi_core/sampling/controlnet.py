@@ -16,6 +16,9 @@ class ControlNetMismatch(ValueError):
 
 def check_fits(controlnet, unet) -> None:
     """Refuse a ControlNet whose shapes differ from the UNet's (made for another base)."""
+    if unet.config.get("addition_embed_type") == "text_time":
+        raise ControlNetMismatch("wadi's ControlNet sampler takes SD1.x / SD2.x models and the embedded one; SDXL "
+                                 "ControlNets need SDXL's added conditions, which it does not pass yet")
     for key in ("block_out_channels", "cross_attention_dim", "in_channels", "layers_per_block"):
         theirs, ours = controlnet.config.get(key), unet.config.get(key)
         if theirs is not None and ours is not None and list(np.atleast_1d(theirs)) != list(np.atleast_1d(ours)):

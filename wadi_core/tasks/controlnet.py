@@ -32,6 +32,9 @@ def new_controlnet(components, conditioning_channels: int = 3):
     downsampling by the VAE's factor (8 for SD, 4 for the shapes world) so the hint fits the latents."""
     from diffusers import ControlNetModel
 
+    if components.unet.config.get("addition_embed_type") == "text_time":
+        raise ValueError("ControlNets are trained for SD1.x / SD2.x teachers and the embedded one; an SDXL ControlNet "
+                         "needs SDXL's added conditions, which wadi's ControlNet task does not pass yet")
     downsamples = len(components.vae.config.block_out_channels) - 1
     channels = (16, 32, 96, 256, 256)[: downsamples + 1]
     return ControlNetModel.from_unet(components.unet, conditioning_embedding_out_channels=channels,
