@@ -299,3 +299,35 @@ def test_an_sdxl_lorad_file_covers_comfys_own_sdxl_model(host, tmp_path):
     stock = comfy.lora.load_lora(comfy.utils.load_torch_file(str(path)), comfy.lora.model_lora_keys_unet(model, {}))
     ours, _ = lorad_patches(SimpleNamespace(model=model), adapter, 1.0)
     assert set(stock) == set(ours) and len(ours) == 739
+
+
+def test_one_step_sampler_on_a_v_prediction_model_equals_wadi_onestep(host):
+    """A v-prediction SD2.1 UNet (random weights; ComfyUI reads "v" from one norm's spread, as for SD2.1-768):
+    ComfyUI's one-step latent through our sampler = wadi's x0 = sqrt(abar) z - sqrt(1 - abar) v at t = 999."""
+    import comfy.model_base
+    import comfy.sample
+    import comfy.sd
+    from diffusers import DDPMScheduler
+
+    from wadi_comfy.nodes import WaDiOneStepSampler
+    from wadi_core.models.families import sd21_unet
+    from wadi_core.sampling.onestep import predict_x0
+
+    torch.manual_seed(0)
+    unet = sd21_unet().eval()
+    with torch.no_grad():
+        unet.up_blocks[3].attentions[2].transformer_blocks[0].norm1.bias.normal_(0, 0.2)
+    state = unet.state_dict()
+    patcher = comfy.sd.load_diffusion_model_state_dict({v: state[k] for k, v in keys.unet_name_map(state).items()})
+    assert patcher.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    text = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(1))
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    (result,) = WaDiOneStepSampler().sample(patcher, [[text, {}]], latent, seed=3)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type="v_prediction")
+    noise = comfy.sample.prepare_noise(latent["samples"], 3)
+    with torch.no_grad():
+        x0 = predict_x0(unet, scheduler, noise, text)
+    got = result["samples"] * 0.18215  # ComfyUI's LATENT is the VAE latent
+    assert x0.abs().mean() > 0.1
+    assert torch.allclose(got, x0, atol=2e-3, rtol=1e-3), (got - x0).abs().max()

@@ -234,3 +234,22 @@ def test_forge_neo_loads_lorad_through_its_weight_adapter_list(files, monkeypatc
         assert close(host.unet.state_dict(), files["merged"][strength])
     host.apply([(files["adapter"], 0.0)])
     assert all(torch.equal(v, host.original[k]) for k, v in host.unet.state_dict().items())
+
+
+def test_an_sdxl_lorad_file_finds_every_layer_of_sdxl_in_a1111_and_forge(tmp_path, monkeypatch):
+    """An SDXL LoRaD (every unet-student layer) on SDXL's UNet built on the meta device: A1111's key conversion and
+    our module type take every key, and every key is in Forge's key map."""
+    from comfy_support import random_lorad
+    from sdwebui_standins import forge_key_map
+    from wadi_core.models.families import build_on_meta
+
+    state = load_file(str(random_lorad(tmp_path / "sdxl.safetensors", family="sdxl")))
+    host = A1111(build_on_meta("sdxl"))
+    monkeypatch.setitem(sys.modules, "networks", a1111_networks_module(host))
+    for name in ("modules_forge", "backend", "backend.patcher", "backend.patcher.lora"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert networks.register() == "a1111"
+    net = host.load_network("sdxl", state, 1.0)
+    assert not net.unmatched and len(net.modules) == 739
+    layers = {key.split(".", 1)[0] for key in state}
+    assert layers <= set(forge_key_map(build_on_meta("sdxl")))

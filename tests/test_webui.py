@@ -285,3 +285,20 @@ def test_reversion_and_dreambooth_actions_run_the_commands(tmp_path):
     again.wait(60)
     assert again.state.status == "failed" and "already exists" in again.state.message
     assert (tmp_path / "rev" / "reversion.safetensors").is_file()  # nothing lost
+
+
+@pytest.mark.parametrize("kind", ["v_prediction", "sdxl"])
+def test_generate_action_on_v_prediction_and_sdxl_teachers(tmp_path, kind):
+    """The Generate tab's one-step images of a v-prediction and an SDXL teacher are the library's one-step images
+    (x0 from v; SDXL's pooled embedding and time ids), and the teacher's multi-step images come beside them."""
+    import numpy as np
+
+    from conftest import write_sd_folder, write_sdxl_folder
+    from wadi_core.models import load_components
+    from wadi_core.sampling import onestep
+    from wadi_webui import actions
+    folder = write_sdxl_folder(tmp_path / "xl") if kind == "sdxl" else write_sd_folder(tmp_path / "v", kind)
+    gallery, text = actions.generate_images(str(folder), "", "a red circle", 3, 1, True)
+    assert len(gallery) == 2 and "slower" in text
+    want = onestep.generate(load_components(folder), ["a red circle"], [3], progress=False)
+    assert np.abs(gallery[0][0].astype(int) - want[0].astype(int)).max() <= 1
