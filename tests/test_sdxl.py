@@ -158,3 +158,18 @@ def test_incomplete_or_wrong_sdxl_folders_are_named(tmp_path):
     shutil.rmtree(folder / "tokenizer_2")
     with pytest.raises(ModelFolderError, match="SDXL folder .* is incomplete: .*tokenizer_2 is missing"):
         load_components(folder)
+
+
+def test_wadi_eval_scores_the_one_step_images_of_an_sdxl_teacher(sdxl, tmp_path):
+    import json
+
+    from wadi_cli.cli import main
+    folder, _, _ = sdxl
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\n" * 3)
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "--model", str(folder), "--prompts", str(prompts), "--one-step", "--out", str(out),
+                 "--quiet"]) == 0
+    result = json.loads(out.read_text())["model_result"]
+    assert result["images_per_second"] > 0 and result["fid"] >= 0
+    assert result["prompt_accuracy"]["judged"] == 9
