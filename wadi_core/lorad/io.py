@@ -223,14 +223,14 @@ def match_layers(adapter: AdapterFile, shapes: Mapping[str, tuple[int, ...]], ki
             raise AdapterError(f"layers '{by_key[key]}' and '{name}' share the key '{key}'; "
                                "this model cannot use kohya-style LoRaD keys")
         by_key[key] = name
-    matched, misfit = {}, None
+    matched, misfit, made_for = {}, None, "base model"
     for key, (up, down) in adapter.layers.items():
         name = by_key.get(key)
         if name is None:
             hint = ""
             if not key.startswith(prefix + "_"):
                 hint = f" (it is for a {'DiT' if key.startswith('lora_transformer_') else 'UNet'} backbone)"
-            misfit = f"key '{key}' names no layer of this model{hint}"
+            misfit, made_for = f"key '{key}' names no layer of this model{hint}", "architecture"
             break
         (out_f, _), (_, half) = LF.adapter_shapes(shapes[name], up.shape[1])
         if up.shape[0] != out_f or down.shape[1] != half:
@@ -243,8 +243,7 @@ def match_layers(adapter: AdapterFile, shapes: Mapping[str, tuple[int, ...]], ki
         raise AdapterError(f"{where} was trained for '{adapter.family}' but the model is '{family}'{first}; "
                            "use an adapter made for this base model")
     if misfit:
-        what = "architecture" if "names no layer" in misfit else "base model"
-        raise AdapterError(f"{where}: {misfit}; the adapter was made for another {what}")
+        raise AdapterError(f"{where}: {misfit}; the adapter was made for another {made_for}")
     return matched
 
 

@@ -27,7 +27,6 @@ from diffusers import UNet2DConditionModel
 from .components import Components, ModelFolderError, check_model_folder
 
 
-
 def pooled_width(config) -> int:
     """Width of the pooled text embedding the UNet's added conditions take (1280 for SDXL)."""
     return config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
