@@ -35,8 +35,8 @@ COLUMNS = [("subject", "diamond", "fidelity: 'an orange sks square' is a diamond
 def run_one(out: Path, kind: str, seed: int, args) -> dict:
     run, evaluation = out / f"{kind}-s{seed}", out / f"{kind}-s{seed}-eval"
     if not (run / "subject.safetensors").is_file():
-        argv = ["dreambooth", "--out", str(run), "--adapter", kind, "--steps", str(args.steps), "--seed", str(seed),
-                "--quiet", "--overwrite"] + (["--student", args.student] if args.student else [])
+        argv = ["dreambooth", "--out", str(run), "--adapter-kind", kind, "--steps", str(args.steps),
+                "--seed", str(seed), "--quiet", "--overwrite"] + (["--student", args.student] if args.student else [])
         if wadi(argv) != 0:
             raise SystemExit(f"wadi dreambooth failed for {kind}, seed {seed}")
     if not (evaluation / "metrics.json").is_file():
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=48)
     args = p.parse_args(argv)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # each run's folder goes inside it
     rows = {kind: [run_one(out, kind, seed, args) for seed in args.seeds] for kind in args.kinds}
     summary = {}
     print("| adapter | trained values | " + " | ".join(label for _, _, label in COLUMNS) + " |")

@@ -54,7 +54,10 @@ def test_training_forward_and_backward_match_plain_autograd():
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("x_shape", [(3, 2, 7), (1, 1, 7)], ids=["keeps-rotated", "recomputes"])
+def test_gradcheck_float64(x_shape):
+    """Both backward paths: an input at least the weight's size (4 x 7) keeps the rotated weight, a smaller one
+    recomputes it."""
     layer = nn.Sequential(nn.Linear(7, 4).double()).train()
     lorad.attach(layer, rank=2, targets=["*"])
     lorad.attach(layer, rank=1, targets=["*"], adapter_name="b", strength=0.5)
@@ -64,7 +67,7 @@ def test_gradcheck_float64():
     params = [p.double() for p in lorad.trainable_parameters(layer)]
     for p, q in zip(lorad.trainable_parameters(layer), params):
         p.data = q.data
-    x = torch.randn(3, 2, 7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(*x_shape, dtype=torch.float64, requires_grad=True)
 
     def f(x, w, b, *ud):
         from wadi_core.lorad.module import _RotatedLinearFn
@@ -73,10 +76,8 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (x, layer[0].weight, layer[0].bias, *lorad.trainable_parameters(layer)))
 
 
-def test_backward_does_not_keep_a_full_size_rotated_weight():
-    model = nn.Sequential(nn.Linear(256, 512)).train()
-    lorad.attach(model, rank=4, targets=["*"])
-    x = torch.randn(8, 256)
+def saved_full_size(model, x):
+    """The tensors autograd keeps for backward that are at least the weight's size, other than the weight."""
     saved = []
 
     def pack(t):
@@ -86,9 +87,21 @@ def test_backward_does_not_keep_a_full_size_rotated_weight():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x).sum().backward()
     weight = model[0].weight
-    full_size = [t for t in saved if t.numel() >= weight.numel()]
-    # only the base weight itself (already alive) may be saved at full size, never W'
-    assert all(t.data_ptr() == weight.data_ptr() for t in full_size), [t.shape for t in full_size]
+    return [t for t in saved if t.numel() >= weight.numel() and t.data_ptr() != weight.data_ptr()]
+
+
+def test_backward_keeps_the_rotated_weight_only_when_the_input_is_larger():
+    model = nn.Sequential(nn.Linear(256, 512)).train()
+    lorad.attach(model, rank=4, targets=["*"])
+    randomize(lorad.trainable_parameters(model))
+    # 8 x 256 inputs against a 512 x 256 weight: only the base weight (already alive) is full size, never W'
+    assert saved_full_size(model, torch.randn(8, 256)) == []
+    # 600 x 256 inputs: x is larger than the weight, and W' is kept beside it
+    kept = saved_full_size(model, torch.randn(600, 256))
+    assert sorted(tuple(t.shape) for t in kept) == [(512, 256), (600, 256)]
+    with torch.no_grad():
+        w_rotated = LF.rotate(model[0].weight, *lorad.trainable_parameters(model))
+    assert torch.equal(next(t for t in kept if t.shape == (512, 256)), w_rotated)
 
 
 def test_eval_cache_is_reused_and_invalidated():
@@ -209,3 +222,20 @@ def test_unet_preset_on_a_tiny_unet(unet):
         unet(sample, t, ctx)
     with pytest.raises(ValueError, match="matched no layer"):
         lorad.attach(unet, rank=4, preset="dit-fake", adapter_name="y")
+
+
+def test_keeping_the_rotated_weight_gives_the_gradients_of_recomputing_it_exactly(monkeypatch):
+    from wadi_core.lorad import module
+
+    def grads(keeps):
+        monkeypatch.setattr(module, "keeps_rotated", lambda x, w: keeps)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 8)).train()
+        lorad.attach(model, rank=2, targets=["*"])
+        randomize(lorad.trainable_parameters(model))
+        x = torch.randn(32, 16, requires_grad=True)
+        model(x).square().sum().backward()
+        return [x.grad] + [p.grad for p in lorad.trainable_parameters(model)]
+
+    for kept, recomputed in zip(grads(True), grads(False)):
+        assert torch.equal(kept, recomputed)

@@ -5,10 +5,11 @@ Target layers keep their class and their parameter names (``to_q.weight`` stays
 a ``lorad_adapters`` ModuleDict (one :class:`LoRaDAdapter` per adapter name) and an instance
 ``forward`` that computes the rotated weight once per call.
 
-For ``nn.Linear`` the training forward is a custom autograd function: it keeps only the input,
-the base weight and the small adapter matrices for backward and recomputes the rotated weight
-there, instead of saving a second full-size weight (the authors' code instead runs every layer
-twice through a forward hook).
+For ``nn.Linear`` the training forward is a custom autograd function. When the layer's input is smaller than
+its weight (few tokens, a wide layer) it keeps only the input, the base weight and the small adapter matrices
+for backward and recomputes the rotated weight there, instead of saving a second full-size weight; otherwise
+the input already costs more than the weight, and the rotated weight is kept to spare backward the rotation
+(at most doubling what the layer keeps). The authors' code instead runs every layer twice through a forward hook.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class LoRaDAdapter(nn.Module):
 
 
 class _RotatedLinearFn(torch.autograd.Function):
-    """``y = x @ rotate(W, sum_i s_i up_i down_i).T + b`` with the rotation recomputed in backward."""
+    """``y = x @ rotate(W, sum_i s_i up_i down_i).T + b``; backward recomputes the rotation unless the input
+    is at least the weight's size (then the rotated weight is kept, see the module's docstring)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, strengths, *factors):
@@ -64,16 +66,18 @@ class _RotatedLinearFn(torch.autograd.Function):
         y = F.linear(x.to(compute_dtype), rotated, None if bias is None else bias.to(compute_dtype))
         ctx.strengths = strengths
         ctx.compute_dtype = compute_dtype
-        ctx.save_for_backward(x, weight, bias, *factors)
+        ctx.keeps_rotated = keeps_rotated(x, weight)
+        ctx.save_for_backward(x, weight, bias, rotated if ctx.keeps_rotated else None, *factors)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, weight, bias, *factors = ctx.saved_tensors
+        x, weight, bias, rotated, *factors = ctx.saved_tensors
         strengths, cdt = ctx.strengths, ctx.compute_dtype
         needs = ctx.needs_input_grad
-        theta = _theta(strengths, factors)
-        rotated = LF.rotate_by_angles(weight, theta).to(cdt)
+        theta = _theta(strengths, factors) if needs[1] or not ctx.keeps_rotated else None
+        if not ctx.keeps_rotated:
+            rotated = LF.rotate_by_angles(weight, theta).to(cdt)
         grad_y = grad_y.to(cdt)
 
         grad_x = (grad_y @ rotated).to(x.dtype) if needs[0] else None
@@ -99,6 +103,11 @@ class _RotatedLinearFn(torch.autograd.Function):
                 neg = None if theta is None else -theta
                 grad_weight = LF.rotate_by_angles(g_rot, neg).to(weight.dtype)
         return (grad_x, grad_weight, grad_bias, None, *grad_factors)
+
+
+def keeps_rotated(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a training forward keeps ``W'`` for backward: when the input (kept anyway) is at least as large."""
+    return x.numel() >= weight.numel()
 
 
 def _theta(strengths, factors):
