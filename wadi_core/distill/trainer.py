@@ -531,7 +531,7 @@ class Distiller:
 
     def _log_estimate(self, first: int) -> None:
         """How long the rest of the run will take on this machine, from this run's latest steps."""
-        per_step = float(np.median([r["seconds"] for r in self.history[first:self.step]][ESTIMATE_AFTER // 2:]))
+        per_step = float(np.median([r["seconds"] for r in self.history[first + ESTIMATE_AFTER // 2:self.step]]))
         left = self.config.steps - self.step
         self.log(f"measured {per_step:.2f} s a step on this machine: about {left * per_step / 60:.1f} min for the "
                  f"{left} steps left")

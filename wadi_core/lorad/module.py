@@ -66,8 +66,7 @@ class _RotatedLinearFn(torch.autograd.Function):
         y = F.linear(x.to(compute_dtype), rotated, None if bias is None else bias.to(compute_dtype))
         ctx.strengths = strengths
         ctx.compute_dtype = compute_dtype
-        ctx.keeps_rotated = keeps_rotated(x, weight)
-        ctx.save_for_backward(x, weight, bias, rotated if ctx.keeps_rotated else None, *factors)
+        ctx.save_for_backward(x, weight, bias, rotated if keeps_rotated(x, weight) else None, *factors)
         return y
 
     @staticmethod
@@ -75,8 +74,8 @@ class _RotatedLinearFn(torch.autograd.Function):
         x, weight, bias, rotated, *factors = ctx.saved_tensors
         strengths, cdt = ctx.strengths, ctx.compute_dtype
         needs = ctx.needs_input_grad
-        theta = _theta(strengths, factors) if needs[1] or not ctx.keeps_rotated else None
-        if not ctx.keeps_rotated:
+        theta = _theta(strengths, factors) if needs[1] or rotated is None else None
+        if rotated is None:  # not kept by forward: rotate again
             rotated = LF.rotate_by_angles(weight, theta).to(cdt)
         grad_y = grad_y.to(cdt)
 
