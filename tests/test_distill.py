@@ -256,6 +256,16 @@ def test_bf16_mixed_precision_with_gradient_checkpointing_and_accumulation(tmp_p
     assert all(p.dtype == torch.float32 for p in run.student_params)
 
 
+def test_the_student_file_holds_the_ema_weights(tmp_path, sd_dir, prompt_file):
+    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=2, ema=0.5, checkpoint_every=0), progress=False)
+    saved = load_file(run.run())
+    live = {key: value.clone() for key, value in run.trained_state("student").items()}
+    run.ema.swap()
+    average = run.trained_state("student")
+    assert all(torch.equal(saved[key], average[key].float()) for key in saved)
+    assert not all(torch.equal(saved[key], live[key].float()) for key in saved)
+
+
 def test_one_step_matches_diffusers_pipeline_with_lcm_scheduler_at_999(sd_dir):
     """Other tools reach the same one-step image: diffusers' pipeline with LCMScheduler, timesteps=[999]."""
     from diffusers import LCMScheduler, StableDiffusionPipeline

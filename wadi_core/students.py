@@ -132,9 +132,12 @@ def load_trainable_state(model: nn.Module, spec: AdapterSpec, state: Mapping[str
 
 
 def save_adapter_file(model: nn.Module, spec: AdapterSpec, path: str | os.PathLike, name: str = "default",
-                      extra: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
-    """Write the trained part of ``model`` as one ``.safetensors`` file with its metadata."""
-    state = {k: v.float() if v.is_floating_point() else v for k, v in trainable_state(model, spec, name).items()}
+                      extra: Mapping[str, str] | None = None, overwrite: bool = False,
+                      state: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write the trained part of ``model`` as one ``.safetensors`` file with its metadata (``state``: those
+    tensors as :func:`trainable_state` names them, when the caller has them already, e.g. gathered from shards)."""
+    state = trainable_state(model, spec, name) if state is None else state
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     layers = len(lorad_module.adapter_tensors(model, name)) if spec.kind == "lorad" else len(state)
     meta = adapter_metadata(family_of_model(model), spec.rank, spec.preset, PREFIXES[model_kind(model)], layers,
                             {TYPE_KEY: spec.kind, **(extra or {})})

@@ -1,5 +1,5 @@
 """WaDi distillation of a multi-step teacher into a one-step student (the spec's section 4), on one CPU or under
-``accelerate launch`` on many GPUs.
+``accelerate launch`` on many GPUs or CPU processes (DDP, or FSDP with ``--use_fsdp``: :mod:`.sharding`).
 
 Three networks share the teacher's architecture: the frozen teacher, the student (teacher + a trainable
 adapter, LoRaD by default) and the fake score model (teacher + its own adapter). A step reads in order:
@@ -40,7 +40,7 @@ from ..sampling import MultiStep, initial_latents, latent_shape, prediction_type
 from ..sampling.prediction import eps_from_output
 from ..sampling.onestep import predict_x0
 from ..schedules import lr_factor
-from . import gan, losses, shared
+from . import gan, losses, shared, sharding
 from .config import MAY_CHANGE, MATCH, OLD_OPTIONS, OPTIONS, DistillConfig
 from .extras import Extras
 from .world import world_for_family
@@ -113,6 +113,11 @@ class Distiller:
         self.out = Path(config.out).expanduser()
         self.log = log
         self.progress = progress
+        # accelerate launch --use_fsdp: the distiller shards the networks itself (sharding.py), on CPUs too
+        self.sharded = sharding.requested() and _world_size() > 1
+        if self.sharded and config.extras.gan.weight > 0:
+            raise ValueError("the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu (DDP) "
+                             "instead of --use_fsdp, or leave out --gan-weight")
         self.world = world_for_family(family_of_path(config.model))
         self.prompts = self._prompt_list()
         self.extras = Extras(self)
@@ -121,14 +126,12 @@ class Distiller:
         _reset_single_process_state()
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=_processes_on_cpu(),
                                        gradient_accumulation_steps=config.grad_accum,
-                                       log_with=trackers or None, project_dir=str(self.out))
+                                       log_with=trackers or None, project_dir=str(self.out),
+                                       **sharding.accelerate_plugin(self.sharded))
         if self.accelerator.is_main_process:  # the main process checks, writes and speaks for all
             self._check_outputs()
         else:
             self.log = lambda message: None
-        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self._fsdp():
-            self.log("FSDP was asked for, but accelerate shards only on GPUs (and other accelerators): these "
-                     f"processes run {self.accelerator.distributed_type.value} instead")
         self._claim = contextlib.ExitStack()  # the run folder's lock, held until the run ends
         try:
             self._setup(trackers)
@@ -171,7 +174,9 @@ class Distiller:
             module.to(device)
         if weight_dtype != torch.float32:
             self.teacher.unet.to(weight_dtype)
-        if device.type == "cpu":  # oneDNN's convolutions take channels-last kernels faster (docs/benchmarks.md)
+        # oneDNN's convolutions take channels-last kernels faster (docs/benchmarks.md); FSDP shards only
+        # contiguous weights
+        if device.type == "cpu" and not self.sharded:
             self.teacher.unet.to(memory_format=torch.channels_last)
 
         # Student and fake are adapters on the teacher's frozen backbone (shared.Role), or copies of it ("full", or
@@ -180,6 +185,8 @@ class Distiller:
         self.student = self._network("student", self.student_spec(), weight_dtype)
         self.fake = self._network("fake", self.fake_spec(), weight_dtype)
         self._share_backbone()
+        if self.sharded:
+            self._shard()
         self.student_params = students.trainable_parameters(*self._model_and_name("student"))
         self.fake_params = students.trainable_parameters(*self._model_and_name("fake"))
         # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
@@ -188,11 +195,13 @@ class Distiller:
         extra_groups = self.extras.fake_param_groups(device)
         self.opt_fake = torch.optim.AdamW([{"params": self.fake_params}] + extra_groups, lr=c.fake.lr,
                                           weight_decay=0.0, fused=fused)
-        # DDP takes the parameters that require a gradient when it wraps a network: each wrapper only its own
-        with gan.frozen(self.fake_params):
-            self.student, self.opt_student = self.accelerator.prepare(self.student, self.opt_student)
-        with gan.frozen(self.student_params):
-            self.fake, self.opt_fake = self.accelerator.prepare(self.fake, self.opt_fake)
+        if self.sharded:  # FSDP averages the gradients itself; accelerate only wraps the optimisers
+            self.opt_student, self.opt_fake = self.accelerator.prepare(self.opt_student, self.opt_fake)
+        else:  # DDP takes the parameters that require a gradient when it wraps a network: each wrapper only its own
+            with gan.frozen(self.fake_params):
+                self.student, self.opt_student = self.accelerator.prepare(self.student, self.opt_student)
+            with gan.frozen(self.student_params):
+                self.fake, self.opt_fake = self.accelerator.prepare(self.fake, self.opt_fake)
         self.extras.prepare(self.accelerator)
         self.fake_params += [p for group in extra_groups for p in group["params"]]  # clipped with the fake model
         self.ema = EMA(self.student_params, c.ema) if c.ema else None
@@ -270,11 +279,7 @@ class Distiller:
         backward runs forwards again, the fake then keeps a copy of its own."""
         spec = self.student_spec() if role == "student" else self.fake_spec()
         gan_through_fake = role == "fake" and self.extras.gan is not None and self.config.gradient_checkpointing
-        return spec.kind != "full" and not self.config.separate_copies and not gan_through_fake and not self._fsdp()
-
-    def _fsdp(self) -> bool:
-        """FSDP shards each network it wraps, so student and fake keep copies of their own under it."""
-        return str(self.accelerator.distributed_type).endswith("FSDP")
+        return spec.kind != "full" and not self.config.separate_copies and not gan_through_fake
 
     def _network(self, role: str, spec: students.AdapterSpec, weight_dtype) -> torch.nn.Module:
         """The role's adapter on the teacher's backbone (made a :class:`shared.Role` by :meth:`_share_backbone`),
@@ -301,6 +306,18 @@ class Distiller:
         backbone.train()  # (SD's UNets have no dropout: the teacher's passes are unchanged)
         for role in roles:
             setattr(self, role, shared.Role(backbone, role, switch))
+
+    def _shard(self) -> None:
+        """FSDP: every backbone (the shared one, and the student's and fake's copies if they have their own) is
+        sharded over the processes; text encoder and VAE stay whole."""
+        backbones = {id(net): net for net in (self.teacher.unet, self.student, self.fake)
+                     if not isinstance(net, shared.Role)}
+        for net in backbones.values():
+            sharding.shard(net, self.accelerator.device, self.accelerator.num_processes)
+        params = [p for net in backbones.values() for p in net.parameters()]
+        held, total = sum(sharding.local(p).numel() for p in params), sum(p.numel() for p in params)
+        self.log(f"FSDP: the weights are sharded over {self.accelerator.num_processes} processes; this one holds "
+                 f"{held:,} of {total:,} backbone and adapter values ({held / total:.0%})")
 
     def _model_and_name(self, role: str) -> tuple[torch.nn.Module, students.AdapterSpec, str]:
         """``(model, spec, adapter name)`` of a role's adapter, for the students helpers."""
@@ -550,8 +567,13 @@ class Distiller:
                 f"{self.out} --overwrite {lower} (and the run's other options as before)")
 
     def weights_are_finite(self) -> bool:
+        """On every process (each looks at its own shards under FSDP)."""
         tensors = self.student_params + self.fake_params + (list(self.ema.shadow) if self.ema else [])
-        return all(bool(torch.isfinite(t).all()) for t in tensors)
+        return self._everyone(all(bool(torch.isfinite(sharding.local(t)).all()) for t in tensors))
+
+    def trained_state(self, role: str) -> dict[str, torch.Tensor]:
+        """The role's trained tensors, whole (every process calls this under FSDP)."""
+        return sharding.gathered(students.trainable_state(*self._model_and_name(role)))
 
     # ----- outputs
 
@@ -578,8 +600,9 @@ class Distiller:
             student.train()
 
     def write_samples(self) -> Path | None:
-        """Teacher (multi-step CFG) vs student (one step) on fixed prompts and seeds."""
-        if not self.accelerator.is_main_process:
+        """Teacher (multi-step CFG) vs student (one step) on fixed prompts and seeds. Under FSDP every process
+        draws them (each network pass gathers the shards of all processes); the main one writes."""
+        if not (self.accelerator.is_main_process or self.sharded):
             return None
         prompts = list(self.world.sample_prompts()) or self.prompts[:8]
         seeds = list(range(len(prompts)))
@@ -590,6 +613,8 @@ class Distiller:
             student = self.student_images(prompts, seeds)
         except NonFiniteError:  # a diverging step: the losses say so, and the checkpoint is not replaced
             self.log(f"no sample grid at step {self.step}: the student's images are not finite")
+            return None
+        if not self.accelerator.is_main_process:
             return None
         grid = side_by_side({"teacher 25 steps": self._teacher_samples[1], f"student, step {self.step}": student},
                             prompts)
@@ -615,20 +640,21 @@ class Distiller:
         """Adapter weights, optimiser and EMA states, step and history, written atomically; only a good state (its
         last step's losses and all its weights finite), so that the checkpoint is always one to resume."""
         self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return None
         if not (self.last_step_finite and self.weights_are_finite()):
             self.log(f"no checkpoint at step {self.step}: its losses or weights are not finite; the last good one "
                      f"(step {self.checkpoint_step}) stays" if self.checkpoint_step is not None else
                      f"no checkpoint at step {self.step}: its losses or weights are not finite")
             return None
+        # whole tensors (gathered from every process under FSDP), so that any process count can resume
+        tensors = {"student": self.trained_state("student"), "fake": self.trained_state("fake"),
+                   "opt_student": sharding.optimizer_state(self.opt_student),
+                   "opt_fake": sharding.optimizer_state(self.opt_fake),
+                   "ema": [sharding.whole(s) for s in self.ema.shadow] if self.ema else None}
+        if not self.accelerator.is_main_process:
+            return None
         state = {
             "config": self.resume_options(), "processes": self.accelerator.num_processes,
-            "step": self.step, "history": self.history, "seconds": self.seconds,
-            "student": students.trainable_state(*self._model_and_name("student")),
-            "fake": students.trainable_state(*self._model_and_name("fake")),
-            "opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
-            "ema": self.ema.shadow if self.ema else None,
+            "step": self.step, "history": self.history, "seconds": self.seconds, **tensors,
             **self.extras.state(),
             "torch_rng": torch.get_rng_state(),
             # a resumed run's grids need not draw the teacher's 25 steps again
@@ -669,13 +695,16 @@ class Distiller:
                 self.log(f"resuming with {name}={now!r} (the checkpoint's run used {was!r})")
         for role in ("student", "fake"):
             model, spec, name = self._model_and_name(role)
-            students.load_trainable_state(model, spec, state[role], name)
-        self.opt_student.load_state_dict(state["opt_student"])
-        self.opt_fake.load_state_dict(state["opt_fake"])
+            own = students.trainable_state(model, spec, name)  # sharded like the parameters under FSDP
+            saved = {key: sharding.shard_like(own[key], value) if key in own else value
+                     for key, value in state[role].items()}
+            students.load_trainable_state(model, spec, saved, name)
+        sharding.load_optimizer_state(self.opt_student, state["opt_student"])
+        sharding.load_optimizer_state(self.opt_fake, state["opt_fake"])
         self.extras.load_state(state)
         if self.ema and state["ema"] is not None:
             for s, saved_tensor in zip(self.ema.shadow, state["ema"]):
-                s.copy_(saved_tensor)
+                s.copy_(sharding.shard_like(s, saved_tensor))
         torch.set_rng_state(state["torch_rng"])
         if state.get("teacher_samples"):
             kept = state["teacher_samples"]
@@ -713,19 +742,22 @@ class Distiller:
             raise Diverged(f"the weights are not finite after step {self.step}, so no student was written. "
                            f"{self.divergence_advice()}")
         self.save_checkpoint()  # every process waits there for the others; the main one writes
-        if self.accelerator.is_main_process:
+        if self.ema:
+            self.ema.swap()
+        try:  # the EMA's weights, gathered by every process under FSDP
+            state = self.trained_state("student")
+            if self.accelerator.is_main_process:
+                extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),
+                         "wadi.one_step_t": str(self.final_t), **({"wadi.teacher_unet": self.config.backbone}
+                                                                  if self.config.backbone else {})}
+                model, spec, name = self._model_and_name("student")
+                students.save_adapter_file(model, spec, path, name=name, extra=extra, overwrite=True, state=state)
+        finally:
             if self.ema:
                 self.ema.swap()
-            extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),
-                     "wadi.one_step_t": str(self.final_t), **({"wadi.teacher_unet": self.config.backbone}
-                                                              if self.config.backbone else {})}
-            model, spec, name = self._model_and_name("student")
-            students.save_adapter_file(model, spec, path, name=name, extra=extra, overwrite=True)
-            if self.config.export_merged:
-                export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite,
-                              backbone=self.config.backbone)
-            if self.ema:
-                self.ema.swap()
+        if self.accelerator.is_main_process and self.config.export_merged:
+            export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite,
+                          backbone=self.config.backbone)
         self.accelerator.end_training()
         self.close()
         return path
