@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import write_sd_folder
+from wadi_cli.cli import main
 from wadi_core.distill import DistillConfig, Distiller, ResumeMismatch
 
 PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
@@ -184,11 +186,14 @@ def test_fsdp_shards_the_shared_base_and_trains_the_student_of_one_process(runs,
         assert b["loss_fake"] == pytest.approx(a["loss_fake"], rel=1e-3)
 
 
-def test_an_fsdp_checkpoint_holds_whole_tensors_and_resumes_in_one_process_and_back(runs, teacher):
+def test_an_fsdp_checkpoint_holds_whole_tensors_and_resumes_in_one_process_and_back(runs, fsdp, teacher):
     root, _ = runs
-    ok(launch(2, teacher, root / "fsdp-parts", steps=2, batch_size=2, checkpoint_every=2, use_fsdp=True))
-    resumed = one_process(teacher, root / "fsdp-parts", steps=3, batch_size=4, checkpoint_every=2, resume=True)
-    assert_close(load_file(root / "one" / "student.safetensors"), load_file(resumed), FSDP_TOLERANCE)
+    # the FSDP run's last checkpoint (step 3), continued to step 4 by one process with the whole batch
+    shutil.copytree(root / "fsdp", root / "fsdp-parts")
+    resumed = one_process(teacher, root / "fsdp-parts", steps=4, batch_size=4, checkpoint_every=2, resume=True)
+    whole = one_process(teacher, root / "one-4", steps=4, batch_size=4, checkpoint_every=2)
+    assert_close(load_file(whole), load_file(resumed), FSDP_TOLERANCE)
+    # a one-process checkpoint (step 2) continued by two FSDP processes
     one_process(teacher, root / "fsdp-back", steps=2, batch_size=4, checkpoint_every=2)
     result = ok(launch(2, teacher, root / "fsdp-back", steps=3, batch_size=2, checkpoint_every=2, resume=True,
                        use_fsdp=True))
@@ -209,10 +214,13 @@ def test_fsdp_with_separate_copies_gradient_checkpointing_ema_and_accumulation(r
     assert_close(load_file(one), load_file(root / "copies-fsdp" / "student.safetensors"), FSDP_TOLERANCE)
 
 
-def test_the_gan_term_is_refused_under_fsdp(runs, teacher):
-    root, _ = runs
-    result = launch(2, teacher, root / "fsdp-gan", steps=1, batch_size=1, gan_weight=0.1, use_fsdp=True)
-    assert result.returncode != 0
-    assert "the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu" in result.stdout + \
-        result.stderr
-    assert not (root / "fsdp-gan" / "student.safetensors").exists()
+def test_the_gan_term_is_refused_under_fsdp(teacher, tmp_path, monkeypatch, capsys):
+    """Refused before anything starts (here in this process, as each launched process would be)."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model, prompts = teacher
+    assert main(["distill", "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "gan"),
+                 "--gan-weight", "0.1", "--steps", "1"]) == 2
+    assert "wadi distill: error: the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "gan").exists()
