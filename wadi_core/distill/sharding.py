@@ -54,10 +54,6 @@ def shard(model: nn.Module, device: torch.device, processes: int) -> nn.Module:
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This process's part of a tensor (the whole tensor when it is not sharded)."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
