@@ -1,19 +1,26 @@
 """Peak memory and time of one distillation step on a full-size SD1.5 UNet: the shared backbone against three copies.
 
-    python benchmarks/distill_memory.py            # writes a random-weight SD1.5 teacher to a temporary folder
+    python benchmarks/distill_memory.py                 # writes a random-weight SD1.5 teacher to a temporary folder
+    python benchmarks/distill_memory.py --batch16       # on a GPU: the paper's batch of 16 measured too
 
-Each layout runs in its own process; the step's peak is the process's maximum resident memory during the step
-(Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it): the distiller with the
-paper's SD1.5 recipe (its LoRaD ranks, on the unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16
-weights and gradient checkpointing, then one training step, timed; the shared backbone once more at batch 2, so
-that the memory one more sample takes is measured and the paper's batch of 16 per GPU can be estimated. CPUs
-without bf16 matrix units emulate it: on a 2-core AMD EPYC one step took more than 15 minutes. The UNet
-is SD1.5's, full size, random; text encoder and VAE are small stand-ins (768-wide text features, 4 latent
-channels), because the step uses them only for embeddings computed once.
+Each layout runs in its own process: the distiller with the paper's SD1.5 recipe (its LoRaD ranks, on the
+unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16 weights and gradient checkpointing, then one
+training step, timed (on a GPU a second step is timed too: the first one pays for CUDA's kernel selection); the
+shared backbone once more at batch 2, so that the memory one more sample takes is measured and the paper's batch
+of 16 per GPU can be estimated (``--batch16`` measures it as well).
+
+Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
+(Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it). On a GPU (where
+accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated`` during the step,
+the tensors alone, with what the caching allocator reserved printed beside it. CPUs without bf16 matrix units
+emulate it: on a 2-core AMD EPYC one step took more than 15 minutes. The UNet is SD1.5's, full size, random; text
+encoder and VAE are small stand-ins (768-wide text features, 4 latent channels), because the step uses them only
+for embeddings computed once.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -28,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 PROMPTS = ["a photo of a dog", "a red car on a street", "a bowl of fruit", "a lighthouse at dusk"]
 
 
-def write_teacher(folder: Path) -> Path:
+def write_teacher(folder: Path, tiny: bool = False) -> Path:
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -45,7 +52,14 @@ def write_teacher(folder: Path) -> Path:
     vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, layers_per_block=1)
-    unet = sd15_unet()
+    if tiny:  # SD1.5's kinds of blocks at a fraction of the width: checks this script in seconds
+        from diffusers import UNet2DConditionModel
+        unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=64,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                                    attention_head_dim=8, norm_num_groups=8)
+    else:
+        unet = sd15_unet()
     C.save_model_folder(Components(tokenizer, text.eval(), vae.eval(), unet.eval(),
                                    DDPMScheduler.from_config(SD_SCHEDULER)), folder, unet_dtype=torch.bfloat16)
     (folder.parent / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
@@ -53,8 +67,8 @@ def write_teacher(folder: Path) -> Path:
 
 
 def measure(teacher: str, separate: bool, batch: int) -> dict:
-    """In this process: set up the distiller, run one step; its time and the process's peak memory."""
-    import resource
+    """In this process: set up the distiller, run one step; its time and the peak memory of its device."""
+    import torch
 
     from wadi_core.distill import DistillConfig, Distiller
 
@@ -65,19 +79,65 @@ def measure(teacher: str, separate: bool, batch: int) -> dict:
     distiller = Distiller(config, progress=False, log=lambda text: None)
     nets = (distiller.teacher.unet, distiller.student, distiller.fake)
     weights = {p.data_ptr(): p.numel() * p.element_size() for net in nets for p in net.parameters()}
-    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) starts again from what is held now
+    device = distiller.accelerator.device
+    memory = DeviceMemory(device)
+    setup_peak = memory.start()
     started = time.perf_counter()
     distiller.train_step()
-    seconds = time.perf_counter() - started
-    status = Path("/proc/self/status").read_text()
-    step_peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1e6
+    memory.wait()
+    seconds = [time.perf_counter() - started]
+    step_peak, reserved = memory.peak()
+    if device.type == "cuda":  # the first step chose CUDA's kernels; the second is the one to quote
+        started = time.perf_counter()
+        distiller.train_step()
+        memory.wait()
+        seconds.append(time.perf_counter() - started)
     distiller.close()
-    return {"layout": "three copies" if separate else "shared backbone", "batch": batch, "step_s": seconds,
-            "peak_gb": step_peak, "setup_peak_gb": setup_peak,
-            "weights_gb": sum(weights.values()) / 1e9,
-            "recipe": distiller.config.recipe, "student_rank": distiller.config.student.rank,
-            "fake_rank": distiller.config.fake.rank}
+    return {"layout": "three copies" if separate else "shared backbone", "batch": batch, "step_s": seconds[-1],
+            "first_step_s": seconds[0], "peak_gb": step_peak, "reserved_gb": reserved, "setup_peak_gb": setup_peak,
+            "weights_gb": sum(weights.values()) / 1e9, "device": DeviceMemory.name(device),
+            "torch": torch.__version__, "recipe": distiller.config.recipe,
+            "student_rank": distiller.config.student.rank, "fake_rank": distiller.config.fake.rank}
+
+
+class DeviceMemory:
+    """The peak memory of one step: the process's resident memory on a CPU, the tensors' on a GPU."""
+
+    def __init__(self, device):
+        import torch
+        self.torch, self.cuda = torch, device.type == "cuda"
+
+    @staticmethod
+    def name(device) -> str:
+        import platform
+
+        import torch
+        if device.type == "cuda":
+            return torch.cuda.get_device_name(device)
+        return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+    def start(self) -> float:
+        """Forget the peak so far (returned: set-up's, in GB) and count again from what is held now."""
+        if self.cuda:
+            self.wait()
+            setup = self.torch.cuda.max_memory_allocated() / 1e9
+            self.torch.cuda.reset_peak_memory_stats()
+            return setup
+        import resource
+        setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) starts again from what is held now
+        return setup
+
+    def wait(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def peak(self) -> tuple[float, float | None]:
+        """The peak since start() in GB, and on a GPU what the caching allocator reserved at most."""
+        if self.cuda:
+            return self.torch.cuda.max_memory_allocated() / 1e9, self.torch.cuda.max_memory_reserved() / 1e9
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1e6, None
 
 
 def main() -> int:
@@ -85,11 +145,18 @@ def main() -> int:
         teacher, separate, batch = sys.argv[2].split("::")
         print(json.dumps(measure(teacher, separate == "1", int(batch))))
         return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch16", action="store_true",
+                        help="also measure the shared backbone at the paper's batch of 16 (meant for a GPU)")
+    parser.add_argument("--json", help="also write the measurements to this file")
+    parser.add_argument("--tiny", action="store_true", help="a small UNet instead of SD1.5's: checks the script only")
+    args = parser.parse_args()
+    layouts = [(False, 1), (True, 1), (False, 2)] + ([(False, 16)] if args.batch16 else [])
     with tempfile.TemporaryDirectory() as tmp:
-        print("writing a random-weight SD1.5 UNet (bf16) ...", flush=True)
-        teacher = str(write_teacher(Path(tmp) / "sd15"))
+        print(f"writing a random-weight {'small' if args.tiny else 'SD1.5'} UNet (bf16) ...", flush=True)
+        teacher = str(write_teacher(Path(tmp) / "sd15", args.tiny))
         results = []
-        for separate, batch in ((False, 1), (True, 1), (False, 2)):
+        for separate, batch in layouts:
             print(f"measuring the {'three copies' if separate else 'shared backbone'} at batch {batch} ...", flush=True)
             out = subprocess.run([sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}::{batch}"],
                                  capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -97,20 +164,30 @@ def main() -> int:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    shared, copies, shared2 = results
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    shared, copies, shared2 = results[:3]
     print(f"recipe {shared['recipe']} (student LoRaD rank {shared['student_rank']}, fake rank {shared['fake_rank']}), "
-          "64x64 latents, bf16 weights, gradient checkpointing, CPU")
+          f"64x64 latents, bf16 weights, gradient checkpointing; {shared['device']}, torch {shared['torch']}")
     for r in results:
-        print(f"  {r['layout']:>15}, batch {r['batch']}: step peak {r['peak_gb']:.2f} GB "
+        reserved = "" if r["reserved_gb"] is None else f", {r['reserved_gb']:.2f} GB reserved"
+        print(f"  {r['layout']:>15}, batch {r['batch']:>2}: step peak {r['peak_gb']:.2f} GB{reserved} "
               f"(weights {r['weights_gb']:.2f} GB; loading peaked at {r['setup_peak_gb']:.2f} GB), "
-              f"step {r['step_s']:.1f} s")
+              f"step {r['step_s']:.2f} s (first {r['first_step_s']:.2f} s)")
     print(f"  shared / three copies at batch 1: peak {shared['peak_gb'] / copies['peak_gb']:.2f}x, "
           f"weights {shared['weights_gb'] / copies['weights_gb']:.2f}x, "
           f"step time {shared['step_s'] / copies['step_s']:.2f}x")
     per_sample = shared2["peak_gb"] - shared["peak_gb"]
     print(f"  one more sample: +{per_sample:.2f} GB; the paper's batch of 16 per GPU with the shared backbone: about "
-          f"{shared['peak_gb'] + 15 * per_sample:.1f} GB (three copies: {copies['peak_gb'] + 15 * per_sample:.1f} GB), "
-          "host-side counting, before a GPU's own overhead")
+          f"{shared['peak_gb'] + 15 * per_sample:.1f} GB (three copies: {copies['peak_gb'] + 15 * per_sample:.1f} GB)"
+          + (", measured below" if args.batch16 else
+             (", host-side counting, before a GPU's own overhead" if shared["reserved_gb"] is None else "")))
+    if args.batch16:
+        r = results[3]
+        held = r["reserved_gb"] or r["peak_gb"]
+        fits = held + 1.0 <= 24 * 2**30 / 1e9  # a 24 GiB card, about 1 GB of it CUDA's own context
+        print(f"  batch 16 measured: step peak {r['peak_gb']:.2f} GB ({held:.2f} GB reserved), {r['step_s']:.2f} s a "
+              f"step: {'fits' if fits else 'does not fit'} a 24 GiB card with about 1 GB of CUDA context beside it")
     return 0
 
 

@@ -56,3 +56,10 @@ def backbone_option(parser: argparse.ArgumentParser, whose: str = "--model") -> 
     parser.add_argument("--unet", dest="backbone", metavar="FILE",
                         help=f"a state dict of a whole UNet (or DiT transformer) that replaces the one of {whose}, "
                              "e.g. the authors' rotated_unet-sdv1-5.safetensors; checked strictly against it")
+
+
+def device_option(parser: argparse.ArgumentParser, what: str = "where to draw") -> None:
+    """``--device``: where the images are drawn (checked before any work: wadi_core.devices)."""
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help=f"{what}: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda, cuda:N or "
+                             "mps; the images of a seed are the same up to float order")

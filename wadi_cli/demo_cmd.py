@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--processes", type=A.positive_int, default=1,
                    help="distil in N processes of one thread each, each with its share of the batch (default 1; "
                         "see docs/multi_gpu.md)")
+    A.device_option(p, "where to draw the evaluation's images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run)
@@ -32,9 +33,11 @@ def register(sub) -> None:
 @writes("out")
 def run(args) -> int:
     from wadi_core.demo import run_demo
+    from wadi_core.devices import resolve
 
+    device = resolve(args.device)  # refused now, not after the distillation
     metrics = run_demo(args.out, args.steps, args.num_prompts, args.student_kind, args.seed, args.regression_pairs,
-                       args.overwrite, progress=not args.quiet, processes=args.processes)
+                       args.overwrite, progress=not args.quiet, processes=args.processes, device=device)
     t, s = metrics["teacher"]["prompt_accuracy"], metrics["student"]["prompt_accuracy"]
     print(f"teacher: colour {t['single/color']:.1%} shape {t['single/shape']:.1%} FID {metrics['teacher']['fid']:.1f}"
           f" | student (1 step): colour {s['single/color']:.1%} shape {s['single/shape']:.1%} "

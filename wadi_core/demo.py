@@ -27,10 +27,13 @@ ATTRIBUTES = ("single/color", "single/shape", "single/size", "single/position", 
               "relation/shape", "relation/relation")
 
 
-def evaluate_teacher_and_student(student_path: Path, prompts: list[str], seed: int, progress: bool) -> dict:
-    """Held-out metrics and speed of the teacher (25-step DDIM, CFG 3) and the one-step student."""
-    teacher, teacher_images = evaluate_teacher(MODEL_DIR, prompts, seed, progress=progress)
-    student, student_images = evaluate_student(MODEL_DIR, student_path, prompts, seed, progress=progress)
+def evaluate_teacher_and_student(student_path: Path, prompts: list[str], seed: int, progress: bool,
+                                 device="auto") -> dict:
+    """Held-out metrics and speed of the teacher (25-step DDIM, CFG 3) and the one-step student, drawn on
+    ``device``."""
+    teacher, teacher_images = evaluate_teacher(MODEL_DIR, prompts, seed, progress=progress, device=device)
+    student, student_images = evaluate_student(MODEL_DIR, student_path, prompts, seed, progress=progress,
+                                               device=device)
     return {"teacher": teacher, "student": student, "speedup": teacher["seconds"] / student["seconds"],
             "images": {"teacher": teacher_images, "student": student_images}}
 
@@ -88,10 +91,11 @@ def distill(config: DistillConfig, processes: int, progress: bool) -> tuple[Path
 
 def run_demo(out="wadi-demo", steps: int | None = None, num_prompts: int = 256, student_kind: str = "lorad",
              seed: int = 0, regression_pairs: int = 0, overwrite: bool = False, progress: bool = True,
-             processes: int = 1) -> dict:
+             processes: int = 1, device="auto") -> dict:
     """Distil, evaluate and report into ``out``; returns the metrics (also in ``out``/metrics.json). With
     ``processes`` > 1 the distillation runs in that many one-thread processes, each with its share of the batch
-    (docs/multi_gpu.md: on the 2-core VMs measured it was not faster)."""
+    (docs/multi_gpu.md: on the 2-core VMs measured it was not faster). The evaluation draws on ``device``
+    (``"auto"``: a CUDA GPU when there is one); the distillation runs where accelerate puts it."""
     started = time.perf_counter()
     with fileio.claim(out, overwrite) as out:
         if out.exists():
@@ -104,7 +108,7 @@ def run_demo(out="wadi-demo", steps: int | None = None, num_prompts: int = 256, 
         shutil.copy(out / "distill" / "loss.png", out / "loss.png")
 
         prompts = [p.caption() for p in sample_prompts(num_prompts, "heldout", seed=seed)]
-        result = evaluate_teacher_and_student(student_path, prompts, seed, progress)
+        result = evaluate_teacher_and_student(student_path, prompts, seed, progress, device)
         images = result.pop("images")
         shown = slice(0, 16)
         side_by_side({"render": reference_renders(prompts[shown], seed), "teacher 25 steps": images["teacher"][shown],

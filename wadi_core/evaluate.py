@@ -123,18 +123,20 @@ def evaluate_generator(generator, sampler, prompts: Sequence[str], seed: int = 0
 
 
 def evaluate_teacher(model_dir, prompts: Sequence[str], seed: int = 0, steps: int = 25, guidance: float = 3.0,
-                     progress: bool = False) -> tuple[dict, np.ndarray]:
-    """Metrics and images of a model sampled with ``steps`` DDIM steps and CFG."""
+                     progress: bool = False, device=None) -> tuple[dict, np.ndarray]:
+    """Metrics and images of a model sampled with ``steps`` DDIM steps and CFG (on ``device``: see
+    :func:`wadi_core.sampling.build_generator`)."""
     from .sampling import MultiStep, build_generator
-    return evaluate_generator(build_generator(model_dir), MultiStep(steps, guidance), prompts, seed, progress)
+    return evaluate_generator(build_generator(model_dir, device=device), MultiStep(steps, guidance), prompts, seed,
+                              progress)
 
 
 def evaluate_student(model_dir, adapter, prompts: Sequence[str], seed: int = 0,
-                     progress: bool = False) -> tuple[dict, np.ndarray]:
+                     progress: bool = False, device=None) -> tuple[dict, np.ndarray]:
     """Metrics and images of one-step sampling with a student adapter on ``model_dir``."""
     from .sampling import OneStep, build_generator
-    return evaluate_generator(build_generator(model_dir, [(adapter, 1.0)]), OneStep(), prompts, seed, progress,
-                              warm_up=True)
+    return evaluate_generator(build_generator(model_dir, [(adapter, 1.0)], device=device), OneStep(), prompts, seed,
+                              progress, warm_up=True)
 
 
 def evaluate_model(generator, sampler, prompts: Sequence[str], seed: int = 0, metrics: Metrics = Metrics(),
@@ -158,7 +160,7 @@ def evaluate_model(generator, sampler, prompts: Sequence[str], seed: int = 0, me
 
         import torch
         torch.manual_seed(seed)
-        blank = type(components.unet).from_config(components.unet.config).eval()
+        blank = type(components.unet).from_config(components.unet.config).eval().to(components.unet.device)
         drawn = sampler(dataclasses.replace(components, unet=blank), prompts, seeds, progress)
         result["untrained_result"] = metrics.measure(drawn, prompts, seed, inputs)
         report(summary_line("untrained UNet (ceiling)", result["untrained_result"]))

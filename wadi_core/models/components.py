@@ -46,6 +46,12 @@ class Components:
                              truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.text_encoder.device))[0]
 
+    def to(self, device) -> "Components":
+        """Move text encoder, VAE and backbone (with any adapters on it) to ``device``, in place."""
+        for module in (self.text_encoder, self.vae, self.unet):
+            module.to(device)
+        return self
+
 
 REQUIRED_FILES = ("model_index.json", "text_encoder/config.json",
                   "text_encoder/model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",

@@ -40,19 +40,25 @@ class Generator:
 def build_generator(model: str | os.PathLike | Components | None = None,
                     adapters: Sequence[tuple[str | os.PathLike, float]] = (),
                     embeddings: Sequence[str | os.PathLike] = (), one_step: bool | None = None,
-                    backbone: str | os.PathLike | None = None) -> Generator:
+                    backbone: str | os.PathLike | None = None, device=None) -> Generator:
     """Load ``model`` (a path, loaded components, or None for the embedded model; ``backbone``: a state dict
     that replaces its whole UNet or DiT), apply each adapter file at its strength (LoRaD adapters stack, their
     angles add) and add each learned token. ``one_step`` defaults to "an adapter is given" (a distilled
-    student); pass it for a merged or released student, or a subject adapter."""
+    student); pass it for a merged or released student, or a subject adapter. ``device`` (``"cuda"``, ``"auto"``,
+    a ``torch.device``, ...) moves the model there once everything is applied; None leaves it where it is."""
     from .. import students
+    from ..devices import resolve
     from ..models import load_components
     from ..models.embeddings import load_embedding
 
+    if isinstance(device, str):
+        device = resolve(device)  # a device this machine lacks is refused before the model loads
     components = model if isinstance(model, Components) else load_components(model, backbone=backbone)
     tokens = [load_embedding(components, path) for path in embeddings]
     applied = []
     for i, (path, strength) in enumerate(adapters):
         students.apply_adapter_file(components.unet, path, name=f"adapter{i}", strength=strength)
         applied.append((Path(path), float(strength)))
+    if device is not None:
+        components.to(device)
     return Generator(components, bool(applied) if one_step is None else one_step, applied, tokens)

@@ -1,0 +1,38 @@
+"""Where drawing images runs: ``"auto"`` takes a CUDA GPU when this torch sees one, else the CPU.
+
+``wadi distill`` leaves the choice to accelerate (it takes the GPU its process is given); generation and
+evaluation take ``--device`` (``device=`` in Python). The images of a seed are the same on every device up to float
+order: the starting noise is always drawn on the CPU (``wadi_core.sampling.latents``).
+"""
+
+from __future__ import annotations
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # for help texts; "cuda:1" picks the second GPU
+
+
+def resolve(name: str = "auto"):
+    """The ``torch.device`` that ``name`` means here; a device this torch cannot use raises ValueError saying
+    what there is instead."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; choose auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU; install a CUDA "
+                             "build of torch (scripts/setup.sh with WADI_TORCH) or pass --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: there {'is' if count == 1 else 'are'} {count} CUDA "
+                             f"GPU{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: Apple's MPS is not available on this machine; pass --device cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: not a device wadi draws on; choose auto, cpu, cuda, cuda:N or mps")
+    return device
