@@ -11,7 +11,7 @@ of 16 per GPU can be estimated (``--batch16`` measures it as well).
 
 Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
 (Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it). On a GPU (where
-accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated`` during the step,
+accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated`` over both steps,
 the tensors alone, with what the caching allocator reserved printed beside it. CPUs without bf16 matrix units
 emulate it: on a 2-core AMD EPYC one step took more than 15 minutes. The UNet is SD1.5's, full size, random; text
 encoder and VAE are small stand-ins (768-wide text features, 4 latent channels), because the step uses them only
@@ -82,16 +82,13 @@ def measure(teacher: str, separate: bool, batch: int) -> dict:
     device = distiller.accelerator.device
     memory = DeviceMemory(device)
     setup_peak = memory.start()
-    started = time.perf_counter()
-    distiller.train_step()
-    memory.wait()
-    seconds = [time.perf_counter() - started]
-    step_peak, reserved = memory.peak()
-    if device.type == "cuda":  # the first step chose CUDA's kernels; the second is the one to quote
+    seconds = []
+    for _ in range(2 if device.type == "cuda" else 1):  # on a GPU the first step chooses CUDA's kernels
         started = time.perf_counter()
         distiller.train_step()
         memory.wait()
         seconds.append(time.perf_counter() - started)
+    step_peak, reserved = memory.peak()
     distiller.close()
     return {"layout": "three copies" if separate else "shared backbone", "batch": batch, "step_s": seconds[-1],
             "first_step_s": seconds[0], "peak_gb": step_peak, "reserved_gb": reserved, "setup_peak_gb": setup_peak,

@@ -60,6 +60,8 @@ def backbone_option(parser: argparse.ArgumentParser, whose: str = "--model") -> 
 
 def device_option(parser: argparse.ArgumentParser, what: str = "where to draw") -> None:
     """``--device``: where the images are drawn (checked before any work: wadi_core.devices)."""
+    from wadi_core.devices import CHOICES  # torch is imported only when a device is resolved
+
     parser.add_argument("--device", default="auto", metavar="DEVICE",
-                        help=f"{what}: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda, cuda:N or "
-                             "mps; the images of a seed are the same up to float order")
+                        help=f"{what}: {CHOICES} (auto: a CUDA GPU if torch sees one, else the CPU); the images of "
+                             "a seed are the same up to float order")

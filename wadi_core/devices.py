@@ -7,7 +7,7 @@ order: the starting noise is always drawn on the CPU (``wadi_core.sampling.laten
 
 from __future__ import annotations
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")  # for help texts; "cuda:1" picks the second GPU
+CHOICES = "auto, cpu, cuda, cuda:N or mps"  # what --device takes ("cuda:1" is the second GPU); read by help texts
 
 
 def resolve(name: str = "auto"):
@@ -21,7 +21,7 @@ def resolve(name: str = "auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; choose auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(f"--device {name}: not a device; choose {CHOICES}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU; install a CUDA "
@@ -34,5 +34,5 @@ def resolve(name: str = "auto"):
         if not torch.backends.mps.is_available():
             raise ValueError(f"--device {name}: Apple's MPS is not available on this machine; pass --device cpu")
     elif device.type != "cpu":
-        raise ValueError(f"--device {name}: not a device wadi draws on; choose auto, cpu, cuda, cuda:N or mps")
+        raise ValueError(f"--device {name}: not a device wadi draws on; choose {CHOICES}")
     return device
