@@ -266,6 +266,31 @@ def test_the_student_file_holds_the_ema_weights(tmp_path, sd_dir, prompt_file):
     assert not all(torch.equal(saved[key], live[key].float()) for key in saved)
 
 
+def test_student_every_keeps_the_student_each_step_would_have_finished_with(tmp_path, sd_dir, prompt_file):
+    """``--student-every 2`` of a 4-step run keeps step 2's student: the one a run stopped at step 2 and finished
+    there (``--resume --steps 2``) writes, EMA weights and metadata alike."""
+    from safetensors import safe_open
+
+    kept = Distiller(config(tmp_path, sd_dir, prompt_file, "kept", ema=0.5, student_every=2, checkpoint_every=0),
+                     progress=False)
+    kept.run()
+    assert sorted(p.name for p in (tmp_path / "kept" / "students").iterdir()) == ["student-step000002.safetensors"]
+    stopped = Distiller(config(tmp_path, sd_dir, prompt_file, "stopped", ema=0.5), progress=False)
+    assert stopped.run(should_stop=lambda: stopped.step == 2) is None
+    Distiller(config(tmp_path, sd_dir, prompt_file, "stopped", ema=0.5, steps=2, resume=True), progress=False).run()
+    a = load_file(tmp_path / "kept" / "students" / "student-step000002.safetensors")
+    b = load_file(tmp_path / "stopped" / "student.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    final = load_file(tmp_path / "kept" / "student.safetensors")
+    assert not all(torch.equal(a[key], final[key]) for key in a)  # two more steps changed it
+    with safe_open(tmp_path / "kept" / "students" / "student-step000002.safetensors", "pt") as f:
+        assert f.metadata()["wadi.steps"] == "2"
+    Distiller(config(tmp_path, sd_dir, prompt_file, "kept", steps=1, overwrite=True), progress=False).run()
+    assert not (tmp_path / "kept" / "students").exists()  # --overwrite clears the old run's students
+    with pytest.raises(ValueError, match="--student-every"):
+        config(tmp_path, sd_dir, prompt_file, student_every=-1).resolved().check()
+
+
 def test_one_step_matches_diffusers_pipeline_with_lcm_scheduler_at_999(sd_dir):
     """Other tools reach the same one-step image: diffusers' pipeline with LCMScheduler, timesteps=[999]."""
     from diffusers import LCMScheduler, StableDiffusionPipeline

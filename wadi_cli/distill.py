@@ -98,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one shared backbone (same results, about 3x the weights' memory; for comparisons)")
     p.add_argument("--checkpoint-every", type=A.count, default=d["checkpoint_every"],
                    help="steps between resumable checkpoints, 0 = none before the end")
+    p.add_argument("--student-every", type=A.count, default=d["student_every"],
+                   help="also keep the student of every N-th step as students/student-stepNNNNNN.safetensors (its "
+                        "EMA weights), 0 = only the final student.safetensors")
     p.add_argument("--sample-every", type=A.count, default=d["sample_every"],
                    help="steps between sample grids, 0 = only at the start and the end")
     p.add_argument("--max-bad-steps", type=A.positive_int, default=d["max_bad_steps"],

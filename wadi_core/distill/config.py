@@ -119,6 +119,7 @@ class DistillConfig:
     separate_copies: bool = setting(False, FREE)
     extras: Extras = setting(factory=Extras)
     checkpoint_every: int = setting(100, FREE)
+    student_every: int = setting(0, FREE)  # steps between the students kept in students/ (0: only the final one)
     sample_every: int = setting(100, FREE)
     sample_guidance: float | None = setting(None, FREE)  # the teacher's CFG in the sample grids
     max_bad_steps: int = setting(10, FREE)  # stop after this many consecutive non-finite steps
@@ -205,8 +206,8 @@ class DistillConfig:
         for name, allowed in choices:
             if options[name] not in allowed:
                 raise ValueError(f"unknown --{flag(name)} '{options[name]}'; choose one of: {', '.join(allowed)}")
-        if self.checkpoint_every < 0 or self.sample_every < 0:
-            raise ValueError("--checkpoint-every and --sample-every must be 0 (off) or more")
+        if min(self.checkpoint_every, self.student_every, self.sample_every) < 0:
+            raise ValueError("--checkpoint-every, --student-every and --sample-every must be 0 (off) or more")
         for name in ("lr_student", "lr_fake", "gan_head_lr"):
             if not 0 < options[name] <= 1:
                 raise ValueError(f"--{flag(name)} must be more than 0 and at most 1 (typical: 1e-5 to 1e-2), not "
@@ -265,7 +266,7 @@ OPTIONS: dict[str, str] = {
     "regression_pairs": "extras.regression.pairs", "regression_weight": "extras.regression.weight",
     "gan_weight": "extras.gan.weight", "gan_disc_weight": "extras.gan.disc_weight", "gan_images": "extras.gan.images",
     "gan_head_lr": "extras.gan.head_lr", "gan_features": "extras.gan.features",
-    "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "sample_guidance": "sample_guidance",
+    "checkpoint_every": "checkpoint_every", "student_every": "student_every", "sample_every": "sample_every", "sample_guidance": "sample_guidance",
     "max_bad_steps": "max_bad_steps", "export_merged": "export_merged", "overwrite": "overwrite",
     "resume": "resume", "report_to": "report_to",
 }

@@ -47,8 +47,9 @@ from .world import world_for_family
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.pt"
+STUDENTS = "students"  # the students of --student-every, one file per kept step
 # What a run writes into its folder; --overwrite removes these (and only these) before starting again.
-RUN_FILES = ("checkpoint", "samples", "student.safetensors", "history.json", "loss.png", "wadi-distill")
+RUN_FILES = ("checkpoint", "samples", STUDENTS, "student.safetensors", "history.json", "loss.png", "wadi-distill")
 
 
 class Diverged(RuntimeError):
@@ -533,6 +534,8 @@ class Distiller:
                     on_step(record)
                 if every(self.step, c.checkpoint_every) and self.step < c.steps and not record["skipped"]:
                     self.save_checkpoint()
+                if every(self.step, c.student_every) and self.step < c.steps and not record["skipped"]:
+                    self.keep_student()
                 if every(self.step, c.sample_every) or self.step == c.steps:
                     self.write_samples()
                 if should_stop() and self.step < c.steps:
@@ -732,6 +735,34 @@ class Distiller:
                  f"{self.config.batch_size}: the same {whole} prompts a step")
         return True
 
+    def write_student(self, path: Path) -> None:
+        """The student as it stands (its EMA weights if EMA is on) as an adapter file every host loads; every
+        process calls this (the weights are gathered under FSDP), the main one writes."""
+        if self.ema:
+            self.ema.swap()
+        try:
+            state = self.trained_state("student")
+            if self.accelerator.is_main_process:
+                extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),
+                         "wadi.one_step_t": str(self.final_t), **({"wadi.teacher_unet": self.config.backbone}
+                                                                  if self.config.backbone else {})}
+                model, spec, name = self._model_and_name("student")
+                path.parent.mkdir(exist_ok=True)
+                students.save_adapter_file(model, spec, path, name=name, extra=extra, overwrite=True, state=state)
+        finally:
+            if self.ema:
+                self.ema.swap()
+
+    def keep_student(self) -> Path | None:
+        """``students/student-stepNNNNNN.safetensors``: this step's student, kept beside the final one (only when
+        every weight is finite)."""
+        if not self.weights_are_finite():
+            self.log(f"no student kept at step {self.step}: its weights are not finite")
+            return None
+        path = self.out / STUDENTS / f"student-step{self.step:06d}.safetensors"
+        self.write_student(path)
+        return path
+
     def finish(self) -> Path:
         """The final ``student.safetensors`` (EMA weights if EMA is on), loss plot, optional merged model."""
         from ..merge import export_merged
@@ -742,19 +773,7 @@ class Distiller:
             raise Diverged(f"the weights are not finite after step {self.step}, so no student was written. "
                            f"{self.divergence_advice()}")
         self.save_checkpoint()  # every process waits there for the others; the main one writes
-        if self.ema:
-            self.ema.swap()
-        try:  # the EMA's weights, gathered by every process under FSDP
-            state = self.trained_state("student")
-            if self.accelerator.is_main_process:
-                extra = {"wadi.teacher": self.config.model, "wadi.steps": str(self.step),
-                         "wadi.one_step_t": str(self.final_t), **({"wadi.teacher_unet": self.config.backbone}
-                                                                  if self.config.backbone else {})}
-                model, spec, name = self._model_and_name("student")
-                students.save_adapter_file(model, spec, path, name=name, extra=extra, overwrite=True, state=state)
-        finally:
-            if self.ema:
-                self.ema.swap()
+        self.write_student(path)
         if self.accelerator.is_main_process and self.config.export_merged:
             export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite,
                           backbone=self.config.backbone)
