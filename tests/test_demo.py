@@ -79,3 +79,23 @@ def test_ablation_table_shows_a_spread_only_over_several_seeds():
     three, one = summarise(lorad).splitlines()[2], summarise(lorad[:1]).splitlines()[2]
     assert "| 3 |" in three and "1223 ± 54 |" in three  # the measured mean ± standard deviation of three seeds
     assert "| 1 |" in one and "±" not in one and "| 1165 |" in one
+
+
+def test_budget_curves_and_grid(tmp_path):
+    """benchmarks/budget.py draws the shipped results and a grid of the teacher beside a student."""
+    from PIL import Image
+
+    from benchmarks.budget import main as budget
+    from wadi_core import students
+    from wadi_core.models import load_components
+
+    unet = load_components().unet  # the embedded teacher with a fresh LoRaD student on it
+    spec = students.AdapterSpec("lorad", 4, "unet-student")
+    students.add_adapter(unet, spec)
+    students.save_adapter_file(unet, spec, tmp_path / "student.safetensors")
+    assert budget(["curves", str(Path(__file__).parents[1] / "docs" / "budget_results.json"),
+                   str(tmp_path / "curves.png")]) == 0
+    assert budget(["grid", str(tmp_path / "grid.png"), f"fresh={tmp_path / 'student.safetensors'}", "--count",
+                   "2"]) == 0
+    assert Image.open(tmp_path / "curves.png").size == (1200, 750)
+    assert Image.open(tmp_path / "grid.png").size == (220 + 2 * 96, 16 + 2 * 96)  # teacher and student, 2 prompts
