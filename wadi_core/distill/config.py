@@ -266,7 +266,8 @@ OPTIONS: dict[str, str] = {
     "regression_pairs": "extras.regression.pairs", "regression_weight": "extras.regression.weight",
     "gan_weight": "extras.gan.weight", "gan_disc_weight": "extras.gan.disc_weight", "gan_images": "extras.gan.images",
     "gan_head_lr": "extras.gan.head_lr", "gan_features": "extras.gan.features",
-    "checkpoint_every": "checkpoint_every", "student_every": "student_every", "sample_every": "sample_every", "sample_guidance": "sample_guidance",
+    "checkpoint_every": "checkpoint_every", "student_every": "student_every", "sample_every": "sample_every",
+    "sample_guidance": "sample_guidance",
     "max_bad_steps": "max_bad_steps", "export_merged": "export_merged", "overwrite": "overwrite",
     "resume": "resume", "report_to": "report_to",
 }
