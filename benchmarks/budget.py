@@ -33,8 +33,7 @@ def value(row: dict, key: str) -> float:
 
 def curves(rows: list[dict], out: Path) -> None:
     """One panel per measure: a line per run with kept students, a point per other run, the teacher's level."""
-    from wadi_core import fileio
-    from wadi_core.plots import _pyplot
+    from wadi_core.plots import _pyplot, save_figure
 
     runs, seen = defaultdict(list), set()
     for row in rows:
@@ -62,11 +61,8 @@ def curves(rows: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
-    fig.suptitle("one-step students of the embedded world against the distillation budget")
-    fig.tight_layout(rect=(0, 0, 0.8, 1))  # the legend to the right of the panels
-    with fileio.atomic_file(out, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, out, "one-step students of the embedded world against the distillation budget",
+                rect=(0, 0, 0.8, 1))  # the legend to the right of the panels
 
 
 def grid(columns: dict[str, str], out: Path, count: int) -> None:

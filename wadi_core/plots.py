@@ -44,10 +44,11 @@ def loss_curves(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, 
     save_figure(fig, path, title)
 
 
-def save_figure(fig, path: str | os.PathLike, title: str) -> None:
-    """Title, tight layout, PNG at 100 dpi, and the figure closed (pyplot keeps figures otherwise)."""
+def save_figure(fig, path: str | os.PathLike, title: str, rect=(0, 0, 1, 1)) -> None:
+    """Title, tight layout (of the panels within ``rect``, a fraction of the figure: room for a figure legend),
+    PNG at 100 dpi, and the figure closed (pyplot keeps figures otherwise)."""
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     try:
         with fileio.atomic_file(path, overwrite=True) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
