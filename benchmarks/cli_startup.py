@@ -10,6 +10,7 @@ environment's Python (its packages are importable from its own folder).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -34,25 +35,30 @@ def timed(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def earlier_tree(commit: str, folder: Path):
+    """``commit``'s tree, checked out with ``git worktree`` into ``folder`` for the ``with`` block."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(folder), commit], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", default=BEFORE_REDESIGN, help="the commit to compare with")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        old = Path(folder) / "before"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(old), args.before], check=True)
-        try:
-            print(f"{'command':24s} {'before (s)':>11s} {'now (s)':>9s} {'now / before':>13s}")
-            for words in COMMANDS:
-                before, now = [], []
-                for _ in range(args.repeat):
-                    before.append(timed(entry(old) + words, old))
-                    now.append(timed(entry(ROOT) + words, ROOT))
-                b, n = statistics.median(before), statistics.median(now)
-                print(f"{'wadi ' + ' '.join(words):24s} {b:11.2f} {n:9.2f} {n / b:13.3f}")
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=True)
+    with tempfile.TemporaryDirectory() as folder, earlier_tree(args.before, Path(folder) / "before") as old:
+        print(f"{'command':24s} {'before (s)':>11s} {'now (s)':>9s} {'now / before':>13s}")
+        for words in COMMANDS:
+            before, now = [], []
+            for _ in range(args.repeat):
+                before.append(timed(entry(old) + words, old))
+                now.append(timed(entry(ROOT) + words, ROOT))
+            b, n = statistics.median(before), statistics.median(now)
+            print(f"{'wadi ' + ' '.join(words):24s} {b:11.2f} {n:9.2f} {n / b:13.3f}")
     return 0
 
 

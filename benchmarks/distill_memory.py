@@ -10,7 +10,8 @@ shared backbone once more at batch 2, so that the memory one more sample takes i
 of 16 per GPU can be estimated (``--batch16`` measures it as well).
 
 Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
-(Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it). On a GPU (where
+(Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it), with glibc told to
+return large freed blocks at once (``LIVE_MEMORY`` below), which makes the step slower than a plain run. On a GPU (where
 accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated`` over both steps,
 the tensors alone, with what the caching allocator reserved printed beside it. CPUs without bf16 matrix units
 emulate it: on a 2-core AMD EPYC one step took more than 15 minutes. The UNet is SD1.5's, full size, random; text
@@ -30,8 +31,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
+# glibc gives every freed block of 128 KiB or more back to the system at once, so that a CPU's resident peak counts
+# the memory the step holds, not what the allocator kept after earlier frees (0.4-0.7 GB more, varying from run to
+# run; docs/benchmarks.md). It slows a CPU step (more page faults); a GPU's peak is counted by CUDA either way.
+LIVE_MEMORY = str(128 * 1024)
 PROMPTS = ["a photo of a dog", "a red car on a street", "a bowl of fruit", "a lighthouse at dusk"]
 
 
@@ -120,8 +124,7 @@ class DeviceMemory:
             setup = self.torch.cuda.max_memory_allocated() / 1e9
             self.torch.cuda.reset_peak_memory_stats()
             return setup
-        import resource
-        setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        setup = resident_peak_gb()  # (not getrusage's ru_maxrss: Linux carries it over from the parent process)
         Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) starts again from what is held now
         return setup
 
@@ -133,8 +136,13 @@ class DeviceMemory:
         """The peak since start() in GB, and on a GPU what the caching allocator reserved at most."""
         if self.cuda:
             return self.torch.cuda.max_memory_allocated() / 1e9, self.torch.cuda.max_memory_reserved() / 1e9
-        status = Path("/proc/self/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1e6, None
+        return resident_peak_gb(), None
+
+
+def resident_peak_gb() -> float:
+    """This process's peak resident memory (Linux's VmHWM) in GB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1e6
 
 
 def main() -> int:
@@ -142,6 +150,7 @@ def main() -> int:
         teacher, separate, batch = sys.argv[2].split("::")
         print(json.dumps(measure(teacher, separate == "1", int(batch))))
         return 0
+    sys.path.insert(0, str(ROOT))  # (not on import: load_memory.py measures other trees with these helpers)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch16", action="store_true",
                         help="also measure the shared backbone at the paper's batch of 16 (meant for a GPU)")
@@ -156,7 +165,8 @@ def main() -> int:
         for separate, batch in layouts:
             print(f"measuring the {'three copies' if separate else 'shared backbone'} at batch {batch} ...", flush=True)
             out = subprocess.run([sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}::{batch}"],
-                                 capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                 capture_output=True, text=True,
+                                 env=dict(os.environ, PYTHONPATH=str(ROOT), MALLOC_MMAP_THRESHOLD_=LIVE_MEMORY))
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1

@@ -257,6 +257,12 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     assert torch.equal(model.unet.state_dict()[name], ckpt.read(name).float())
     assert torch.equal(model.vae.state_dict()["decoder.mid_block.attentions.0.to_q.weight"],
                        ckpt_tensor(single, "first_stage_model.decoder.mid.attn_1.q.weight").float()[:, :, 0, 0])
+    half = load_components(single, unet_dtype=torch.bfloat16)  # as the distiller reads it under bf16
+    full = model.unet.state_dict()
+    assert all(v.dtype == torch.bfloat16 and torch.equal(v, full[k].to(v.dtype))
+               for k, v in half.unet.state_dict().items())
+    assert {p.dtype for p in half.text_encoder.parameters()} == {torch.float32}
+    del half, full
     text = {k.removeprefix("text_model."): v for k, v in model.text_encoder.state_dict().items()}
     assert torch.equal(text["final_layer_norm.weight"],
                        ckpt_tensor(single, "cond_stage_model.transformer.text_model.final_layer_norm.weight").float())

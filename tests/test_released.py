@@ -199,6 +199,19 @@ def test_bad_backbone_files_are_refused_in_one_line(released, tmp_path, capsys, 
     assert sorted(p.name for p in tmp_path.iterdir()) == [file.name]
 
 
+def test_the_unet_is_read_in_the_training_type_as_the_float32_one_cast(released):
+    """The distiller reads the backbone in bf16 under mixed precision (never a float32 copy on the way): the same
+    weights as reading float32 and casting, with or without a replacement UNet (fp32 or fp16 file); text encoder
+    and VAE stay float32."""
+    for backbone in (None, released["file"], released["fp16"]):
+        want = load_components(released["base"], backbone=backbone).unet.to(torch.bfloat16).state_dict()
+        model = load_components(released["base"], backbone=backbone, unet_dtype=torch.bfloat16)
+        got = model.unet.state_dict()
+        assert got.keys() == want.keys()
+        assert all(v.dtype == torch.bfloat16 and torch.equal(v, want[k]) for k, v in got.items()), backbone
+        assert {p.dtype for m in (model.text_encoder, model.vae) for p in m.parameters()} == {torch.float32}
+
+
 def test_distill_takes_a_teacher_with_a_replacement_unet(released, tmp_path):
     from safetensors import safe_open
 

@@ -58,6 +58,26 @@ def test_partial_model_folder_names_the_missing_file(model_dir, tmp_path, capsys
     assert "is missing" in capsys.readouterr().err
 
 
+def test_a_unet_file_without_a_weight_is_named_in_one_line(model_dir, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from wadi_core.models import CheckpointError
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    file = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(file))
+    del state["conv_in.bias"]
+    save_file(state, str(file))
+    with pytest.raises(CheckpointError, match=r"not a complete diffusers model folder: .* 'conv_in.bias' .* missing"):
+        load_components(broken, unet_dtype=torch.bfloat16)
+    assert main(["generate", "--model", str(broken), "--prompt", "a red circle", "--out", str(tmp_path / "o")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (not transformers' bar)
+    assert len(errors) == 1 and "conv_in.bias" in errors[0], errors
+    assert not (tmp_path / "o").exists()
+
+
 def test_sampling_is_seeded_per_image(model_dir):
     c = load_components(model_dir)
     prompts = ["a red circle", "a blue square", "a green triangle left of a yellow circle"]

@@ -167,14 +167,13 @@ class Distiller:
             self._prepare_output()
         self.accelerator.wait_for_everyone()
         device = self.accelerator.device
-        self.teacher = load_components(c.model, backbone=c.backbone)
+        # the backbone is read in its training type, never held in float32 on the way (docs/benchmarks.md)
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
+        self.teacher = load_components(c.model, backbone=c.backbone, unet_dtype=weight_dtype)
         self.prediction = prediction_type(self.teacher.scheduler.config)  # eps or v; student and fake share it
         self.family = family_of_model(self.teacher.unet)
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
         for module in (self.teacher.unet, self.teacher.text_encoder, self.teacher.vae):
             module.to(device)
-        if weight_dtype != torch.float32:
-            self.teacher.unet.to(weight_dtype)
         # oneDNN's convolutions take channels-last kernels faster (docs/benchmarks.md); FSDP shards only
         # contiguous weights
         if device.type == "cpu" and not self.sharded:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,14 +53,74 @@ class Checkpoint:
         return sorted({f for f, _ in self.stored.values()})
 
     def read(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-        file, key = self.replaced.get(name) or self.stored[name]
-        with safe_open(str(file), framework="pt") as f:
-            return f.get_tensor(key)
+        return read_tensor(*(self.replaced.get(name) or self.stored[name]))
+
+    def tensors(self) -> StoredTensors:
+        """The backbone's tensors by diffusers name, read when asked for."""
+        return StoredTensors({**self.stored, **self.replaced})
 
     @property
     def label(self) -> str:
         return f"{self.path} with {self.backbone_file}" if self.backbone_file else str(self.path)
+
+
+def read_tensor(file: Path, key: str) -> torch.Tensor:
+    from safetensors import safe_open
+    with safe_open(str(file), framework="pt") as f:
+        return f.get_tensor(key)
+
+
+class StoredTensors(Mapping):
+    """Tensors by name from ``{name: (safetensors file, key)}``, each read only when asked for."""
+
+    def __init__(self, where: Mapping[str, tuple[Path, str]]):
+        self.where = where
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return read_tensor(*self.where[name])
+
+    def __contains__(self, name) -> bool:  # (Mapping's own would read the tensor)
+        return name in self.where
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+
+def load_weights(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], what: str, source: str,
+                 dtype: torch.dtype | None = None) -> None:
+    """Give ``module`` (built on the meta device, or with weights to be replaced) ``tensors`` under its own names, one at a time, each cast into a
+    tensor made before it is read (floating-point ones in ``dtype`` where given): a float32 model read from an
+    fp16 file never holds the fp16 copy beside it, nor leaves the allocator holes too small for the next float32
+    tensor. ``source`` starts the error for a missing weight (e.g. "X is not a complete SD1.x checkpoint")."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in tensors and not k.endswith("position_ids")]
+    if missing:
+        raise CheckpointError(f"{source}: the {what} weight '{missing[0]}' (and {len(missing) - 1} more) is missing")
+    state = {}
+    for name, target in own.items():
+        if name in tensors:
+            kind = dtype if dtype is not None and target.is_floating_point() else target.dtype
+            state[name] = torch.empty(target.shape, dtype=kind)
+            state[name].copy_(tensors[name].reshape(target.shape))
+    module.load_state_dict(state, strict=False, assign=True)
+    left = next((n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta), None)
+    if left:  # a tensor no file holds and no initialiser filled (built on the meta device)
+        raise CheckpointError(f"{source}: the {what} weight '{left}' is missing")
+
+
+def read_model_folder(cls, folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.Module:
+    """A diffusers model (``cls``: a UNet class) from its folder: built from config.json on the meta device, its
+    weights read tensor by tensor in ``dtype``. (diffusers' ``from_pretrained`` reads the whole file first, then
+    casts: for SD1.5's float32 UNet read as bf16 that is 3.4 GB more at once.)"""
+    ckpt = open_checkpoint(folder)
+    with torch.device("meta"):
+        model = cls.from_config(cls.load_config(str(folder)))
+    load_weights(model, ckpt.tensors(), type(model).__name__,
+                 f"{folder} is not a complete diffusers model folder", dtype)
+    return model
 
 
 def _header(path: Path) -> dict[str, tuple[int, ...]]:

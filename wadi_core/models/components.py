@@ -72,17 +72,20 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Components:
+def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                   unet_dtype: torch.dtype | None = None) -> Components:
     """A diffusers ``StableDiffusionPipeline`` folder (the embedded default or a real SD1.x/2.x model); SDXL folders
     are read by :func:`wadi_core.models.sdxl.load_sdxl_folder`."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from .checkpoint import read_model_folder
+
     folder = check_model_folder(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
     vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
-    unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=dtype)
+    unet = read_model_folder(UNet2DConditionModel, folder / "unet", unet_dtype or dtype)
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, unet):
         module.eval().requires_grad_(False)

@@ -40,7 +40,8 @@ class EpsPixArtTransformer2DModel(PixArtTransformer2DModel):
         return Transformer2DModelOutput(sample=eps) if return_dict else (eps,)
 
 
-def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.float32):
+def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                        unet_dtype: torch.dtype | None = None):
     """A diffusers PixArt folder (transformer/, text_encoder/ (T5), tokenizer/, vae/, scheduler/) as
     :class:`~wadi_core.shapes.components.Components`."""
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -54,7 +55,8 @@ def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.fl
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = T5EncoderModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
     vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
-    transformer = EpsPixArtTransformer2DModel.from_pretrained(str(folder / DIT_FOLDER), torch_dtype=dtype)
+    transformer = EpsPixArtTransformer2DModel.from_pretrained(str(folder / DIT_FOLDER),
+                                                              torch_dtype=unet_dtype or dtype)
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, transformer):
         module.eval().requires_grad_(False)

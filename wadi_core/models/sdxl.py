@@ -24,6 +24,7 @@ import os
 import torch
 from diffusers import UNet2DConditionModel
 
+from .checkpoint import read_model_folder
 from .components import Components, ModelFolderError, check_model_folder
 
 
@@ -100,7 +101,8 @@ class SDXLComponents(Components):
         return self.text_encoder(*ids)
 
 
-def load_sdxl_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> SDXLComponents:
+def load_sdxl_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                     unet_dtype: torch.dtype | None = None) -> SDXLComponents:
     """A diffusers ``StableDiffusionXLPipeline`` folder (SDXL base, or any model of its layout)."""
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -117,7 +119,7 @@ def load_sdxl_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
         CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype),
         CLIPTextModelWithProjection.from_pretrained(str(folder / "text_encoder_2"), torch_dtype=dtype))
     vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
-    unet = SDXLUNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=dtype)
+    unet = read_model_folder(SDXLUNet2DConditionModel, folder / "unet", unet_dtype or dtype)
     unet.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # as diffusers' SDXL pipeline computes it
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, unet):

@@ -15,7 +15,7 @@ import torch
 
 from . import keys
 from .families import sd15_unet
-from .checkpoint import CheckpointError, open_checkpoint
+from .checkpoint import CheckpointError, StoredTensors, load_weights, open_checkpoint
 
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
               up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
@@ -43,21 +43,10 @@ def find_tokenizer(checkpoint: Path):
     return tokenizer
 
 
-def _load(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, path: Path) -> None:
-    own = module.state_dict()
-    missing = [k for k in own if k not in tensors and not k.endswith("position_ids")]
-    if missing:
-        raise CheckpointError(f"{path} lacks the {what} weight '{missing[0]}' (and {len(missing) - 1} more); it is not "
-                              "a complete SD1.x checkpoint")
-    module.load_state_dict({k: tensors[k].reshape(v.shape).to(v.dtype) for k, v in own.items() if k in tensors},
-                           strict=False, assign=True)
-    left = next((n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta), None)
-    if left:  # a tensor no file holds and no initialiser filled (built on the meta device)
-        raise CheckpointError(f"{path} lacks the {what} weight '{left}'; it is not a complete SD1.x checkpoint")
-
-
-def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Components (as ``load_components`` returns them) from a single-file SD1.x checkpoint."""
+def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                                unet_dtype: torch.dtype | None = None):
+    """Components (as ``load_components`` returns them) from a single-file SD1.x checkpoint; the UNet in
+    ``unet_dtype`` (default: ``dtype``)."""
     from diffusers import AutoencoderKL, DDPMScheduler
     from safetensors import safe_open
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -72,20 +61,20 @@ def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = to
     tokenizer = find_tokenizer(path)
     with torch.device("meta"):  # the file holds every UNet and VAE weight: none is initialised only to be replaced
         unet, vae = sd15_unet(), AutoencoderKL(**SD_VAE)
-    _load(unet, {name: ckpt.read(name) for name in ckpt.stored}, "UNet", path)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L))
     to_ldm = keys.vae_to_ldm({k: v for k, v in vae.state_dict().items()})  # names only: LDM -> diffusers below
     ldm_to_diffusers = dict(zip((keys.LDM_VAE + k for k in to_ldm), vae.state_dict()))
-    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L))
     with safe_open(str(path), framework="pt") as f:
         names = list(f.keys())
-        vae_tensors = {ldm_to_diffusers[k]: f.get_tensor(k) for k in names if k in ldm_to_diffusers}
-        text_tensors = {k[len(keys.LDM_CLIP):]: f.get_tensor(k) for k in names if k.startswith(keys.LDM_CLIP)}
+    vae_tensors = {ldm_to_diffusers[k]: (path, k) for k in names if k in ldm_to_diffusers}
+    text_tensors = {k[len(keys.LDM_CLIP):]: (path, k) for k in names if k.startswith(keys.LDM_CLIP)}
     if not any(k.startswith("text_model.") for k in text_encoder.state_dict()):  # transformers >= 5 names
         text_tensors = {k.removeprefix("text_model."): v for k, v in text_tensors.items()}
-    _load(vae, vae_tensors, "VAE", path)
-    _load(text_encoder, text_tensors, "text encoder", path)
+    # each tensor read and cast on its own, the small parts first: the UNet never has the whole file beside it
+    incomplete = f"{path} is not a complete SD1.x checkpoint"
+    load_weights(text_encoder, StoredTensors(text_tensors), "text encoder", incomplete, dtype)
+    load_weights(vae, StoredTensors(vae_tensors), "VAE", incomplete, dtype)
+    load_weights(unet, ckpt.tensors(), "UNet", incomplete, unet_dtype or dtype)
     for module in (text_encoder, vae, unet):
-        if dtype != torch.float32:
-            module.to(dtype)
         module.eval().requires_grad_(False)
     return Components(tokenizer, text_encoder, vae, unet, DDPMScheduler.from_config(SD_SCHEDULER))
