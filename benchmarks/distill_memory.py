@@ -11,10 +11,11 @@ of 16 per GPU can be estimated (``--batch16`` measures it as well).
 
 Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
 (Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it), with glibc told to
-return large freed blocks at once (``LIVE_MEMORY`` below), which makes the step slower than a plain run. On a GPU (where
-accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated`` over both steps,
-the tensors alone, with what the caching allocator reserved printed beside it. CPUs without bf16 matrix units
-emulate it: on a 2-core AMD EPYC one step took more than 15 minutes. The UNet is SD1.5's, full size, random; text
+return large freed blocks at once (``LIVE_MEMORY`` below), which makes the step slower than a plain run. On a GPU
+(where accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated`` over both
+steps, the tensors alone, with what the caching allocator reserved printed beside it. CPUs without bf16 matrix
+instructions emulate it: on a 2-core AMD EPYC without them one step took more than 15 minutes, on one with
+``avx512_bf16`` 45 s. The UNet is SD1.5's, full size, random; text
 encoder and VAE are small stand-ins (768-wide text features, 4 latent channels), because the step uses them only
 for embeddings computed once.
 """

@@ -46,6 +46,10 @@ fraction = ranged(float, "between 0 and 1", low=0.0, high=1.0)
 open_fraction = ranged(float, "more than 0 and at most 1", low=0.0, high=1.0, low_open=True)
 
 
+# what --model takes, in every command's help (wadi_core.models.load_components reads them all)
+MODEL_PATHS = "a diffusers folder or a single-file SD1.x .safetensors (tokenizer/ beside it)"
+
+
 def hidden_alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs) -> None:
     """An old spelling of a flag, kept for one release: it sets ``dest`` and is not listed in --help."""
     parser.add_argument(flag, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)

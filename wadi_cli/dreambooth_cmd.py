@@ -26,7 +26,7 @@ def register(sub) -> None:
                    help=f"the plain class, for prior preservation (default '{novel.CLASS_PROMPT}')")
     p.add_argument("--class-dir", help="images of the class (default: generate --num-class-images)")
     p.add_argument("--num-class-images", type=A.positive_int, default=64)
-    p.add_argument("--model", default=str(MODEL_DIR), help="the base model (diffusers SD folder)")
+    p.add_argument("--model", default=str(MODEL_DIR), help=f"the base model: {A.MODEL_PATHS}")
     A.backbone_option(p)
     p.add_argument("--student", help="the distilled student: it generates the class images in one step, and "
                                      "with --on student it is the network fine-tuned")

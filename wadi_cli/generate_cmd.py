@@ -16,7 +16,7 @@ from .outputs import writes
 
 def add_model_args(p) -> None:
     p.add_argument("--model", default=str(MODEL_DIR),
-                   help="a diffusers SD folder (default: the embedded shapes model)")
+                   help=f"{A.MODEL_PATHS} (default: the embedded shapes model)")
     p.add_argument("--student", action="append", default=[], metavar="ADAPTER[:STRENGTH]",
                    help="a distilled student (student.safetensors from wadi distill, or any LoRaD file) on --model: "
                         "one-step sampling. Repeat to stack LoRaD adapters")

@@ -14,7 +14,7 @@ from .outputs import writes
 
 def register(sub) -> None:
     p = sub.add_parser("highres", help=summary("highres"))
-    p.add_argument("--model", default=str(MODEL_DIR), help="the teacher (a diffusers SD folder)")
+    p.add_argument("--model", default=str(MODEL_DIR), help=f"the teacher: {A.MODEL_PATHS}")
     p.add_argument("--student", help="the student (student.safetensors of wadi distill)")
     p.add_argument("--unet", dest="backbone", metavar="FILE",
                    help="or a released one-step UNet (a state dict of the whole UNet, e.g. the authors' "

@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--relation", default="larger", choices=list(novel.NOVEL_RELATIONS),
                    help="the embedded relation to render exemplars of (without --exemplars)")
     p.add_argument("--count", type=A.positive_int, default=12, help="exemplars to render for the embedded relation")
-    p.add_argument("--model", default=str(MODEL_DIR), help="the teacher, the multi-step model (diffusers SD folder)")
+    p.add_argument("--model", default=str(MODEL_DIR), help=f"the teacher, the multi-step model: {A.MODEL_PATHS}")
     A.hidden_alias(p, "--teacher", "model")
     A.backbone_option(p)
     p.add_argument("--token", default="<R>", help="the new relation token (must not be in the vocabulary)")
