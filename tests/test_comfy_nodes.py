@@ -282,6 +282,34 @@ def ckpt_tensor(path, key):
         return f.get_tensor(key)
 
 
+def test_a_single_file_missing_a_weight_is_refused_in_one_line(host, tmp_path, capsys):
+    """A single file whose VAE lacks one weight (its name changed in the header, the data left as it is): one line
+    naming the weight, exit 2, nothing written."""
+    import json
+    import shutil
+
+    from wadi_cli.cli import main
+    from wadi_core.models import CheckpointError, load_components
+    from wadi_core.shapes.components import write_tokenizer
+
+    broken = tmp_path / "sd15-broken.safetensors"
+    gone = "first_stage_model.decoder.conv_out.bias"
+    with open(host["ckpt"], "rb") as src, open(broken, "wb") as dst:
+        size = int.from_bytes(src.read(8), "little")
+        header = src.read(size)
+        assert json.loads(header)[gone]
+        dst.write(size.to_bytes(8, "little") + header.replace(gone.encode(), gone.replace("model", "modeX").encode()))
+        shutil.copyfileobj(src, dst)
+    write_tokenizer(tmp_path / "tokenizer")
+    with pytest.raises(CheckpointError, match=r"not a complete SD1.x checkpoint: the VAE weight 'decoder.conv_out."):
+        load_components(broken, unet_dtype=torch.bfloat16)
+    assert main(["generate", "--model", str(broken), "--prompt", "a red circle", "--one-step",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "decoder.conv_out.bias" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_sdxl_lorad_file_covers_comfys_own_sdxl_model(host, tmp_path):
     """ComfyUI's detector reads our LDM names of SDXL's UNet (built on the meta device, no weights) as SDXL, and
     both the stock loader and ours find a layer of that model for every key of an SDXL LoRaD file."""
