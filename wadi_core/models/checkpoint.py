@@ -65,6 +65,7 @@ class Checkpoint:
 
 
 def read_tensor(file: Path, key: str) -> torch.Tensor:
+    """One tensor; the file is opened for it alone (a handle kept open would keep every page read so far mapped)."""
     from safetensors import safe_open
     with safe_open(str(file), framework="pt") as f:
         return f.get_tensor(key)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import read_model_folder
 
 DIT_FOLDER = "transformer"
 
@@ -78,8 +79,6 @@ def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32
     are read by :func:`wadi_core.models.sdxl.load_sdxl_folder`."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
-
-    from .checkpoint import read_model_folder
 
     folder = check_model_folder(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))

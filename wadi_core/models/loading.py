@@ -22,18 +22,17 @@ def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = 
     if path is None:
         from ..shapes.components import MODEL_DIR
         path = MODEL_DIR
-    dtypes = (dtype, dtype if unet_dtype is None else unet_dtype)
     if Path(path).expanduser().is_file():
         from .single_file import load_single_file_components
-        components = load_single_file_components(path, *dtypes)
+        components = load_single_file_components(path, dtype, unet_dtype)
     elif is_sdxl_folder(path):
         from .sdxl import load_sdxl_folder
-        components = load_sdxl_folder(path, *dtypes)
+        components = load_sdxl_folder(path, dtype, unet_dtype)
     elif is_dit_folder(path):
         from .dit import load_dit_components  # diffusers' PixArt: imported only when needed
-        components = load_dit_components(path, *dtypes)
+        components = load_dit_components(path, dtype, unet_dtype)
     else:
-        components = load_sd_folder(path, *dtypes)
+        components = load_sd_folder(path, dtype, unet_dtype)
     if backbone:
         load_backbone(components.unet, backbone, f"the {type(components.unet).__name__} of {path}")
     return components
