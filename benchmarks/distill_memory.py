@@ -2,6 +2,7 @@
 
     python benchmarks/distill_memory.py                 # writes a random-weight SD1.5 teacher to a temporary folder
     python benchmarks/distill_memory.py --batch16       # on a GPU: the paper's batch of 16 measured too
+    python benchmarks/distill_memory.py --plain-allocator   # glibc's defaults (what a plain run holds)
 
 Each layout runs in its own process: the distiller with the paper's SD1.5 recipe (its LoRaD ranks, on the
 unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16 weights and gradient checkpointing, then one
@@ -157,17 +158,21 @@ def main() -> int:
                         help="also measure the shared backbone at the paper's batch of 16 (meant for a GPU)")
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--tiny", action="store_true", help="a small UNet instead of SD1.5's: checks the script only")
+    parser.add_argument("--plain-allocator", action="store_true",
+                        help="leave glibc's defaults: the peaks then count what it keeps after frees (varies by run)")
     args = parser.parse_args()
     layouts = [(False, 1), (True, 1), (False, 2)] + ([(False, 16)] if args.batch16 else [])
     with tempfile.TemporaryDirectory() as tmp:
         print(f"writing a random-weight {'small' if args.tiny else 'SD1.5'} UNet (bf16) ...", flush=True)
         teacher = str(write_teacher(Path(tmp) / "sd15", args.tiny))
         results = []
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        if not args.plain_allocator:
+            env["MALLOC_MMAP_THRESHOLD_"] = LIVE_MEMORY
         for separate, batch in layouts:
             print(f"measuring the {'three copies' if separate else 'shared backbone'} at batch {batch} ...", flush=True)
             out = subprocess.run([sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}::{batch}"],
-                                 capture_output=True, text=True,
-                                 env=dict(os.environ, PYTHONPATH=str(ROOT), MALLOC_MMAP_THRESHOLD_=LIVE_MEMORY))
+                                 capture_output=True, text=True, env=env)
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
