@@ -224,3 +224,22 @@ def test_the_gan_term_is_refused_under_fsdp(teacher, tmp_path, monkeypatch, caps
     assert "wadi distill: error: the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu" in \
         capsys.readouterr().err
     assert not (tmp_path / "gan").exists()
+
+
+
+@pytest.mark.parametrize("words, status, stream, text", [
+    (["presets"], 0, "stdout", "unet-student  (paper rank 256)"),
+    (["distill", "--model", "no-such-teacher", "--out", "run", "--steps", "1"], 2, "stderr",
+     "wadi distill: error: the teacher no-such-teacher does not exist"),
+])
+def test_a_launched_process_ends_with_its_status_and_all_its_output(tmp_path, words, status, stream, text):
+    """One of several processes (``WORLD_SIZE`` > 1, as accelerate and torchrun set it) leaves without the
+    interpreter's teardown (``wadi_cli/__main__.py``); what it printed into a pipe still arrives, and its status is
+    the command's."""
+    env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONUNBUFFERED", None)  # a pipe's output waits in Python's buffer until flushed
+    result = subprocess.run([sys.executable, "-m", "wadi_cli", *words], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == status, result.stderr
+    assert text in getattr(result, stream)
+    assert not (tmp_path / "run").exists()

@@ -776,6 +776,9 @@ class Distiller:
         if self.accelerator.is_main_process and self.config.export_merged:
             export_merged(self.config.model, path, self.config.export_merged, overwrite=self.config.overwrite,
                           backbone=self.config.backbone)
+        # the processes leave together, once the main one has written (under FSDP torch keeps the gloo group's
+        # threads alive to the very end: docs/multi_gpu.md)
+        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         self.close()
         return path
