@@ -16,7 +16,6 @@ VM. Now the processes wait for each other at the end and a launched process ends
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -26,19 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "1fd08d3"  # the last commit whose launched processes went through the interpreter's teardown
-PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
 SIGNAL = re.compile(r"exitcode\s*:\s*-\d+ \(pid: \d+\)\s*\((SIG[A-Z]+)\)")
-
-
-def launch(tree: Path, model: Path, prompts: Path, out: Path, port: int) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "-m", "wadi_cli", "distill", "--model", str(model),
-               "--prompts", str(prompts), "--out", str(out), "--quiet", "--steps", "3", "--batch-size", "2",
-               "--checkpoint-every", "2", "--student-rank", "4", "--fake-rank", "2", "--lr-student", "1e-2",
-               "--lr-fake", "1e-2", "--guidance", "1.5", "--sample-every", "100", "--report-to", "none"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tree)
 
 
 def outcome(result: subprocess.CompletedProcess) -> str:
@@ -57,6 +44,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cli_startup import earlier_tree
     from conftest import write_sd_folder
+    from test_processes import PROMPTS, launch
 
     with tempfile.TemporaryDirectory() as folder, earlier_tree(args.before, Path(folder) / "before") as old:
         work = Path(folder)
@@ -68,7 +56,8 @@ def main() -> int:
         for run in range(args.runs):
             for index, (name, tree) in enumerate(trees.items()):
                 start = time.perf_counter()
-                result = launch(tree, model, prompts, work / f"run{run}-{index}", 29500 + os.getpid() % 900 + index)
+                result = launch(2, (model, prompts), work / f"run{run}-{index}", use_fsdp=True, tree=tree, steps=3,
+                                batch_size=2, checkpoint_every=2)
                 seen[name].append(outcome(result))
                 print(f"run {run + 1:3d} {name:20s} {seen[name][-1]:10s} {time.perf_counter() - start:5.1f} s",
                       flush=True)

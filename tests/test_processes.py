@@ -48,9 +48,10 @@ def flags(options: dict) -> list[str]:
     return out
 
 
-def launch(processes: int, teacher, out: Path, use_fsdp: bool = False, **options) -> subprocess.CompletedProcess:
+def launch(processes: int, teacher, out: Path, use_fsdp: bool = False, tree: Path = ROOT,
+           **options) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes N -m wadi_cli distill ...`` (or ``--use_fsdp``), one thread a
-    process."""
+    process, with the suite of ``tree`` (benchmarks/fsdp_exits.py launches an earlier commit's)."""
     model, prompts = teacher
     kind = ["--use_fsdp"] if use_fsdp else ["--multi_gpu"]
     command = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes", str(processes),
@@ -58,8 +59,8 @@ def launch(processes: int, teacher, out: Path, use_fsdp: bool = False, **options
                "--main_process_port", str(29500 + os.getpid() % 1000),
                "-m", "wadi_cli", "distill", "--model", str(model), "--prompts", str(prompts), "--out", str(out),
                "--quiet", *flags({**OPTIONS, **options})]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tree)
 
 
 def one_process(teacher, out: Path, **options) -> Path:

@@ -92,10 +92,11 @@ class StoredTensors(Mapping):
 
 def load_weights(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], what: str, source: str,
                  dtype: torch.dtype | None = None) -> None:
-    """Give ``module`` (built on the meta device, or with weights to be replaced) ``tensors`` under its own names, one at a time, each cast into a
-    tensor made before it is read (floating-point ones in ``dtype`` where given): a float32 model read from an
-    fp16 file never holds the fp16 copy beside it, nor leaves the allocator holes too small for the next float32
-    tensor. ``source`` starts the error for a missing weight (e.g. "X is not a complete SD1.x checkpoint")."""
+    """Give ``module`` (built on the meta device, or with weights to be replaced) ``tensors`` under its own names,
+    one at a time, each cast into a tensor made before it is read (floating-point ones in ``dtype`` where given): a
+    float32 model read from an fp16 file never holds the fp16 copy beside it, nor leaves the allocator holes too
+    small for the next float32 tensor. ``source`` starts the error for a missing weight (e.g. "X is not a complete
+    SD1.x checkpoint")."""
     own = module.state_dict()
     missing = [k for k in own if k not in tensors and not k.endswith("position_ids")]
     if missing:
