@@ -3,12 +3,15 @@
     python benchmarks/distill_memory.py                 # writes a random-weight SD1.5 teacher to a temporary folder
     python benchmarks/distill_memory.py --batch16       # on a GPU: the paper's batch of 16 measured too
     python benchmarks/distill_memory.py --plain-allocator   # glibc's defaults (what a plain run holds)
+    python benchmarks/distill_memory.py --offload       # on a GPU: both layouts with AdamW's state in host memory too
 
 Each layout runs in its own process: the distiller with the paper's SD1.5 recipe (its LoRaD ranks, on the
 unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16 weights and gradient checkpointing, then one
 training step, timed (on a GPU a second step is timed too: the first one pays for CUDA's kernel selection); the
 shared backbone once more at batch 2, so that the memory one more sample takes is measured and the paper's batch
-of 16 per GPU can be estimated (``--batch16`` measures it as well).
+of 16 per GPU can be estimated (``--batch16`` measures it as well). ``--offload`` measures both layouts again with
+the optimisers' state in host memory (``--offload-optimizer``), which only a GPU's count can show: on a CPU the
+state is in the memory counted either way.
 
 Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
 (Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it), with glibc told to
@@ -72,7 +75,7 @@ def write_teacher(folder: Path, tiny: bool = False) -> Path:
     return folder
 
 
-def measure(teacher: str, separate: bool, batch: int) -> dict:
+def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> dict:
     """In this process: set up the distiller, run one step; its time and the peak memory of its device."""
     import torch
 
@@ -81,7 +84,7 @@ def measure(teacher: str, separate: bool, batch: int) -> dict:
     config = DistillConfig.from_options(
         model=teacher, prompts=str(Path(teacher).parent / "prompts.txt"), out=tempfile.mkdtemp(prefix="wadi-mem-"),
         batch_size=batch, steps=1, mixed_precision="bf16", gradient_checkpointing=True, separate_copies=separate,
-        report_to="none", sample_every=0, checkpoint_every=0)
+        offload_optimizer=offload, report_to="none", sample_every=0, checkpoint_every=0)
     distiller = Distiller(config, progress=False, log=lambda text: None)
     nets = (distiller.teacher.unet, distiller.student, distiller.fake)
     weights = {p.data_ptr(): p.numel() * p.element_size() for net in nets for p in net.parameters()}
@@ -96,7 +99,8 @@ def measure(teacher: str, separate: bool, batch: int) -> dict:
         seconds.append(time.perf_counter() - started)
     step_peak, reserved = memory.peak()
     distiller.close()
-    return {"layout": "three copies" if separate else "shared backbone", "batch": batch, "step_s": seconds[-1],
+    layout = ("three copies" if separate else "shared backbone") + (", optimiser state on the host" if offload else "")
+    return {"layout": layout, "offload": offload, "batch": batch, "step_s": seconds[-1],
             "first_step_s": seconds[0], "peak_gb": step_peak, "reserved_gb": reserved, "setup_peak_gb": setup_peak,
             "weights_gb": sum(weights.values()) / 1e9, "device": DeviceMemory.name(device),
             "torch": torch.__version__, "recipe": distiller.config.recipe,
@@ -149,19 +153,22 @@ def resident_peak_gb() -> float:
 
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--measure":
-        teacher, separate, batch = sys.argv[2].split("::")
-        print(json.dumps(measure(teacher, separate == "1", int(batch))))
+        teacher, separate, batch, offload = sys.argv[2].split("::")
+        print(json.dumps(measure(teacher, separate == "1", int(batch), offload == "1")))
         return 0
     sys.path.insert(0, str(ROOT))  # (not on import: load_memory.py measures other trees with these helpers)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch16", action="store_true",
                         help="also measure the shared backbone at the paper's batch of 16 (meant for a GPU)")
     parser.add_argument("--json", help="also write the measurements to this file")
+    parser.add_argument("--offload", action="store_true",
+                        help="also measure both layouts with the optimisers' state in host memory (meant for a GPU)")
     parser.add_argument("--tiny", action="store_true", help="a small UNet instead of SD1.5's: checks the script only")
     parser.add_argument("--plain-allocator", action="store_true",
                         help="leave glibc's defaults: the peaks then count what it keeps after frees (varies by run)")
     args = parser.parse_args()
-    layouts = [(False, 1), (True, 1), (False, 2)] + ([(False, 16)] if args.batch16 else [])
+    layouts = ([(False, 1, False), (True, 1, False), (False, 2, False)] + ([(False, 16, False)] if args.batch16 else [])
+               + ([(False, 1, True), (True, 1, True)] if args.offload else []))
     with tempfile.TemporaryDirectory() as tmp:
         print(f"writing a random-weight {'small' if args.tiny else 'SD1.5'} UNet (bf16) ...", flush=True)
         teacher = str(write_teacher(Path(tmp) / "sd15", args.tiny))
@@ -169,9 +176,11 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if not args.plain_allocator:
             env["MALLOC_MMAP_THRESHOLD_"] = LIVE_MEMORY
-        for separate, batch in layouts:
-            print(f"measuring the {'three copies' if separate else 'shared backbone'} at batch {batch} ...", flush=True)
-            out = subprocess.run([sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}::{batch}"],
+        for separate, batch, offload in layouts:
+            print(f"measuring the {'three copies' if separate else 'shared backbone'} at batch {batch}"
+                  f"{' with the optimiser state on the host' if offload else ''} ...", flush=True)
+            out = subprocess.run([sys.executable, __file__, "--measure",
+                                  f"{teacher}::{int(separate)}::{batch}::{int(offload)}"],
                                  capture_output=True, text=True, env=env)
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
@@ -184,7 +193,7 @@ def main() -> int:
           f"64x64 latents, bf16 weights, gradient checkpointing; {shared['device']}, torch {shared['torch']}")
     for r in results:
         reserved = "" if r["reserved_gb"] is None else f", {r['reserved_gb']:.2f} GB reserved"
-        print(f"  {r['layout']:>15}, batch {r['batch']:>2}: step peak {r['peak_gb']:.2f} GB{reserved} "
+        print(f"  {r['layout']}, batch {r['batch']:>2}: step peak {r['peak_gb']:.2f} GB{reserved} "
               f"(weights {r['weights_gb']:.2f} GB; loading peaked at {r['setup_peak_gb']:.2f} GB), "
               f"step {r['step_s']:.2f} s (first {r['first_step_s']:.2f} s)")
     print(f"  shared / three copies at batch 1: peak {shared['peak_gb'] / copies['peak_gb']:.2f}x, "
@@ -195,6 +204,12 @@ def main() -> int:
           f"{shared['peak_gb'] + 15 * per_sample:.1f} GB (three copies: {copies['peak_gb'] + 15 * per_sample:.1f} GB)"
           + (", measured below" if args.batch16 else
              (", host-side counting, before a GPU's own overhead" if shared["reserved_gb"] is None else "")))
+    if args.offload:
+        shared_host, copies_host = results[-2:]
+        print(f"  optimiser state on the host: shared {shared_host['peak_gb']:.2f} GB, "
+              f"{shared_host['peak_gb'] / copies['peak_gb']:.2f}x the three copies' peak, "
+              f"{shared_host['peak_gb'] / copies_host['peak_gb']:.2f}x theirs with the state on the host too; step "
+              f"{shared_host['step_s'] / shared['step_s']:.2f}x the time of the state on the device")
     if args.batch16:
         r = results[3]
         held = r["reserved_gb"] or r["peak_gb"]

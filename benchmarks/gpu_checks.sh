@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements, for a machine with one CUDA GPU (docs/benchmarks.md, "On a GPU"). Stages:
 #   layer    benchmarks/lorad_layer.py: one adapted Linear's step in bf16 (LoRaD against full, hook, LoRA, DoRA);
-#   memory   benchmarks/distill_memory.py --batch16: an SD1.5 distillation step, shared backbone against three
-#            copies, and the paper's batch of 16 on one GPU;
+#   memory   benchmarks/distill_memory.py --batch16 --offload: an SD1.5 distillation step, shared backbone against
+#            three copies, the paper's batch of 16 on one GPU, and both layouts with AdamW's state in host memory;
 #   probe    the embedded world's distillation step on the GPU (20 steps, LoRaD and every weight trained), and
 #            how long --steps 8000 would take;
 #   demos    `wadi demo --steps 8000` with a LoRaD student and with every weight trained, side by side on the one
@@ -49,7 +49,7 @@ fi
 
 if wants memory; then
   say "an SD1.5 distillation step"
-  "$py" benchmarks/distill_memory.py --batch16 --json "$out/distill_memory.json" 2>&1 \
+  "$py" benchmarks/distill_memory.py --batch16 --offload --json "$out/distill_memory.json" 2>&1 \
     | grep -v "^\[transformers\]" | tee -a "$log"
 fi
 

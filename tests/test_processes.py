@@ -144,13 +144,13 @@ def test_the_comparison_tells_a_process_that_trains_on_its_half_alone(runs, teac
         assert_close(load_file(root / "two" / "student.safetensors"), load_file(root / "half" / "student.safetensors"))
 
 
-def test_two_processes_with_gradient_checkpointing_and_ema_on_the_shared_base(runs, teacher):
+def test_two_processes_with_gradient_checkpointing_ema_and_host_optimiser_state_on_the_shared_base(runs, teacher):
     """Checkpointed backwards run their forwards again inside the role, under DDP too; the EMA is the same on
-    every process."""
+    every process; each process steps its AdamW in host memory (--offload-optimizer) on the averaged gradients."""
     root, _ = runs
     extra = dict(steps=2, checkpoint_every=0, gradient_checkpointing=True, ema=0.5)
     one = one_process(teacher, root / "ckpt-one", batch_size=4, **extra)
-    ok(launch(2, teacher, root / "ckpt-two", batch_size=2, **extra))
+    ok(launch(2, teacher, root / "ckpt-two", batch_size=2, offload_optimizer=True, **extra))
     assert_close(load_file(one), load_file(root / "ckpt-two" / "student.safetensors"))
 
 
@@ -215,16 +215,20 @@ def test_fsdp_with_separate_copies_gradient_checkpointing_ema_and_accumulation(r
     assert_close(load_file(one), load_file(root / "copies-fsdp" / "student.safetensors"), FSDP_TOLERANCE)
 
 
-def test_the_gan_term_is_refused_under_fsdp(teacher, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("words, message", [
+    (["--gan-weight", "0.1"], "the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu"),
+    (["--offload-optimizer"], ("--offload-optimizer does not run under FSDP, which already divides the optimiser "
+                               "state among the processes; launch with --multi_gpu")),
+], ids=["gan-weight", "offload-optimizer"])
+def test_what_fsdp_does_not_run_is_refused(teacher, tmp_path, monkeypatch, capsys, words, message):
     """Refused before anything starts (here in this process, as each launched process would be)."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("WORLD_SIZE", "2")
     model, prompts = teacher
-    assert main(["distill", "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "gan"),
-                 "--gan-weight", "0.1", "--steps", "1"]) == 2
-    assert "wadi distill: error: the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu" in \
-        capsys.readouterr().err
-    assert not (tmp_path / "gan").exists()
+    assert main(["distill", "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "run"),
+                 "--steps", "1", *words]) == 2
+    assert f"wadi distill: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 

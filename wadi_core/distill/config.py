@@ -117,6 +117,8 @@ class DistillConfig:
     # student and fake as two adapters on the teacher's one frozen backbone (adapter kinds) or, for comparison and
     # for "full", their own copies; the results are the same (tests/test_shared_base.py), the memory is not
     separate_copies: bool = setting(False, FREE)
+    # AdamW's moments and float32 trained weights in host memory, stepped there (offload.py); the same results
+    offload_optimizer: bool = setting(False, FREE)
     extras: Extras = setting(factory=Extras)
     checkpoint_every: int = setting(100, FREE)
     student_every: int = setting(0, FREE)  # steps between the students kept in students/ (0: only the final one)
@@ -263,6 +265,7 @@ OPTIONS: dict[str, str] = {
     "null_prompt_share": "null_prompt_share", "lr_schedule": "lr_schedule", "lr_warmup": "lr_warmup", "ema": "ema",
     "seed": "seed", "mixed_precision": "mixed_precision", "gradient_checkpointing": "gradient_checkpointing",
     "separate_copies": "separate_copies",
+    "offload_optimizer": "offload_optimizer",
     "regression_pairs": "extras.regression.pairs", "regression_weight": "extras.regression.weight",
     "gan_weight": "extras.gan.weight", "gan_disc_weight": "extras.gan.disc_weight", "gan_images": "extras.gan.images",
     "gan_head_lr": "extras.gan.head_lr", "gan_features": "extras.gan.features",

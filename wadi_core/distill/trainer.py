@@ -40,7 +40,7 @@ from ..sampling import MultiStep, initial_latents, latent_shape, prediction_type
 from ..sampling.prediction import eps_from_output
 from ..sampling.onestep import predict_x0
 from ..schedules import lr_factor
-from . import gan, losses, shared, sharding
+from . import gan, losses, offload, shared, sharding
 from .config import MAY_CHANGE, MATCH, OLD_OPTIONS, OPTIONS, DistillConfig
 from .extras import Extras
 from .world import world_for_family
@@ -119,6 +119,10 @@ class Distiller:
         if self.sharded and config.extras.gan.weight > 0:
             raise ValueError("the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu (DDP) "
                              "instead of --use_fsdp, or leave out --gan-weight")
+        if self.sharded and config.offload_optimizer:
+            raise ValueError("--offload-optimizer does not run under FSDP, which already divides the optimiser state "
+                             "among the processes; launch with --multi_gpu (DDP) instead of --use_fsdp, or leave out "
+                             "--offload-optimizer")
         self.world = world_for_family(family_of_path(config.model))
         self.prompts = self._prompt_list()
         self.extras = Extras(self)
@@ -190,10 +194,11 @@ class Distiller:
         self.student_params = students.trainable_parameters(*self._model_and_name("student"))
         self.fake_params = students.trainable_parameters(*self._model_and_name("fake"))
         # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
-        fused = device.type in ("cpu", "cuda")
-        self.opt_student = torch.optim.AdamW(self.student_params, lr=c.student.lr, weight_decay=0.0, fused=fused)
+        fused = device.type in ("cpu", "cuda") or c.offload_optimizer
+        adamw = offload.HostAdamW if c.offload_optimizer else torch.optim.AdamW  # (the same steps)
+        self.opt_student = adamw(self.student_params, lr=c.student.lr, weight_decay=0.0, fused=fused)
         extra_groups = self.extras.fake_param_groups(device)
-        self.opt_fake = torch.optim.AdamW([{"params": self.fake_params}] + extra_groups, lr=c.fake.lr,
+        self.opt_fake = adamw([{"params": self.fake_params}] + extra_groups, lr=c.fake.lr,
                                           weight_decay=0.0, fused=fused)
         if self.sharded:  # FSDP averages the gradients itself; accelerate only wraps the optimisers
             self.opt_student, self.opt_fake = self.accelerator.prepare(self.opt_student, self.opt_fake)
