@@ -20,7 +20,8 @@ import torch
 
 
 class HostAdamW(torch.optim.Optimizer):
-    """``torch.optim.AdamW(params, **settings)`` whose moments and float32 weights live in host memory."""
+    """``torch.optim.AdamW(params, **settings)`` whose moments, and the copy of the weights it steps, live in host
+    memory."""
 
     def __init__(self, params, **settings):
         groups = list(params)
@@ -37,10 +38,11 @@ class HostAdamW(torch.optim.Optimizer):
         self._share_settings()
         pairs = [(p, h) for group, host in zip(self.param_groups, self.host.param_groups)
                  for p, h in zip(group["params"], host["params"])]
-        for p, h in pairs:
+        for p, h in pairs:  # a weight without a gradient is left alone, as AdamW leaves it
+            h.grad = None
             if p.grad is not None:
                 h.copy_(p)
-            h.grad = None if p.grad is None else p.grad.to(h.device, h.dtype)
+                h.grad = p.grad.to(h.device, h.dtype)
         self.host.step()
         for p, h in pairs:
             if h.grad is not None:
