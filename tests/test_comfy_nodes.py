@@ -240,6 +240,7 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     """wadi's commands take the single file ComfyUI loads: same UNet weights, CLIP and VAE read from the LDM
     layout, the tokenizer from a folder beside it; then one-step generation runs on it."""
     import numpy as np
+    from safetensors import safe_open
 
     from wadi_core.sampling import onestep
     from wadi_core.models import CheckpointError, load_components, open_checkpoint
@@ -264,8 +265,11 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     assert {p.dtype for p in half.text_encoder.parameters()} == {torch.float32}
     del half, full
     text = {k.removeprefix("text_model."): v for k, v in model.text_encoder.state_dict().items()}
-    assert torch.equal(text["final_layer_norm.weight"],
-                       ckpt_tensor(single, "cond_stage_model.transformer.text_model.final_layer_norm.weight").float())
+    with safe_open(str(single), framework="pt") as f:  # every CLIP weight is the file's (none left as initialised)
+        assert all(torch.equal(v, f.get_tensor(f"cond_stage_model.transformer.text_model.{k}").float())
+                   for k, v in text.items() if not k.endswith("position_ids"))
+    positions = [v for k, v in model.text_encoder.named_buffers() if k.endswith("position_ids")]
+    assert len(positions) == 1 and torch.equal(positions[0], torch.arange(77)[None])
     image = onestep.generate(model, ["a red circle"], [0], progress=False, scale=1)
     assert image.shape == (1, 512, 512, 3) and np.isfinite(image).all()
     # --export-merged of a single-file teacher writes a single file with the student baked in

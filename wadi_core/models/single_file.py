@@ -43,6 +43,15 @@ def find_tokenizer(checkpoint: Path):
     return tokenizer
 
 
+def fill_position_ids(model: torch.nn.Module) -> None:
+    """CLIP's position ids (0, 1, ..., n - 1) in a text encoder built on the meta device: transformers does not
+    save them, so a file need not hold them."""
+    for name, buffer in list(model.named_buffers()):
+        if name.endswith("position_ids") and buffer.is_meta:
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, torch.arange(buffer.shape[-1]).expand(buffer.shape))
+
+
 def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                                 unet_dtype: torch.dtype | None = None):
     """Components (as ``load_components`` returns them) from a single-file SD1.x checkpoint; the UNet in
@@ -59,9 +68,10 @@ def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = to
         raise CheckpointError(f"{path} is a '{ckpt.family}' checkpoint; single-file teachers are read for SD1.x only. "
                               "Use a diffusers folder of it (diffusers' from_single_file, then save_pretrained)")
     tokenizer = find_tokenizer(path)
-    with torch.device("meta"):  # the file holds every UNet and VAE weight: none is initialised only to be replaced
+    with torch.device("meta"):  # the file holds every weight: none is initialised only to be replaced
         unet, vae = sd15_unet(), AutoencoderKL(**SD_VAE)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L))
+    fill_position_ids(text_encoder)
     to_ldm = keys.vae_to_ldm({k: v for k, v in vae.state_dict().items()})  # names only: LDM -> diffusers below
     ldm_to_diffusers = dict(zip((keys.LDM_VAE + k for k in to_ldm), vae.state_dict()))
     with safe_open(str(path), framework="pt") as f:
