@@ -6,9 +6,10 @@
     python benchmarks/distill_memory.py --offload       # on a GPU: both layouts with AdamW's state in host memory too
 
 Each layout runs in its own process: the distiller with the paper's SD1.5 recipe (its LoRaD ranks, on the
-unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16 weights and gradient checkpointing, then one
-training step, timed (on a GPU a second step is timed too: the first one pays for CUDA's kernel selection); the
-shared backbone once more at batch 2, so that the memory one more sample takes is measured and the paper's batch
+unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16 weights and gradient checkpointing, then two
+training steps: the peak is taken over both (AdamW makes its moments in the first step's update, so only from the
+second on does a whole step run beside them, as every later step does) and the second is timed (on a GPU the first
+pays for CUDA's kernel selection); the shared backbone once more at batch 2, so that the memory one more sample takes is measured and the paper's batch
 of 16 per GPU can be estimated (``--batch16`` measures it as well). ``--offload`` measures both layouts again with
 the optimisers' state in host memory (``--offload-optimizer``), which only a GPU's count can show: on a CPU the
 state is in the memory counted either way.
@@ -16,8 +17,8 @@ state is in the memory counted either way.
 Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
 (Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it), with glibc told to
 return large freed blocks at once (``LIVE_MEMORY`` below), which makes the step slower than a plain run. On a GPU
-(where accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated`` over both
-steps, the tensors alone, with what the caching allocator reserved printed beside it. CPUs without bf16 matrix
+(where accelerate puts the distiller when CUDA is available) it is ``torch.cuda.max_memory_allocated``, the
+tensors alone, with what the caching allocator reserved printed beside it. CPUs without bf16 matrix
 instructions emulate it: on a 2-core AMD EPYC without them one step took more than 15 minutes, on one with
 ``avx512_bf16`` 45 s. The UNet is SD1.5's, full size, random; text
 encoder and VAE are small stand-ins (768-wide text features, 4 latent channels), because the step uses them only
@@ -83,7 +84,7 @@ def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> 
 
     config = DistillConfig.from_options(
         model=teacher, prompts=str(Path(teacher).parent / "prompts.txt"), out=tempfile.mkdtemp(prefix="wadi-mem-"),
-        batch_size=batch, steps=1, mixed_precision="bf16", gradient_checkpointing=True, separate_copies=separate,
+        batch_size=batch, steps=2, mixed_precision="bf16", gradient_checkpointing=True, separate_copies=separate,
         offload_optimizer=offload, report_to="none", sample_every=0, checkpoint_every=0)
     distiller = Distiller(config, progress=False, log=lambda text: None)
     nets = (distiller.teacher.unet, distiller.student, distiller.fake)
@@ -92,7 +93,7 @@ def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> 
     memory = DeviceMemory(device)
     setup_peak = memory.start()
     seconds = []
-    for _ in range(2 if device.type == "cuda" else 1):  # on a GPU the first step chooses CUDA's kernels
+    for _ in range(2):  # the second step runs beside AdamW's moments throughout (and on a GPU, CUDA's chosen kernels)
         started = time.perf_counter()
         distiller.train_step()
         memory.wait()
