@@ -9,10 +9,10 @@ Each layout runs in its own process: the distiller with the paper's SD1.5 recipe
 unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16 weights and gradient checkpointing, then two
 training steps: the peak is taken over both (AdamW makes its moments in the first step's update, so only from the
 second on does a whole step run beside them, as every later step does) and the second is timed (on a GPU the first
-pays for CUDA's kernel selection); the shared backbone once more at batch 2, so that the memory one more sample takes is measured and the paper's batch
-of 16 per GPU can be estimated (``--batch16`` measures it as well). ``--offload`` measures both layouts again with
-the optimisers' state in host memory (``--offload-optimizer``), which only a GPU's count can show: on a CPU the
-state is in the memory counted either way.
+pays for CUDA's kernel selection); the shared backbone once more at batch 2, so that the memory one more sample
+takes is measured and the paper's batch of 16 per GPU can be estimated (``--batch16`` measures it as well).
+``--offload`` measures both layouts again with the optimisers' state in host memory (``--offload-optimizer``),
+which only a GPU's count can show: on a CPU the state is in the memory counted either way.
 
 Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
 (Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it), with glibc told to
@@ -77,7 +77,7 @@ def write_teacher(folder: Path, tiny: bool = False) -> Path:
 
 
 def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> dict:
-    """In this process: set up the distiller, run one step; its time and the peak memory of its device."""
+    """In this process: set up the distiller, run two steps; the second's time and the peak memory of its device."""
     import torch
 
     from wadi_core.distill import DistillConfig, Distiller

@@ -97,9 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="give student and fake their own copies of the teacher's backbone instead of adapters on the "
                         "one shared backbone (same results, about 3x the weights' memory; for comparisons)")
     p.add_argument("--offload-optimizer", action="store_true",
-                   help="keep AdamW's state (two moments and a float32 copy of each trained weight) in host memory "
-                        "and step there: same results, a GPU holds 3x the trained weights' size less, each step "
-                        "copies them twice")
+                   help="keep AdamW's state (two moments and a copy of each trained weight) in host memory and "
+                        "step there: same results, a GPU holds twice the trained weights' float32 size less, each "
+                        "step copies them between GPU and host three times")
     p.add_argument("--checkpoint-every", type=A.count, default=d["checkpoint_every"],
                    help="steps between resumable checkpoints, 0 = none before the end")
     p.add_argument("--student-every", type=A.count, default=d["student_every"],

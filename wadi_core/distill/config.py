@@ -117,7 +117,7 @@ class DistillConfig:
     # student and fake as two adapters on the teacher's one frozen backbone (adapter kinds) or, for comparison and
     # for "full", their own copies; the results are the same (tests/test_shared_base.py), the memory is not
     separate_copies: bool = setting(False, FREE)
-    # AdamW's moments and float32 trained weights in host memory, stepped there (offload.py); the same results
+    # AdamW's moments and a copy of the trained weights in host memory, stepped there (offload.py); the same results
     offload_optimizer: bool = setting(False, FREE)
     extras: Extras = setting(factory=Extras)
     checkpoint_every: int = setting(100, FREE)

@@ -193,13 +193,14 @@ class Distiller:
             self._shard()
         self.student_params = students.trainable_parameters(*self._model_and_name("student"))
         self.fake_params = students.trainable_parameters(*self._model_and_name("fake"))
-        # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step
+        # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step; HostAdamW steps
+        # the same way in host memory (--offload-optimizer)
         fused = device.type in ("cpu", "cuda") or c.offload_optimizer
-        adamw = offload.HostAdamW if c.offload_optimizer else torch.optim.AdamW  # (the same steps)
+        adamw = offload.HostAdamW if c.offload_optimizer else torch.optim.AdamW
         self.opt_student = adamw(self.student_params, lr=c.student.lr, weight_decay=0.0, fused=fused)
         extra_groups = self.extras.fake_param_groups(device)
-        self.opt_fake = adamw([{"params": self.fake_params}] + extra_groups, lr=c.fake.lr,
-                                          weight_decay=0.0, fused=fused)
+        self.opt_fake = adamw([{"params": self.fake_params}] + extra_groups, lr=c.fake.lr, weight_decay=0.0,
+                              fused=fused)
         if self.sharded:  # FSDP averages the gradients itself; accelerate only wraps the optimisers
             self.opt_student, self.opt_fake = self.accelerator.prepare(self.opt_student, self.opt_fake)
         else:  # DDP takes the parameters that require a gradient when it wraps a network: each wrapper only its own
