@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_sd_folder
-
 from wadi_core.distill import DistillConfig, Distiller
 from wadi_core.distill.offload import HostAdamW
 

@@ -231,7 +231,6 @@ def test_what_fsdp_does_not_run_is_refused(teacher, tmp_path, monkeypatch, capsy
     assert not (tmp_path / "run").exists()
 
 
-
 @pytest.mark.parametrize("words, status, stream, text", [
     (["presets"], 0, "stdout", "unet-student  (paper rank 256)"),
     (["distill", "--model", "no-such-teacher", "--out", "run", "--steps", "1"], 2, "stderr",

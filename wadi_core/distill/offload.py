@@ -35,7 +35,7 @@ class HostAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("HostAdamW.step takes no closure")
-        self._share_settings()
+        _copy_settings(self.param_groups, self.host.param_groups)  # (learning rates set during the run)
         pairs = [(p, h) for group, host in zip(self.param_groups, self.host.param_groups)
                  for p, h in zip(group["params"], host["params"])]
         for p, h in pairs:  # a weight without a gradient is left alone, as AdamW leaves it
@@ -50,18 +50,18 @@ class HostAdamW(torch.optim.Optimizer):
                 h.grad = None
 
     def state_dict(self):
-        self._share_settings()
+        _copy_settings(self.param_groups, self.host.param_groups)
         return self.host.state_dict()
 
     def load_state_dict(self, state_dict):
         self.host.load_state_dict(state_dict)  # (torch moves the state to the host copies)
-        for group, host in zip(self.param_groups, self.host.param_groups):
-            group.update({key: value for key, value in host.items() if key != "params"})
+        _copy_settings(self.host.param_groups, self.param_groups)
 
-    def _share_settings(self) -> None:
-        """The device groups' settings (learning rates set during the run) to the host groups."""
-        for group, host in zip(self.param_groups, self.host.param_groups):
-            host.update({key: value for key, value in group.items() if key != "params"})
+
+def _copy_settings(sources: list[dict], targets: list[dict]) -> None:
+    """Each group's settings (learning rate, betas, ...) from ``sources`` to the matching group of ``targets``."""
+    for source, target in zip(sources, targets):
+        target.update({key: value for key, value in source.items() if key != "params"})
 
 
 def _host_copy(param: torch.Tensor) -> torch.Tensor:
