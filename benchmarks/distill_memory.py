@@ -12,7 +12,9 @@ second on does a whole step run beside them, as every later step does) and the s
 pays for CUDA's kernel selection); the shared backbone once more at batch 2, so that the memory one more sample
 takes is measured and the paper's batch of 16 per GPU can be estimated (``--batch16`` measures it as well).
 ``--offload`` measures both layouts again with the optimisers' state in host memory (``--offload-optimizer``),
-which only a GPU's count can show: on a CPU the state is in the memory counted either way.
+which only a GPU's count can show: on a CPU the state is in the memory counted either way. A third step counts the
+tensors alone, as CUDA counts a GPU's, on any device (tensor_count.py; the optimisers' host memory left out), and
+what they were at their peak: frozen and trained weights, gradients, optimiser state, the rest.
 
 Where the distiller runs on the CPU, the step's peak is the process's maximum resident memory during the step
 (Linux's VmHWM, reset after set-up; loading the teacher peaks apart and is printed beside it), with glibc told to
@@ -99,13 +101,52 @@ def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> 
         memory.wait()
         seconds.append(time.perf_counter() - started)
     step_peak, reserved = memory.peak()
+    count = count_step(distiller)
     distiller.close()
     layout = ("three copies" if separate else "shared backbone") + (", optimiser state on the host" if offload else "")
     return {"layout": layout, "offload": offload, "batch": batch, "step_s": seconds[-1],
             "first_step_s": seconds[0], "peak_gb": step_peak, "reserved_gb": reserved, "setup_peak_gb": setup_peak,
-            "weights_gb": sum(weights.values()) / 1e9, "device": DeviceMemory.name(device),
+            "weights_gb": sum(weights.values()) / 1e9, "tensor_peak_gb": count["peak"] / 1e9,
+            "tensors_at_peak_gb": {kind: size / 1e9 for kind, size in count["at_peak"].items()}, "device": DeviceMemory.name(device),
             "torch": torch.__version__, "recipe": distiller.config.recipe,
             "student_rank": distiller.config.student.rank, "fake_rank": distiller.config.fake.rank}
+
+
+def count_step(distiller) -> dict:
+    """One more step with its tensors counted as a GPU's allocator counts them (tensor_count.py), on any device;
+    an optimiser's state in host memory (--offload-optimizer) is left out, as it is of a GPU's count. In bytes: what
+    was held when it started, its peak and what was held at the peak by kind, and what was held after it."""
+    import torch
+
+    from benchmarks.tensor_count import TensorCount
+    from wadi_core.distill.offload import HostAdamW
+
+    trained = distiller.student_params + distiller.fake_params
+    optimisers = [getattr(opt, "optimizer", opt) for opt in (distiller.opt_student, distiller.opt_fake)]  # (unwrap)
+    offloaded = [opt for opt in optimisers if isinstance(opt, HostAdamW)]
+    on_host = [opt.host for opt in offloaded]  # (each HostAdamW's AdamW over its host copies)
+    nets = (distiller.teacher.unet, distiller.student, distiller.fake, distiller.teacher.text_encoder,
+            distiller.teacher.vae)
+    count = TensorCount(distiller.accelerator.device, host=lambda: state_tensors(on_host), kinds={
+        "trained weights": lambda: trained,
+        "their gradients": lambda: [p.grad for p in trained],
+        "optimiser state": lambda: state_tensors(optimisers),
+        "frozen weights": lambda: [t for net in nets for t in (*net.parameters(), *net.buffers())]})
+    for opt in offloaded:  # what its step makes is in host memory (the gradients' copies, the update)
+        opt.step = count.host_side()(opt.step)
+    with count:
+        distiller.train_step()
+        if distiller.accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+    return {"start": count.start_bytes, "peak": count.peak_bytes, "at_peak": count.at_peak, "end": count.total}
+
+
+def state_tensors(optimisers) -> list:
+    """The tensors that ``optimisers`` hold: their parameters and their state."""
+    import torch
+    return [t for opt in optimisers for t in (*(p for g in opt.param_groups for p in g["params"]),
+                                              *(v for s in opt.state.values() for v in s.values()))
+            if torch.is_tensor(t)]
 
 
 class DeviceMemory:
@@ -197,9 +238,12 @@ def main() -> int:
         print(f"  {r['layout']}, batch {r['batch']:>2}: step peak {r['peak_gb']:.2f} GB{reserved} "
               f"(weights {r['weights_gb']:.2f} GB; loading peaked at {r['setup_peak_gb']:.2f} GB), "
               f"step {r['step_s']:.2f} s (first {r['first_step_s']:.2f} s)")
+        kinds = ", ".join(f"{kind} {size:.2f}" for kind, size in r["tensors_at_peak_gb"].items())
+        print(f"    tensors alone (as a GPU counts them), a third step: peak {r['tensor_peak_gb']:.2f} GB ({kinds})")
     print(f"  shared / three copies at batch 1: peak {shared['peak_gb'] / copies['peak_gb']:.2f}x, "
           f"weights {shared['weights_gb'] / copies['weights_gb']:.2f}x, "
-          f"step time {shared['step_s'] / copies['step_s']:.2f}x")
+          f"step time {shared['step_s'] / copies['step_s']:.2f}x; tensors alone "
+          f"{shared['tensor_peak_gb'] / copies['tensor_peak_gb']:.2f}x")
     per_sample = shared2["peak_gb"] - shared["peak_gb"]
     print(f"  one more sample: +{per_sample:.2f} GB; the paper's batch of 16 per GPU with the shared backbone: about "
           f"{shared['peak_gb'] + 15 * per_sample:.1f} GB (three copies: {copies['peak_gb'] + 15 * per_sample:.1f} GB)"
@@ -211,6 +255,10 @@ def main() -> int:
               f"{shared_host['peak_gb'] / copies['peak_gb']:.2f}x the three copies' peak, "
               f"{shared_host['peak_gb'] / copies_host['peak_gb']:.2f}x theirs with the state on the host too; step "
               f"{shared_host['step_s'] / shared['step_s']:.2f}x the time of the state on the device")
+        print(f"  optimiser state on the host, tensors alone: shared {shared_host['tensor_peak_gb']:.2f} GB, "
+              f"{shared_host['tensor_peak_gb'] / copies['tensor_peak_gb']:.2f}x the three copies' peak, "
+              f"{shared_host['tensor_peak_gb'] / copies_host['tensor_peak_gb']:.2f}x theirs with the state on the "
+              f"host too")
     if args.batch16:
         r = results[3]
         held = r["reserved_gb"] or r["peak_gb"]

@@ -6,6 +6,8 @@ distill_memory.py --offload measures it where there is one.)"""
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +106,26 @@ def test_a_distillation_with_the_optimiser_state_in_host_memory_trains_the_same_
         part = distill(world, name, offload_optimizer=first)
         assert part.run(should_stop=lambda run=part: run.step == 2) is None
         assert_same_student(distill(world, name, offload_optimizer=then, resume=True).run(), plain)
+
+
+def test_the_benchmarks_tensor_count_holds_adamws_state_unless_it_is_in_host_memory(world):
+    """benchmarks/distill_memory.py counts a step's tensors as a GPU would (tensor_count.py): AdamW's moments and step
+    counts are in the count beside the device's weights, and none of HostAdamW's host memory is."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.distill_memory import count_step
+
+    counts = {}
+    for offload in (False, True):
+        run = distill(world, f"counted-{offload}", offload_optimizer=offload)
+        run.train_step()  # AdamW makes its moments in the first step
+        counts[offload] = count_step(run)
+        trained = [(p.numel(), p.element_size()) for p in run.student_params + run.fake_params]
+        run.close()
+    plain, host = counts[False]["at_peak"], counts[True]["at_peak"]
+    weights = sum(numel * size for numel, size in trained)
+    assert plain["trained weights"] == host["trained weights"] == weights
+    assert plain["optimiser state"] == 2 * weights + 4 * len(trained) and host["optimiser state"] == 0
+    assert plain["frozen weights"] == host["frozen weights"] > 0
+    assert counts[False]["start"] - counts[True]["start"] == plain["optimiser state"]  # the state, held throughout
+    for key in ("peak", "end"):  # the step itself holds the same on the device either way
+        assert counts[False][key] - counts[False]["start"] == counts[True][key] - counts[True]["start"]
