@@ -22,11 +22,11 @@ def world(tmp_path_factory):
     return {"model": str(write_sd_folder(root / "sd")), "prompts": str(root / "prompts.txt"), "root": root}
 
 
-def distill(world, out, **options):
+def distill(world, out, log=lambda text: None, **options):
     settings = dict(model=world["model"], prompts=world["prompts"], student_rank=4, fake_rank=2, steps=3,
                     batch_size=2, report_to="none", sample_every=0, checkpoint_every=0, out=str(world["root"] / out))
     settings.update(options)
-    return Distiller(DistillConfig.from_options(**settings), progress=False, log=lambda text: None)
+    return Distiller(DistillConfig.from_options(**settings), progress=False, log=log)
 
 
 def student_of(distiller) -> dict[str, torch.Tensor]:
@@ -88,3 +88,22 @@ def test_a_shared_run_resumes_exactly(world):
     assert first.run(should_stop=lambda: first.step == 2) is None
     resumed = student_of(distill(world, "resume-parts", steps=4, checkpoint_every=2, resume=True))
     assert_same(resumed, straight)
+
+
+@pytest.mark.parametrize("options, layout", [
+    ({}, "(both adapters on the teacher's one backbone)"),
+    ({"separate_copies": True}, "(each on its own copy of the backbone)"),
+    ({"student_kind": "full"}, "(the fake on the teacher's backbone, the student on its own copy)")],
+    ids=["shared", "separate", "full-student"])
+def test_a_run_says_first_what_each_network_trains_and_where(world, options, layout):
+    said = []
+    run = distill(world, f"said-{'-'.join(options) or 'shared'}", log=said.append, **options)
+    trained = {id(p) for p in run.student_params + run.fake_params}
+    unet = sum(p.numel() for p in run.teacher.unet.parameters() if id(p) not in trained)
+    student, fake = (sum(p.numel() for p in params) for params in (run.student_params, run.fake_params))
+    kind = "full fine-tuning" if options.get("student_kind") == "full" else "lorad rank 4"
+    assert said[0] == (f"student {kind} on unet-student: {student / 1e6:.2f}M weights trained, {student / unet:.1%} "
+                       f"of the UNet's {unet / 1e6:.1f}M; fake lorad rank 2 on unet-fake: {fake / 1e6:.2f}M weights "
+                       f"trained, {fake / unet:.1%} of the UNet's {unet / 1e6:.1f}M {layout}")
+    assert 0 < fake < student <= unet and (student == unet) == (kind == "full fine-tuning")
+    run.close()

@@ -193,6 +193,7 @@ class Distiller:
             self._shard()
         self.student_params = students.trainable_parameters(*self._model_and_name("student"))
         self.fake_params = students.trainable_parameters(*self._model_and_name("fake"))
+        self.log(self._trained_weights())
         # fused: one kernel for all of a model's parameters (CPU and CUDA), fewer small ops a step; HostAdamW steps
         # the same way in host memory (--offload-optimizer)
         fused = device.type in ("cpu", "cuda") or c.offload_optimizer
@@ -324,6 +325,26 @@ class Distiller:
         held, total = sum(sharding.local(p).numel() for p in params), sum(p.numel() for p in params)
         self.log(f"FSDP: the weights are sharded over {self.accelerator.num_processes} processes; this one holds "
                  f"{held:,} of {total:,} backbone and adapter values ({held / total:.0%})")
+
+    def _trained_weights(self) -> str:
+        """What each network trains and its share of the UNet's weights, and where their backbones are."""
+        adapters = {id(p) for p in self.student_params + self.fake_params}
+        total = sum(p.numel() for p in self.teacher.unet.parameters() if id(p) not in adapters)
+        parts = []
+        for role, spec, params in (("student", self.student_spec(), self.student_params),
+                                   ("fake", self.fake_spec(), self.fake_params)):
+            count = sum(p.numel() for p in params)
+            parts.append(f"{role} {spec.label()} on {spec.preset}: {count / 1e6:.2f}M weights trained, "
+                         f"{count / total:.1%} of the UNet's {total / 1e6:.1f}M")
+        shared_roles = [role for role in ("student", "fake") if self.shares_backbone(role)]
+        if len(shared_roles) == 2:
+            layout = "both adapters on the teacher's one backbone"
+        elif shared_roles:
+            own = "fake" if shared_roles == ["student"] else "student"
+            layout = f"the {shared_roles[0]} on the teacher's backbone, the {own} on its own copy"
+        else:
+            layout = "each on its own copy of the backbone"
+        return "; ".join(parts) + f" ({layout})"
 
     def _model_and_name(self, role: str) -> tuple[torch.nn.Module, students.AdapterSpec, str]:
         """``(model, spec, adapter name)`` of a role's adapter, for the students helpers."""
