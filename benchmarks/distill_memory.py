@@ -108,8 +108,8 @@ def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> 
     return {"layout": layout, "offload": offload, "batch": batch, "step_s": seconds[-1],
             "first_step_s": seconds[0], "peak_gb": step_peak, "reserved_gb": reserved, "setup_peak_gb": setup_peak,
             "weights_gb": sum(weights.values()) / 1e9, "tensor_peak_gb": count["peak"] / 1e9,
-            "tensors_at_peak_gb": {kind: size / 1e9 for kind, size in count["at_peak"].items()}, "device": DeviceMemory.name(device),
-            "torch": torch.__version__, "recipe": distiller.config.recipe,
+            "tensors_at_peak_gb": {kind: size / 1e9 for kind, size in count["at_peak"].items()},
+            "device": DeviceMemory.name(device), "torch": torch.__version__, "recipe": distiller.config.recipe,
             "student_rank": distiller.config.student.rank, "fake_rank": distiller.config.fake.rank}
 
 
@@ -131,7 +131,7 @@ def count_step(distiller) -> dict:
     count = TensorCount(distiller.accelerator.device, host=lambda: state_tensors(on_host), kinds={
         "trained weights": lambda: trained,
         "their gradients": lambda: [p.grad for p in trained],
-        "optimiser state": lambda: state_tensors(optimisers),
+        "optimiser state": lambda: state_tensors(optimisers),  # (their parameters: the trained weights, named first)
         "frozen weights": lambda: [t for net in nets for t in (*net.parameters(), *net.buffers())]})
     for opt in offloaded:  # what its step makes is in host memory (the gradients' copies, the update)
         opt.step = count.host_side()(opt.step)

@@ -48,7 +48,7 @@ class TensorCount(TorchDispatchMode):
         self.kinds = kinds or {}
         self.host_tensors = host
         self.live: dict[int, tuple[int, weakref.ref]] = {}  # storage -> (bytes, a reference that frees the entry)
-        self.host: dict[int, weakref.ref] = {}
+        self.host_storages: dict[int, weakref.ref] = {}
         self.total = self.start_bytes = self.peak_bytes = 0
         self.at_peak: dict[str, int] = {}
         self._breakdown_at = 0
@@ -66,7 +66,7 @@ class TensorCount(TorchDispatchMode):
         return super().__enter__()
 
     def __exit__(self, *exc):
-        self.live, self.host = {}, {}  # (a dropped reference calls nothing back)
+        self.live, self.host_storages = {}, {}  # (a dropped reference calls nothing back)
         return super().__exit__(*exc)
 
     @contextlib.contextmanager
@@ -95,7 +95,7 @@ class TensorCount(TorchDispatchMode):
         key = storage._cdata
         if self._host_side and key not in self.live:  # (a device tensor handed through stays the device's)
             self._remember_host(tensor)
-        if key in self.host:
+        if key in self.host_storages:
             return
         size = storage.nbytes()
         if key in self.live:  # known; an operator may have resized it
@@ -120,8 +120,8 @@ class TensorCount(TorchDispatchMode):
     def _remember_host(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key = storage._cdata
-        if key not in self.host:
-            self.host[key] = weakref.ref(storage, lambda _, key=key: self.host.pop(key, None))
+        if key not in self.host_storages:
+            self.host_storages[key] = weakref.ref(storage, lambda _, key=key: self.host_storages.pop(key, None))
 
     def _breakdown(self) -> None:
         """What the live storages are, by kind (each storage counted once, under the first kind that names it)."""
