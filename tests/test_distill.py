@@ -256,6 +256,35 @@ def test_bf16_mixed_precision_with_gradient_checkpointing_and_accumulation(tmp_p
     assert all(p.dtype == torch.float32 for p in run.student_params)
 
 
+def test_micro_batches_train_the_student_of_their_whole_batch(tmp_path, sd_dir, prompt_file):
+    """--grad-accum 2 x batch 2 takes the optimiser steps of batch 4: one a step for each network, on the mean
+    gradient of the 4 samples (the same draws; the sums in another order), where batch 2 alone is another student."""
+    students_of, runs = {}, {}
+    for name, options in (("whole", dict(batch_size=4)), ("micro", dict(batch_size=2, grad_accum=2)),
+                          ("half", dict(batch_size=2))):
+        runs[name] = Distiller(config(tmp_path, sd_dir, prompt_file, name, steps=3, checkpoint_every=0, **options),
+                               progress=False)
+        students_of[name] = load_file(runs[name].run())
+    for opt in (runs["micro"].opt_student, runs["micro"].opt_fake):
+        assert {int(state["step"]) for state in opt.state_dict()["state"].values()} == {3}
+    whole, micro = students_of["whole"], students_of["micro"]
+    assert any(v.abs().max() > 0 for k, v in micro.items() if k.endswith("lorad_up"))  # it did train
+    for key in whole:
+        scale = whole[key].abs().max().item()
+        assert (whole[key] - micro[key]).abs().max().item() <= 1e-3 * scale, key
+    assert max((whole[k] - students_of["half"][k]).abs().max().item() / whole[k].abs().max().item()
+               for k in whole) > 0.1
+    assert [h["loss_fake"] for h in runs["micro"].history] == pytest.approx(
+        [h["loss_fake"] for h in runs["whole"].history], rel=1e-4)
+
+
+def test_the_default_batch_is_the_recipes_whole_batch_split_over_processes_and_micro_batches(sd_dir, prompt_file):
+    assert DistillConfig.from_options(model=str(sd_dir), grad_accum=4).resolved(processes=2).batch_size == 16  # 128
+    with pytest.raises(ValueError, match=r"batch of 128 prompts does not split over 2 processes x 3 micro-batches "
+                                         r"\(--grad-accum\); give each micro-batch its share with --batch-size N"):
+        DistillConfig.from_options(model=str(sd_dir), grad_accum=3).resolved(processes=2)
+
+
 def test_the_student_file_holds_the_ema_weights(tmp_path, sd_dir, prompt_file):
     run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=2, ema=0.5, checkpoint_every=0), progress=False)
     saved = load_file(run.run())

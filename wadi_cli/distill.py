@@ -37,9 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=A.positive_int, help="optimiser steps (embedded default 800)")
     p.add_argument("--batch-size", type=A.positive_int,
                    help="prompts per micro-batch and process (default: the recipe's whole batch, paper 128, embedded "
-                        "16, split over the processes)")
+                        "16, split over the processes and micro-batches)")
     p.add_argument("--grad-accum", type=A.positive_int, default=d["grad_accum"],
-                   help="micro-batches per optimiser step (1: none)")
+                   help="micro-batches per optimiser step: N of --batch-size B train as one batch of N*B, with the "
+                        "activation memory of B (1: none)")
     p.add_argument("--lr-student", type=A.learning_rate,
                    help="student learning rate (LoRaD: paper 1e-4, embedded 5e-3; embedded LoRA/DoRA 1e-3, full 1e-4; "
                         "full, real teacher 1e-5)")

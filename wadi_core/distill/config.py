@@ -171,11 +171,14 @@ class DistillConfig:
                 options[f"{role}_rank"] = getattr(recipe, f"{role}_rank")
             if is_dit_folder(model) and options[f"{role}_preset"].startswith("unet-"):
                 options[f"{role}_preset"] = options[f"{role}_preset"].replace("unet-", "dit-", 1)  # DiT presets
-        if options["batch_size"] is None:
-            if recipe.batch_size % processes:
+        if options["batch_size"] is None:  # the recipe's whole batch, split over processes and micro-batches
+            parts = processes * options["grad_accum"]
+            if recipe.batch_size % parts:
+                over = " x ".join([f"{processes} processes"] * (processes > 1)
+                                  + [f"{options['grad_accum']} micro-batches (--grad-accum)"] * (parts > processes))
                 raise ValueError(f"the {recipe.name} recipe's batch of {recipe.batch_size} prompts does not split over "
-                                 f"{processes} processes; give each its share with --batch-size N")
-            options["batch_size"] = recipe.batch_size // processes
+                                 f"{over}; give each micro-batch its share with --batch-size N")
+            options["batch_size"] = recipe.batch_size // parts
         for name in ("guidance", "fake_guidance", "steps", "fake_updates", "ema", "late_fraction", "late_t_max",
                      "sample_guidance"):
             if options[name] is None:

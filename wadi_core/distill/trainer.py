@@ -56,6 +56,12 @@ class Diverged(RuntimeError):
     """Raised after ``max_bad_steps`` consecutive non-finite losses; the last good checkpoint stays."""
 
 
+def _split(processes: int, batch_size: int, grad_accum: int) -> str:
+    """How a step's whole batch is split, in words: "2 process(es) x batch 4" (x micro-batches if more than one)."""
+    micro = f" x {grad_accum} micro-batches" if grad_accum > 1 else ""
+    return f"{processes} process(es){micro} x batch {batch_size}"
+
+
 class ResumeMismatch(ValueError):
     pass
 
@@ -210,6 +216,11 @@ class Distiller:
             with gan.frozen(self.student_params):
                 self.fake, self.opt_fake = self.accelerator.prepare(self.fake, self.opt_fake)
         self.extras.prepare(self.accelerator)
+        # what accelerate keeps from averaging gradients before a step's last micro-batch: the DDP wrappers, or
+        # under FSDP the sharded backbones
+        self._synced = self._sharded if self.sharded else [self.student, self.fake]
+        self._micro = 0  # the micro-batch of the step being trained
+        self._finite = {"student": True, "fake": True}  # each network's micro-batches of the step finite so far
         self.fake_params += [p for group in extra_groups for p in group["params"]]  # clipped with the fake model
         self.ema = EMA(self.student_params, c.ema) if c.ema else None
         self.base_lrs = [[group["lr"] for group in opt.param_groups] for opt in (self.opt_student, self.opt_fake)]
@@ -321,6 +332,7 @@ class Distiller:
                      if not isinstance(net, shared.Role)}
         for net in backbones.values():
             sharding.shard(net, self.accelerator.device, self.accelerator.num_processes)
+        self._sharded = list(backbones.values())
         params = [p for net in backbones.values() for p in net.parameters()]
         held, total = sum(sharding.local(p).numel() for p in params), sum(p.numel() for p in params)
         self.log(f"FSDP: the weights are sharded over {self.accelerator.num_processes} processes; this one holds "
@@ -374,16 +386,19 @@ class Distiller:
 
     # ----- the step
 
-    # Several processes: every random draw of a micro-batch is made for the whole batch of all processes (fixed by
-    # seed, step and micro-batch) and each process keeps its rows, so P processes x batch b train as one process x
-    # batch P*b does (DDP averages the processes' mean losses into the mean over the whole batch).
+    # Several processes, several micro-batches (--grad-accum): every random draw of a step is made for the whole
+    # batch (every micro-batch of every process; fixed by seed and step) and each micro-batch of each process keeps
+    # its rows, so P processes x k micro-batches x batch b train as one process with batch P*k*b does (DDP averages
+    # the processes' mean losses, accumulation the micro-batches', into the mean over the whole batch).
 
     def global_batch(self) -> int:
-        return self.config.batch_size * self.accelerator.num_processes
+        """The whole batch of a step: every micro-batch of every process."""
+        return self.config.batch_size * self.accelerator.num_processes * self.config.grad_accum
 
     def _rows(self, draw):
-        """This process's rows of a draw (tensor or list) made for the whole batch."""
-        b, i = self.config.batch_size, self.accelerator.process_index
+        """The rows of this process's current micro-batch of a draw (tensor or list) made for the whole batch."""
+        b, acc = self.config.batch_size, self.accelerator
+        i = self._micro * acc.num_processes + acc.process_index
         return draw[i * b:(i + 1) * b]
 
     def _noise(self, shape, gen: torch.Generator) -> torch.Tensor:
@@ -401,13 +416,17 @@ class Distiller:
         """This process's prompts and initial noise of one micro-batch, the generator of the batch's further draws,
         and the generator of the extras' draws (DMD pairs, GAN images: per process when there are several)."""
         c, acc = self.config, self.accelerator
-        rng = np.random.default_rng([c.seed, self.step, micro, 0])
+        rng = np.random.default_rng([c.seed, self.step, 0, 0])  # (the same whole batch for every micro-batch)
         prompts = [self.prompts[i] for i in rng.integers(len(self.prompts), size=self.global_batch())]
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         z = self._noise(self.shape, gen)
-        if acc.num_processes > 1:
+        if self._shared_draws():
             rng = np.random.default_rng([c.seed, self.step, micro, 1 + acc.process_index])
         return self._rows(prompts), z, gen, rng
+
+    def _shared_draws(self) -> bool:
+        """Whether the step's batch is split (processes or micro-batches): the extras then draw per part."""
+        return self.global_batch() > self.config.batch_size
 
     def _eps(self, model, x_t, t, cond_pos, scale):
         """Guided eps of ``model`` (CFG ``scale``): one batched call for both halves; at scale 1 the conditional
@@ -425,6 +444,9 @@ class Distiller:
         return eps_from_output(out, x_t.float(), self.abar[t], self.prediction)
 
     def _micro_step(self, micro: int) -> dict[str, float]:
+        """One micro-batch: the student's and the fake model's gradients, and their optimiser steps after the last
+        micro-batch of the step (accelerate's ``accumulate`` counts micro-batches: one call each, for both)."""
+        self._micro = micro
         c, acc, device = self.config, self.accelerator, self.accelerator.device
         prompts, z, gen, rng = self._batch(micro)
         n = len(prompts)
@@ -432,7 +454,7 @@ class Distiller:
         cond = self.embed(prompts)
         z = z.to(device)
 
-        with acc.accumulate(self.student):
+        with acc.accumulate(*self._synced):
             # 1. the student's one-step x0
             with acc.autocast():
                 x0 = predict_x0(self.student, self.teacher.scheduler, z, cond).float()
@@ -453,18 +475,15 @@ class Distiller:
             if finite:
                 with shared.acting(acc.unwrap_model(self.student)):  # checkpointed forwards run again in here
                     acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(self.student_params, 1.0)
-                self.opt_student.step()
-            self.opt_student.zero_grad(set_to_none=True)
+            self._update(self.opt_student, self.student_params, "student", finite)
 
-        # 3. the fake model learns the student's current distribution
-        self.extras.before_fake_updates(prompts, gen if acc.num_processes == 1 else
-                                        torch.Generator().manual_seed(int(rng.integers(2 ** 62))))
-        for update in range(c.fake_updates):
-            loss_f, loss_d = self._fake_update(x0.detach(), cond, gen, first=update == 0)
-            if update == 0 and self.extras.gan is not None:
-                record["loss_discriminator"] = loss_d.item()
+            # 3. the fake model learns the student's current distribution
+            self.extras.before_fake_updates(prompts, torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+                                            if self._shared_draws() else gen)
+            for update in range(c.fake_updates):
+                loss_f, loss_d = self._fake_update(x0.detach(), cond, gen, first=update == 0)
+                if update == 0 and self.extras.gan is not None:
+                    record["loss_discriminator"] = loss_d.item()
         return {"loss_student": loss_g.item(), "loss_fake": loss_f.item(),
                 "finite": finite and bool(torch.isfinite(loss_f)), "grad_norm": grad.norm().item() / math.sqrt(n),
                 **record}
@@ -474,28 +493,39 @@ class Distiller:
         the discriminator's (zero without the GAN term)."""
         c, acc, device = self.config, self.accelerator, self.accelerator.device
         n = x0.shape[0]
-        with acc.accumulate(self.fake):
-            t = self._rows(losses.sample_fake_timesteps(self.global_batch(), len(self.abar), gen, device))
-            noise = self._noise(x0.shape[1:], gen).to(device)
-            x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu()).to(device)
-            drop = self._rows(torch.rand(self.global_batch(), generator=gen) < c.null_prompt_share).to(device)
-            cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
-            x_in, t_in, cond_in = self.extras.fake_inputs(x_t, t, cond_f, noise, drop, first)
-            with acc.autocast(), self.extras.capture(first):
-                dtype = next(self.fake.parameters()).dtype
-                pred = self.fake(x_in.to(dtype), t_in, cond_in.to(dtype)).sample
-            loss = losses.fake_model_loss(pred[:n], x0, noise, self.abar[t], self.prediction)
-            extra, loss_d = self.extras.fake_loss(first)
-            if extra is not None:
-                loss = loss + extra
-            if self._everyone(bool(torch.isfinite(loss))):
-                with shared.acting(acc.unwrap_model(self.fake)):
-                    acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(self.fake_params, 1.0)
-                self.opt_fake.step()
-            self.opt_fake.zero_grad(set_to_none=True)
+        t = self._rows(losses.sample_fake_timesteps(self.global_batch(), len(self.abar), gen, device))
+        noise = self._noise(x0.shape[1:], gen).to(device)
+        x_t = self.teacher.scheduler.add_noise(x0, noise, t.cpu()).to(device)
+        drop = self._rows(torch.rand(self.global_batch(), generator=gen) < c.null_prompt_share).to(device)
+        cond_f = torch.where(drop[:, None, None], self.null.expand(n, -1, -1), cond)
+        x_in, t_in, cond_in = self.extras.fake_inputs(x_t, t, cond_f, noise, drop, first)
+        with acc.autocast(), self.extras.capture(first):
+            dtype = next(self.fake.parameters()).dtype
+            pred = self.fake(x_in.to(dtype), t_in, cond_in.to(dtype)).sample
+        loss = losses.fake_model_loss(pred[:n], x0, noise, self.abar[t], self.prediction)
+        extra, loss_d = self.extras.fake_loss(first)
+        if extra is not None:
+            loss = loss + extra
+        finite = self._everyone(bool(torch.isfinite(loss)))
+        if finite:
+            with shared.acting(acc.unwrap_model(self.fake)):
+                acc.backward(loss)
+        self._update(self.opt_fake, self.fake_params, "fake", finite)
         return loss.detach(), loss_d.detach()
+
+    def _update(self, opt, params: list, role: str, finite: bool) -> None:
+        """After a micro-batch's backward (``finite``: it ran): at the step's last micro-batch, the optimiser's step
+        on the clipped sum of the micro-batches' gradients, unless one of them was not finite, and the gradients
+        cleared. (accelerate divides each micro-batch's loss by their number and skips ``zero_grad`` before the
+        last.)"""
+        good = self._finite[role] and finite
+        if self.accelerator.sync_gradients:
+            if good:
+                self.accelerator.clip_grad_norm_(params, 1.0)
+                opt.step()
+            good = True  # (the next step starts afresh)
+        self._finite[role] = good
+        opt.zero_grad(set_to_none=True)
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (``grad_accum`` micro-batches) on both networks; returns its record."""
@@ -712,8 +742,8 @@ class Distiller:
         # an option missing from an older checkpoint had its default then; checkpoints from before the late phase
         # had none, and before recipes the recipe followed the teacher, as it does now
         defaults = DistillConfig().options() | {"late_fraction": 0.0, "recipe": self.config.recipe}
-        if self._same_batch_on_other_processes(state.get("processes", 1), saved.get("batch_size")):
-            saved["batch_size"] = self.config.batch_size
+        if self._same_whole_batch(state.get("processes", 1), saved.get("batch_size"), saved.get("grad_accum", 1)):
+            saved["batch_size"], saved["grad_accum"] = self.config.batch_size, self.config.grad_accum
         for name in OPTIONS:
             rule, now = self.config.rule(name), self.config.options()[name]
             was = saved.get(name, defaults[name])
@@ -742,23 +772,22 @@ class Distiller:
         self.checkpoint_step = self.step
         self.log(f"resumed {self.out} at step {self.step}")
 
-    def _same_batch_on_other_processes(self, processes: int, batch_size: int | None) -> bool:
-        """A run may resume under another process count when the whole batch stays the same (the draws are made
-        for the whole batch, so the run goes on as it would have); otherwise it is refused naming the batch size
-        that keeps it."""
-        now = self.accelerator.num_processes
-        if processes == now or batch_size is None:
+    def _same_whole_batch(self, processes: int, batch_size: int | None, grad_accum: int) -> bool:
+        """A run may resume under another process count, micro-batch count or batch size when the whole batch stays
+        the same (the draws are made for the whole batch, so the run goes on as it would have); otherwise it is
+        refused naming the batch size that keeps it."""
+        now, accum = self.accelerator.num_processes, self.config.grad_accum
+        if (processes, batch_size, grad_accum) == (now, self.config.batch_size, accum) or batch_size is None:
             return False
-        whole, ours = batch_size * processes, self.global_batch()
+        whole, ours = batch_size * processes * grad_accum, self.global_batch()
+        was, this = _split(processes, batch_size, grad_accum), _split(now, self.config.batch_size, accum)
         if whole != ours:
-            fix = (f"--batch-size {whole // now}" if whole % now == 0 else
-                   f"a process count that divides {whole}")
-            raise ResumeMismatch(f"cannot resume {self.out}: its checkpoint was made by {processes} process(es) x "
-                                 f"batch {batch_size} = {whole} prompts a step, but this run has {now} x "
-                                 f"{self.config.batch_size} = {ours}; keep {whole} prompts a step ({fix}) or use "
-                                 "another --out")
-        self.log(f"resuming a run of {processes} process(es) x batch {batch_size} with {now} x "
-                 f"{self.config.batch_size}: the same {whole} prompts a step")
+            fix = (f"--batch-size {whole // (now * accum)}" if whole % (now * accum) == 0 else
+                   f"a process count and --grad-accum whose product divides {whole}")
+            raise ResumeMismatch(f"cannot resume {self.out}: its checkpoint was made by {was} = {whole} prompts a "
+                                 f"step, but this run has {this} = {ours}; keep {whole} prompts a step ({fix}) or "
+                                 "use another --out")
+        self.log(f"resuming a run of {was} with {this}: the same {whole} prompts a step")
         return True
 
     def write_student(self, path: Path) -> None:
