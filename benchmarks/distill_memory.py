@@ -4,6 +4,7 @@
     python benchmarks/distill_memory.py --batch16       # the paper's batch of 16 measured too (a CPU: 6 min a step)
     python benchmarks/distill_memory.py --plain-allocator   # glibc's defaults (what a plain run holds)
     python benchmarks/distill_memory.py --offload       # on a GPU: both layouts with AdamW's state in host memory too
+    python benchmarks/distill_memory.py --processes     # also 2 processes x batch 1 under DDP and under FSDP
 
 Each layout runs in its own process: the distiller with the paper's SD1.5 recipe (its LoRaD ranks, on the
 unet-student / unet-fake presets) at batch 1, 64x64 latents, bf16 weights and gradient checkpointing, then two
@@ -12,6 +13,9 @@ second on does a whole step run beside them, as every later step does) and the s
 pays for CUDA's kernel selection); the shared backbone once more at batch 2, for the memory one more sample takes
 there, and with ``--batch16`` at the paper's batch of 16 per GPU (which needs more than batch 2's growth suggests;
 docs/benchmarks.md).
+``--processes`` measures the shared backbone in two processes of one thread each, batch 1 apiece (the two samples
+of one process at batch 2), under DDP (each holds every weight) and under FSDP (each holds half of them and gathers a
+block's while it runs): the memory of one process beside that of one process alone.
 ``--offload`` measures both layouts again with the optimisers' state in host memory (``--offload-optimizer``),
 which only a GPU's count can show: on a CPU the state is in the memory counted either way. A third step counts the
 tensors alone, as CUDA counts a GPU's, on any device (tensor_count.py; the optimisers' host memory left out), and
@@ -80,10 +84,11 @@ def write_teacher(folder: Path, tiny: bool = False) -> Path:
 
 
 def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> dict:
-    """In this process: set up the distiller, run two steps; the second's time and the peak memory of its device."""
+    """In this process: set up the distiller, run two steps; the second's time and the peak memory of its device.
+    Under ``accelerate launch`` each process measures its own."""
     import torch
 
-    from wadi_core.distill import DistillConfig, Distiller
+    from wadi_core.distill import DistillConfig, Distiller, sharding
 
     config = DistillConfig.from_options(
         model=teacher, prompts=str(Path(teacher).parent / "prompts.txt"), out=tempfile.mkdtemp(prefix="wadi-mem-"),
@@ -91,7 +96,8 @@ def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> 
         offload_optimizer=offload, report_to="none", sample_every=0, checkpoint_every=0)
     distiller = Distiller(config, progress=False, log=lambda text: None)
     nets = (distiller.teacher.unet, distiller.student, distiller.fake)
-    weights = {p.data_ptr(): p.numel() * p.element_size() for net in nets for p in net.parameters()}
+    weights = {local.data_ptr(): local.numel() * local.element_size()  # (this process's part of sharded ones)
+               for net in nets for local in map(sharding.local, net.parameters())}
     device = distiller.accelerator.device
     memory = DeviceMemory(device)
     setup_peak = memory.start()
@@ -104,8 +110,12 @@ def measure(teacher: str, separate: bool, batch: int, offload: bool = False) -> 
     step_peak, reserved = memory.peak()
     count = count_step(distiller)
     distiller.close()
+    processes = distiller.accelerator.num_processes
     layout = ("three copies" if separate else "shared backbone") + (", optimiser state on the host" if offload else "")
-    return {"layout": layout, "offload": offload, "batch": batch, "step_s": seconds[-1],
+    if processes > 1:
+        layout += f", {'FSDP' if distiller.sharded else 'DDP'} over {processes} processes"
+    return {"layout": layout, "offload": offload, "batch": batch, "processes": processes,
+            "rank": distiller.accelerator.process_index, "step_s": seconds[-1],
             "first_step_s": seconds[0], "peak_gb": step_peak, "reserved_gb": reserved, "setup_peak_gb": setup_peak,
             "weights_gb": sum(weights.values()) / 1e9, "tensor_peak_gb": count["peak"] / 1e9,
             "tensors_at_peak_gb": {kind: size / 1e9 for kind, size in count["at_peak"].items()},
@@ -128,11 +138,14 @@ def count_step(distiller) -> dict:
     on_host = [opt.host for opt in offloaded]  # (each HostAdamW's AdamW over its host copies)
     nets = (distiller.teacher.unet, distiller.student, distiller.fake, distiller.teacher.text_encoder,
             distiller.teacher.vae)
+    sharded = fsdp_params(nets)
     count = TensorCount(distiller.accelerator.device, host=lambda: state_tensors(on_host), kinds={
         "trained weights": lambda: trained,
         "their gradients": lambda: [p.grad for p in trained],
         "optimiser state": lambda: state_tensors(optimisers),  # (their parameters: the trained weights, named first)
-        "frozen weights": lambda: [t for net in nets for t in (*net.parameters(), *net.buffers())]})
+        **({"gathered weights": lambda: [t for p in sharded for t in p.all_gather_outputs]} if sharded else {}),
+        "frozen weights": lambda: [t for net in nets for t in (*net.parameters(), *net.buffers())]
+                                  + [p.sharded_param for p in sharded]})  # (FSDP: its blocks' shards)
     for opt in offloaded:  # what its step makes is in host memory (the gradients' copies, the update)
         opt.step = count.host_side()(opt.step)
     with count:
@@ -140,6 +153,16 @@ def count_step(distiller) -> dict:
         if distiller.accelerator.device.type == "cuda":
             torch.cuda.synchronize()
     return {"start": count.start_bytes, "peak": count.peak_bytes, "at_peak": count.at_peak, "end": count.total}
+
+
+def fsdp_params(nets) -> list:
+    """FSDP's records of the sharded weights of ``nets`` (none without FSDP): each holds this process's shard
+    (``sharded_param``) and the storage its block's gathered weight lives in while the block runs
+    (``all_gather_outputs``, emptied after). torch's own records: there is no public name for the gathered storage."""
+    from torch.distributed.fsdp import FSDPModule
+
+    groups = [m._get_fsdp_state()._fsdp_param_group for net in nets for m in net.modules() if isinstance(m, FSDPModule)]
+    return list({id(p): p for group in groups if group is not None for p in group.fsdp_params}.values())
 
 
 def state_tensors(optimisers) -> list:
@@ -188,6 +211,12 @@ class DeviceMemory:
         return resident_peak_gb(), None
 
 
+def largest(ranks: list[dict]) -> dict:
+    """One result for the processes of a launch: the process with the larger peak (its step time: they wait for
+    each other at every step)."""
+    return max(ranks, key=lambda r: (r["peak_gb"], r["tensor_peak_gb"]))
+
+
 def resident_peak_gb() -> float:
     """This process's peak resident memory (Linux's VmHWM) in GB."""
     status = Path("/proc/self/status").read_text()
@@ -197,21 +226,31 @@ def resident_peak_gb() -> float:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--measure":
         teacher, separate, batch, offload = sys.argv[2].split("::")
-        print(json.dumps(measure(teacher, separate == "1", int(batch), offload == "1")))
+        result = json.dumps(measure(teacher, separate == "1", int(batch), offload == "1")) + "\n"
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), result.encode())  # (one write: launched processes share the pipe)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes: no teardown (as wadi_cli's)
+            sys.stderr.flush()
+            os._exit(0)
         return 0
     sys.path.insert(0, str(ROOT))  # (not on import: load_memory.py measures other trees with these helpers)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch16", action="store_true",
                         help="also measure the shared backbone at the paper's batch of 16 (a CPU: 6 min a step)")
     parser.add_argument("--json", help="also write the measurements to this file")
+    parser.add_argument("--processes", action="store_true",
+                        help="also measure the shared backbone in 2 processes x batch 1, under DDP and under FSDP")
     parser.add_argument("--offload", action="store_true",
                         help="also measure both layouts with the optimisers' state in host memory (meant for a GPU)")
     parser.add_argument("--tiny", action="store_true", help="a small UNet instead of SD1.5's: checks the script only")
     parser.add_argument("--plain-allocator", action="store_true",
                         help="leave glibc's defaults: the peaks then count what it keeps after frees (varies by run)")
     args = parser.parse_args()
-    layouts = ([(False, 1, False), (True, 1, False), (False, 2, False)] + ([(False, 16, False)] if args.batch16 else [])
-               + ([(False, 1, True), (True, 1, True)] if args.offload else []))
+    # (three copies, batch, optimiser state on the host, launched as)
+    layouts = ([(False, 1, False, ""), (True, 1, False, ""), (False, 2, False, "")]
+               + ([(False, 16, False, "")] if args.batch16 else [])
+               + ([(False, 1, False, "--multi_gpu"), (False, 1, False, "--use_fsdp")] if args.processes else [])
+               + ([(False, 1, True, ""), (True, 1, True, "")] if args.offload else []))
     with tempfile.TemporaryDirectory() as tmp:
         print(f"writing a random-weight {'small' if args.tiny else 'SD1.5'} UNet (bf16) ...", flush=True)
         teacher = str(write_teacher(Path(tmp) / "sd15", args.tiny))
@@ -219,24 +258,31 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         if not args.plain_allocator:
             env["MALLOC_MMAP_THRESHOLD_"] = LIVE_MEMORY
-        for separate, batch, offload in layouts:
+        for separate, batch, offload, launch in layouts:
             print(f"measuring the {'three copies' if separate else 'shared backbone'} at batch {batch}"
-                  f"{' with the optimiser state on the host' if offload else ''} ...", flush=True)
-            out = subprocess.run([sys.executable, __file__, "--measure",
-                                  f"{teacher}::{int(separate)}::{batch}::{int(offload)}"],
-                                 capture_output=True, text=True, env=env)
+                  f"{' with the optimiser state on the host' if offload else ''}"
+                  f"{f' in 2 processes of one thread ({launch[2:]})' if launch else ''} ...", flush=True)
+            command = [sys.executable, __file__, "--measure", f"{teacher}::{int(separate)}::{batch}::{int(offload)}"]
+            if launch:  # (one thread a process: the two share this machine's cores)
+                command[1:1] = ["-m", "accelerate.commands.launch", launch, "--num_processes", "2",
+                                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_port", str(29500 + os.getpid() % 1000)]
+            out = subprocess.run(command, capture_output=True, text=True,
+                                 env=dict(env, OMP_NUM_THREADS="1") if launch else env)
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results.append(largest([json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     shared, copies, shared2 = results[:3]
+    ddp, fsdp = (results[3 + args.batch16:5 + args.batch16]) if args.processes else (None, None)
     print(f"recipe {shared['recipe']} (student LoRaD rank {shared['student_rank']}, fake rank {shared['fake_rank']}), "
           f"64x64 latents, bf16 weights, gradient checkpointing; {shared['device']}, torch {shared['torch']}")
     for r in results:
         reserved = "" if r["reserved_gb"] is None else f", {r['reserved_gb']:.2f} GB reserved"
-        print(f"  {r['layout']}, batch {r['batch']:>2}: step peak {r['peak_gb']:.2f} GB{reserved} "
+        each = " each, the larger process's" if r["processes"] > 1 else ""
+        print(f"  {r['layout']}, batch {r['batch']:>2}{each}: step peak {r['peak_gb']:.2f} GB{reserved} "
               f"(weights {r['weights_gb']:.2f} GB; loading peaked at {r['setup_peak_gb']:.2f} GB), "
               f"step {r['step_s']:.2f} s (first {r['first_step_s']:.2f} s)")
         kinds = ", ".join(f"{kind} {size:.2f}" for kind, size in r["tensors_at_peak_gb"].items())
@@ -247,6 +293,12 @@ def main() -> int:
           f"{shared['tensor_peak_gb'] / copies['tensor_peak_gb']:.2f}x")
     print(f"  one more sample at batch 2: +{shared2['peak_gb'] - shared['peak_gb']:.2f} GB (the growth is not linear "
           f"further on: --batch16 measures the paper's 16)")
+    if args.processes:
+        print(f"  2 processes x batch 1 / 1 process x batch 2 (the same 2 samples a step), a process's peak: DDP "
+              f"{ddp['peak_gb'] / shared2['peak_gb']:.2f}x, FSDP {fsdp['peak_gb'] / shared2['peak_gb']:.2f}x; tensors "
+              f"alone: DDP {ddp['tensor_peak_gb'] / shared2['tensor_peak_gb']:.2f}x, FSDP "
+              f"{fsdp['tensor_peak_gb'] / shared2['tensor_peak_gb']:.2f}x; step time: DDP "
+              f"{ddp['step_s'] / shared2['step_s']:.2f}x, FSDP {fsdp['step_s'] / shared2['step_s']:.2f}x")
     if args.offload:
         shared_host, copies_host = results[-2:]
         print(f"  optimiser state on the host: shared {shared_host['peak_gb']:.2f} GB, "

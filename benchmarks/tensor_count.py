@@ -12,6 +12,9 @@ out of the count, so that a CPU run shows what a GPU would hold.
         step()
     count.peak_bytes, count.at_peak    # {"weights": ..., "other": ...}
 
+A sharded tensor (a ``DTensor``, as FSDP holds its weights) counts as this process's part of it; a storage that FSDP
+empties and fills again (``resize_``, which no operator sees) counts as the bytes it holds at each moment.
+
 Not counted: memory a kernel takes for itself without a tensor (a GPU's convolution workspace), and the rounding a
 GPU's allocator adds to each block (512 bytes).
 """
@@ -24,6 +27,7 @@ import weakref
 from collections.abc import Callable, Iterable
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -57,15 +61,28 @@ class TensorCount(TorchDispatchMode):
     def __enter__(self):
         gc.collect()
         for tensor in self.host_tensors():
-            self._remember_host(tensor)
+            self._remember_host(_local(tensor).untyped_storage())
         held = [t for kind in self.kinds.values() for t in kind() if t is not None]  # (gradients: not in gc's view)
         for tensor in held + _live_tensors():  # what is held when the count starts
             self._add(tensor)
         self.start_bytes = self.peak_bytes = self.total
         self._breakdown()
+        resize = torch.UntypedStorage.resize_
+
+        def counted_resize(storage, size):  # (FSDP frees and refills a gathered weight's storage so)
+            out = resize(storage, size)
+            self._add_storage(storage)
+            return out
+
+        self._own_resize = torch.UntypedStorage.__dict__.get("resize_")  # (none: torch's base class has it)
+        torch.UntypedStorage.resize_ = counted_resize
         return super().__enter__()
 
     def __exit__(self, *exc):
+        if self._own_resize is None:
+            del torch.UntypedStorage.resize_
+        else:
+            torch.UntypedStorage.resize_ = self._own_resize
         self.live, self.host_storages = {}, {}  # (a dropped reference calls nothing back)
         return super().__exit__(*exc)
 
@@ -89,16 +106,19 @@ class TensorCount(TorchDispatchMode):
     # ----- the count
 
     def _add(self, tensor: torch.Tensor) -> None:
-        if tensor.device.type != self.device:
+        if tensor.device.type == self.device:
+            self._add_storage(_local(tensor).untyped_storage())
+
+    def _add_storage(self, storage: torch.UntypedStorage) -> None:
+        if storage.device.type != self.device:
             return
-        storage = tensor.untyped_storage()
         key = storage._cdata
         if self._host_side and key not in self.live:  # (a device tensor handed through stays the device's)
-            self._remember_host(tensor)
+            self._remember_host(storage)
         if key in self.host_storages:
             return
         size = storage.nbytes()
-        if key in self.live:  # known; an operator may have resized it
+        if key in self.live:  # known; it may have been resized
             known, ref = self.live[key]
             if known == size:
                 return
@@ -117,8 +137,7 @@ class TensorCount(TorchDispatchMode):
         if entry is not None:
             self.total -= entry[0]
 
-    def _remember_host(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
+    def _remember_host(self, storage: torch.UntypedStorage) -> None:
         key = storage._cdata
         if key not in self.host_storages:
             self.host_storages[key] = weakref.ref(storage, lambda _, key=key: self.host_storages.pop(key, None))
@@ -129,11 +148,16 @@ class TensorCount(TorchDispatchMode):
         for kind, tensors in self.kinds.items():
             for tensor in tensors():
                 if tensor is not None:
-                    kind_of.setdefault(tensor.untyped_storage()._cdata, kind)
+                    kind_of.setdefault(_local(tensor).untyped_storage()._cdata, kind)
         sums = dict.fromkeys([*self.kinds, "other"], 0)
         for key, (size, _) in self.live.items():
             sums[kind_of.get(key, "other")] += size
         self.at_peak, self._breakdown_at = sums, self.total
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded tensor (the tensor itself when it is not sharded)."""
+    return tensor._local_tensor if isinstance(tensor, DTensor) else tensor
 
 
 def _live_tensors() -> list[torch.Tensor]:

@@ -56,3 +56,36 @@ def test_the_breakdown_is_taken_at_the_peak_with_gradients_made_during_the_block
         del grown
     assert count.peak_bytes - others == 24 * MB
     assert count.at_peak == {"weights": 4 * MB, "gradients": 4 * MB, "other": others + 16 * MB}
+
+
+def test_fsdp_weights_count_as_this_process_shards_and_gathered_blocks_as_long_as_they_are_gathered():
+    """FSDP holds its weights as sharded tensors and frees a block's gathered weights by emptying their storage
+    (no operator sees it): the count must end where a fresh count of what is held ends."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(512, 512, bias=False), torch.nn.Linear(512, 512, bias=False))
+        mesh = init_device_mesh("cpu", (1,))
+        for block in net:
+            fully_shard(block, mesh=mesh)
+        fully_shard(net, mesh=mesh)
+        x = torch.randn(8, 512)
+        net(x).sum().backward()  # (the gradients exist before the count, as in a training step after the first)
+        params = list(net.parameters())
+        count = TensorCount(kinds={"weights": lambda: params, "gradients": lambda: [p.grad for p in params]})
+        with count:
+            start = count.total
+            net(x).sum().backward()
+            end = count.total
+        with TensorCount() as fresh:
+            pass
+        assert end == start == fresh.total  # the gathered weights were freed, and the count saw it
+        assert count.at_peak["weights"] == count.at_peak["gradients"] == 2 * MB  # the shards (all of it: 1 process)
+        assert count.peak_bytes - start >= MB  # a block's gathered weight beside its shard
+        assert "resize_" not in torch.UntypedStorage.__dict__  # torch's own again
+    finally:
+        dist.destroy_process_group()

@@ -20,8 +20,11 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-# the backbone's parts that become FSDP units of their own (diffusers' UNets and DiTs)
-BLOCK_LISTS = ("down_blocks", "up_blocks", "transformer_blocks")
+# the backbone's blocks (diffusers' UNets and DiTs): in a UNet's, each resnet, transformer and resampler is an FSDP unit
+# of its own (one of SD1.5's up blocks holds 30% of its weights: a process would gather all of it at once), then the
+# block; a DiT's transformer blocks are units as they are
+UNET_BLOCK_LISTS = ("down_blocks", "up_blocks")
+DIT_BLOCK_LISTS = ("transformer_blocks",)
 
 
 def requested() -> bool:
@@ -40,18 +43,29 @@ def accelerate_plugin(sharded: bool) -> dict:
 
 
 def shard(model: nn.Module, device: torch.device, processes: int) -> nn.Module:
-    """Shard ``model`` in place over all processes: each block, then the rest of the model."""
+    """Shard ``model`` in place over all processes: each of its :func:`units`, then the rest of the model."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (processes,))
-    for name in BLOCK_LISTS:
-        for block in getattr(model, name, None) or ():
-            fully_shard(block, mesh=mesh)
-    if isinstance(getattr(model, "mid_block", None), nn.Module):
-        fully_shard(model.mid_block, mesh=mesh)
+    for unit in units(model):
+        fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+def units(model: nn.Module) -> list[nn.Module]:
+    """The parts of ``model`` that are FSDP units below the model itself, inner ones first: a UNet block's resnets,
+    transformers and resamplers, then the block (for what is left in it); a DiT's transformer blocks."""
+    found = []
+    blocks = [block for name in UNET_BLOCK_LISTS for block in getattr(model, name, None) or ()]
+    if isinstance(getattr(model, "mid_block", None), nn.Module):
+        blocks.append(model.mid_block)
+    for block in blocks:
+        found += [part for child in block.children() if isinstance(child, nn.ModuleList) for part in child]
+        found.append(block)
+    found += [block for name in DIT_BLOCK_LISTS for block in getattr(model, name, None) or ()]
+    return found
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
