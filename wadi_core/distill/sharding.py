@@ -3,8 +3,9 @@
 
 ``accelerate launch --use_fsdp`` asks for it. accelerate itself shards only on GPUs and shards each network it is
 given; the distiller shards them itself instead, so that the three networks can still be one backbone with two
-adapters (:mod:`wadi_core.distill.shared`): the backbone's blocks and the backbone are FSDP units, an adapter's
-weights are sharded with the block they sit in, and the teacher pass gathers the same shards as the student's.
+adapters (:mod:`wadi_core.distill.shared`): the parts of the backbone's blocks (:func:`units`), the blocks and the
+backbone are FSDP units, an adapter's weights are sharded with the unit they sit in, and the teacher pass gathers the
+same shards as the student's.
 
 A sharded parameter is a ``DTensor`` holding this process's rows. Everything that reads whole tensors (adapter files,
 checkpoints, the EMA's saved state) goes through :func:`gathered` on every process at once; what is loaded back
