@@ -256,17 +256,19 @@ def test_bf16_mixed_precision_with_gradient_checkpointing_and_accumulation(tmp_p
     assert all(p.dtype == torch.float32 for p in run.student_params)
 
 
-def test_micro_batches_train_the_student_of_their_whole_batch(tmp_path, sd_dir, prompt_file):
-    """--grad-accum 2 x batch 2 takes the optimiser steps of batch 4: one a step for each network, on the mean
-    gradient of the 4 samples (the same draws; the sums in another order), where batch 2 alone is another student."""
+@pytest.mark.parametrize("fake_updates", [1, 2])
+def test_micro_batches_train_the_student_of_their_whole_batch(tmp_path, sd_dir, prompt_file, fake_updates):
+    """--grad-accum 2 x batch 2 takes the optimiser steps of batch 4: for each network one a step (the fake model
+    --fake-updates), on the mean gradient of the 4 samples (the same draws; the sums in another order), where batch 2
+    alone is another student."""
     students_of, runs = {}, {}
     for name, options in (("whole", dict(batch_size=4)), ("micro", dict(batch_size=2, grad_accum=2)),
                           ("half", dict(batch_size=2))):
-        runs[name] = Distiller(config(tmp_path, sd_dir, prompt_file, name, steps=3, checkpoint_every=0, **options),
-                               progress=False)
+        runs[name] = Distiller(config(tmp_path, sd_dir, prompt_file, name, steps=3, checkpoint_every=0,
+                                      fake_updates=fake_updates, **options), progress=False)
         students_of[name] = load_file(runs[name].run())
-    for opt in (runs["micro"].opt_student, runs["micro"].opt_fake):
-        assert {int(state["step"]) for state in opt.state_dict()["state"].values()} == {3}
+    for opt, steps in ((runs["micro"].opt_student, 3), (runs["micro"].opt_fake, 3 * fake_updates)):
+        assert {int(state["step"]) for state in opt.state_dict()["state"].values()} == {steps}
     whole, micro = students_of["whole"], students_of["micro"]
     assert any(v.abs().max() > 0 for k, v in micro.items() if k.endswith("lorad_up"))  # it did train
     for key in whole:

@@ -204,8 +204,8 @@ class DistillConfig:
             raise ValueError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("--batch-size and --grad-accum must be at least 1")
-        if self.fake_updates < 1 or (self.fake_updates > 1 and self.grad_accum > 1):
-            raise ValueError("--fake-updates must be at least 1, and more than 1 only without --grad-accum")
+        if self.fake_updates < 1:
+            raise ValueError("--fake-updates must be at least 1")
         choices = (("gradient_mode", GRADIENT_MODES), ("lr_schedule", LR_SCHEDULES), ("mixed_precision", PRECISIONS),
                    ("gan_features", GAN_FEATURES), ("student_kind", KINDS), ("fake_kind", KINDS))
         for name, allowed in choices:

@@ -10,15 +10,20 @@ adapter, LoRaD by default) and the fake score model (teacher + its own adapter).
 3. the fake model learns the student's current distribution (``fake_updates`` times);
 4. bookkeeping: the step's record, the EMA, and a stop after ``max_bad_steps`` non-finite steps in a row.
 
-Every step's prompts and noise derive from (seed, step, micro-batch, process), so a run resumed from a
-checkpoint retraces the uninterrupted one exactly on CPU. The CLI, ``wadi demo``, the web UI and the ComfyUI
-nodes all run this class; what the teacher's world supplies comes through :mod:`wadi_core.distill.world`.
+Every step's prompts and noise are drawn for its whole batch from (seed, step) and each micro-batch of each process
+keeps its rows, so a run resumed from a checkpoint retraces the uninterrupted one exactly on CPU, and micro-batches
+(``grad_accum``) and processes train the student of one batch as large as theirs together. Steps 1-2 run over all
+micro-batches before step 3 does, each network stepping once after the last.
+
+The CLI, ``wadi demo``, the web UI and the ComfyUI nodes all run this class; what the teacher's world supplies
+comes through :mod:`wadi_core.distill.world`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -64,6 +69,20 @@ def _split(processes: int, batch_size: int, grad_accum: int) -> str:
 
 class ResumeMismatch(ValueError):
     pass
+
+
+@dataclasses.dataclass
+class Micro:
+    """One micro-batch of a step, from the student's pass to the fake model's updates: its place in the step, its
+    prompts, the student's x0 (detached) and the prompts' embeddings, the generator of its further draws and that
+    of the extras' draws, and its record (losses, whether all was finite)."""
+    index: int
+    prompts: list[str]
+    x0: torch.Tensor
+    cond: torch.Tensor
+    gen: torch.Generator
+    extras_gen: torch.Generator
+    record: dict
 
 
 # steps of a run measured before it says how long the rest will take; the first few are slower (the CPU's kernels
@@ -443,9 +462,9 @@ class Distiller:
             out = losses.guided(uncond, pos, scale)
         return eps_from_output(out, x_t.float(), self.abar[t], self.prediction)
 
-    def _micro_step(self, micro: int) -> dict[str, float]:
-        """One micro-batch: the student's and the fake model's gradients, and their optimiser steps after the last
-        micro-batch of the step (accelerate's ``accumulate`` counts micro-batches: one call each, for both)."""
+    def _student_micro_step(self, micro: int) -> Micro:
+        """Steps 1 and 2 on one micro-batch: the student's x0 and its gradient (the student's optimiser steps after
+        the step's last micro-batch; accelerate's ``accumulate`` counts the calls)."""
         self._micro = micro
         c, acc, device = self.config, self.accelerator, self.accelerator.device
         prompts, z, gen, rng = self._batch(micro)
@@ -476,17 +495,24 @@ class Distiller:
                 with shared.acting(acc.unwrap_model(self.student)):  # checkpointed forwards run again in here
                     acc.backward(loss)
             self._update(self.opt_student, self.student_params, "student", finite)
+        record.update(loss_student=loss_g.item(), finite=finite, grad_norm=grad.norm().item() / math.sqrt(n))
+        # the fake model's batch: the same x0, and its own generator (per micro-batch or process when the batch is
+        # split) for the extras' draws
+        extras_gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62))) if self._shared_draws() else gen
+        return Micro(micro, prompts, x0.detach(), cond, gen, extras_gen, record)
 
-            # 3. the fake model learns the student's current distribution
-            self.extras.before_fake_updates(prompts, torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-                                            if self._shared_draws() else gen)
-            for update in range(c.fake_updates):
-                loss_f, loss_d = self._fake_update(x0.detach(), cond, gen, first=update == 0)
-                if update == 0 and self.extras.gan is not None:
-                    record["loss_discriminator"] = loss_d.item()
-        return {"loss_student": loss_g.item(), "loss_fake": loss_f.item(),
-                "finite": finite and bool(torch.isfinite(loss_f)), "grad_norm": grad.norm().item() / math.sqrt(n),
-                **record}
+    def _fake_micro_step(self, micro: Micro, update: int) -> None:
+        """Step 3 on one micro-batch: the fake model's gradient on the student's x0 (its optimiser steps after the
+        step's last micro-batch, ``fake_updates`` times a step)."""
+        self._micro = micro.index
+        with self.accelerator.accumulate(*self._synced):
+            if update == 0:  # (the GAN term's real images of this micro-batch)
+                self.extras.before_fake_updates(micro.prompts, micro.extras_gen)
+            loss_f, loss_d = self._fake_update(micro.x0, micro.cond, micro.gen, first=update == 0)
+        micro.record["loss_fake"] = loss_f.item()
+        micro.record["finite"] = micro.record["finite"] and bool(torch.isfinite(loss_f))
+        if update == 0 and self.extras.gan is not None:
+            micro.record["loss_discriminator"] = loss_d.item()
 
     def _fake_update(self, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, first: bool):
         """One step of the fake model's eps loss on the student's x0 (with the extras' terms); returns the loss and
@@ -531,7 +557,11 @@ class Distiller:
         """One optimiser step (``grad_accum`` micro-batches) on both networks; returns its record."""
         started = time.perf_counter()
         self._set_learning_rates()
-        results = [self._micro_step(m) for m in range(self.config.grad_accum)]
+        micros = [self._student_micro_step(m) for m in range(self.config.grad_accum)]  # 1-2, the student's step
+        for update in range(self.config.fake_updates):  # 3. the fake model learns the student's distribution
+            for micro in micros:
+                self._fake_micro_step(micro, update)
+        results = [micro.record for micro in micros]
         # 4. bookkeeping
         finite = self._everyone(all(r["finite"] for r in results))
         self.last_step_finite = finite
