@@ -138,7 +138,7 @@ def test_gan_head_reads_the_middle_transformer_block_of_a_dit():
         run(model)
     channels = gan.feature_channels(model)
     assert channels == 16 and tap.features.shape == (1, 16, channels)  # 4x4 patches of 2x2 on an 8x8 latent
-    assert gan.DiscriminatorHead(channels)(tap.features).shape == (1,)
+    assert gan.reads_tokens(model) and gan.DiscriminatorHead(channels, tokens=True)(tap.features).shape == (1,)
 
 
 def test_extract_recovers_a_rotated_pixart_transformer(tmp_path):

@@ -282,3 +282,17 @@ def test_fsdp_units_are_the_parts_of_a_unets_blocks_and_a_dits_transformer_block
     assert largest < 0.2 * sum(p.numel() for p in unet.parameters())
     dit = tiny_pixart()
     assert [id(m) for m in sharding.units(dit)] == [id(m) for m in dit.transformer_blocks]
+
+
+def test_two_processes_train_with_the_gan_term(teacher, tmp_path):
+    """DDP refuses a network with weights that no loss reaches: the discriminator head holds only the classifier
+    it uses (a UNet's patch classifier), and the run trains the student and the head."""
+    from test_distill import write_real_images
+
+    real = write_real_images(tmp_path / "real")
+    ok(launch(2, teacher, tmp_path / "gan", steps=3, batch_size=2, checkpoint_every=2, gan_weight=0.5,
+              gan_disc_weight=0.1, gan_images=str(real)))
+    student = load_file(tmp_path / "gan" / "student.safetensors")
+    assert any(v.abs().max() > 0 for k, v in student.items() if k.endswith("lorad_up"))
+    history = json.loads((tmp_path / "gan" / "history.json").read_text())
+    assert all(h["loss_gan"] > 0 and h["loss_discriminator"] > 0 for h in history)

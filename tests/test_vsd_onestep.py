@@ -83,7 +83,8 @@ def test_gan_losses_and_head_shapes():
     assert gan.generator_loss(high) < 0.01 < gan.generator_loss(low)
     head = gan.DiscriminatorHead(64)
     assert head(torch.randn(3, 64, 2, 2)).shape == (3,)  # UNet features: a patch classifier
-    assert head(torch.randn(3, 10, 64)).shape == (3,)  # DiT tokens
+    assert gan.DiscriminatorHead(64, tokens=True)(torch.randn(3, 10, 64)).shape == (3,)  # DiT tokens
+    assert not hasattr(head, "tokens")  # only the weights a loss reaches (DDP refuses others)
 
 
 def test_feature_tap_reads_the_mid_block_only_while_capturing():

@@ -42,7 +42,8 @@ class Extras:
         t = self.trainer
         torch.manual_seed(t.config.seed + 1)
         self.tap = gan.FeatureTap(t.fake, self.gan.features)
-        self.head = gan.DiscriminatorHead(gan.feature_channels(t.fake, self.gan.features)).to(device).train()
+        self.head = gan.DiscriminatorHead(gan.feature_channels(t.fake, self.gan.features),
+                                          tokens=gan.reads_tokens(t.fake)).to(device).train()
         return [{"params": list(self.head.parameters()), "lr": self.gan.head_lr}]
 
     def prepare(self, accelerator) -> None:
@@ -186,4 +187,5 @@ class Extras:
 
     def load_state(self, state: dict) -> None:
         if self.head is not None:
-            self.unwrapped_head().load_state_dict(state["gan_head"])
+            own = self.unwrapped_head().state_dict()  # (checkpoints before 2026-12-07 hold both kinds of head)
+            self.unwrapped_head().load_state_dict({key: state["gan_head"][key] for key in own})

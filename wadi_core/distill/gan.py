@@ -19,13 +19,18 @@ from torch import nn
 FEATURES = ("mid", "last")
 
 
+def reads_tokens(model: nn.Module) -> bool:
+    """Whether the head reads a DiT's tokens ``[n, tokens, C]`` rather than a UNet's feature maps ``[n, C, h, w]``."""
+    return getattr(model, "mid_block", None) is None
+
+
 def feature_module(model: nn.Module, where: str = "mid") -> nn.Module:
     """The block whose output the head reads. ``mid``: a UNet's mid block (its lowest resolution, DMD2's
     choice) or the middle transformer block of a DiT; ``last``: the last up block of a UNet (the full latent
     resolution, where a small latent keeps its fine detail) or the last transformer block of a DiT."""
     if where not in FEATURES:
         raise ValueError(f"unknown GAN feature place '{where}'; choose one of: {', '.join(FEATURES)}")
-    if getattr(model, "mid_block", None) is not None:
+    if not reads_tokens(model):
         return model.mid_block if where == "mid" else model.up_blocks[-1]
     blocks = getattr(model, "transformer_blocks", None)
     if blocks:
@@ -36,7 +41,7 @@ def feature_module(model: nn.Module, where: str = "mid") -> nn.Module:
 
 def feature_channels(model: nn.Module, where: str = "mid") -> int:
     """Channels of :func:`feature_module`'s output."""
-    if getattr(model, "mid_block", None) is not None:
+    if not reads_tokens(model):
         return model.config.block_out_channels[-1 if where == "mid" else 0]
     return model.transformer_blocks[0].norm1.normalized_shape[0]
 
@@ -63,20 +68,23 @@ class FeatureTap:
 
 
 class DiscriminatorHead(nn.Module):
-    """Features -> one logit per sample: a patch classifier (UNet features ``[n, C, h, w]``) or a token
-    classifier (DiT features ``[n, tokens, C]``), averaged over patches or tokens."""
+    """Features -> one logit per sample: a patch classifier of UNet features ``[n, C, h, w]`` or, with ``tokens``, a
+    token classifier of DiT features ``[n, tokens, C]``, averaged over patches or tokens. It holds only the one it
+    uses: DDP refuses a network with weights that no loss reaches."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, tokens: bool = False):
         super().__init__()
         groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
-        self.conv = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(),
-                                  nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(groups, channels),
-                                  nn.SiLU(), nn.Conv2d(channels, 1, 1))
-        self.tokens = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, channels), nn.SiLU(),
-                                    nn.Linear(channels, 1))
+        if tokens:
+            self.tokens = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, channels), nn.SiLU(),
+                                        nn.Linear(channels, 1))
+        else:
+            self.conv = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(),
+                                      nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(groups, channels),
+                                      nn.SiLU(), nn.Conv2d(channels, 1, 1))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        logits = self.conv(features.float()) if features.dim() == 4 else self.tokens(features.float())
+        logits = self.tokens(features.float()) if hasattr(self, "tokens") else self.conv(features.float())
         return logits.flatten(1).mean(1)
 
 
