@@ -276,7 +276,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     shared, copies, shared2 = results[:3]
-    ddp, fsdp = (results[3 + args.batch16:5 + args.batch16]) if args.processes else (None, None)
+    ddp, fsdp = [r for r in results if r["processes"] > 1] or (None, None)  # (--processes: DDP's, then FSDP's)
     print(f"recipe {shared['recipe']} (student LoRaD rank {shared['student_rank']}, fake rank {shared['fake_rank']}), "
           f"64x64 latents, bf16 weights, gradient checkpointing; {shared['device']}, torch {shared['torch']}")
     for r in results:
