@@ -228,10 +228,9 @@ def test_fsdp_with_separate_copies_gradient_checkpointing_ema_and_accumulation(r
 
 
 @pytest.mark.parametrize("words, message", [
-    (["--gan-weight", "0.1"], "the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu"),
     (["--offload-optimizer"], ("--offload-optimizer does not run under FSDP, which already divides the optimiser "
                                "state among the processes; launch with --multi_gpu")),
-], ids=["gan-weight", "offload-optimizer"])
+], ids=["offload-optimizer"])
 def test_what_fsdp_does_not_run_is_refused(teacher, tmp_path, monkeypatch, capsys, words, message):
     """Refused before anything starts (here in this process, as each launched process would be)."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
@@ -284,15 +283,33 @@ def test_fsdp_units_are_the_parts_of_a_unets_blocks_and_a_dits_transformer_block
     assert [id(m) for m in sharding.units(dit)] == [id(m) for m in dit.transformer_blocks]
 
 
-def test_two_processes_train_with_the_gan_term(teacher, tmp_path):
+def test_two_processes_train_with_the_gan_term_under_ddp_and_fsdp(teacher, tmp_path):
     """DDP refuses a network with weights that no loss reaches: the discriminator head holds only the classifier
-    it uses (a UNet's patch classifier), and the run trains the student and the head."""
+    it uses (a UNet's patch classifier). Under FSDP the backbones are sharded (with gradient checkpointing the fake
+    model is a copy of its own, sharded too) and the small head stays whole in every process, its gradients averaged
+    like DDP's: both train the same student and head."""
+    import torch
+
     from test_distill import write_real_images
 
     real = write_real_images(tmp_path / "real")
-    ok(launch(2, teacher, tmp_path / "gan", steps=3, batch_size=2, checkpoint_every=2, gan_weight=0.5,
-              gan_disc_weight=0.1, gan_images=str(real)))
-    student = load_file(tmp_path / "gan" / "student.safetensors")
-    assert any(v.abs().max() > 0 for k, v in student.items() if k.endswith("lorad_up"))
-    history = json.loads((tmp_path / "gan" / "history.json").read_text())
-    assert all(h["loss_gan"] > 0 and h["loss_discriminator"] > 0 for h in history)
+    options = dict(steps=3, batch_size=2, checkpoint_every=2, gan_weight=0.5, gan_disc_weight=0.1,
+                   gan_images=str(real))
+    ok(launch(2, teacher, tmp_path / "ddp", **options))
+    result = ok(launch(2, teacher, tmp_path / "fsdp", use_fsdp=True, gradient_checkpointing=True, **options))
+    assert held_share(result) == pytest.approx(0.5, abs=0.01)
+    ddp, fsdp = (load_file(tmp_path / name / "student.safetensors") for name in ("ddp", "fsdp"))
+    assert any(v.abs().max() > 0 for k, v in fsdp.items() if k.endswith("lorad_up"))
+    assert_close(ddp, fsdp, FSDP_TOLERANCE)
+    heads = [torch.load(tmp_path / name / "checkpoint" / "state.pt")["gan_head"] for name in ("ddp", "fsdp")]
+    assert_close(*heads, FSDP_TOLERANCE)
+    for name in ("ddp", "fsdp"):
+        history = json.loads((tmp_path / name / "history.json").read_text())
+        assert all(h["loss_gan"] > 0 and h["loss_discriminator"] > 0 for h in history)
+    # each run continued to step 4 under the other (FSDP now on the shared backbone): the head's state and its
+    # optimiser's move between a sharded run and a DDP one
+    for name, other in (("ddp", dict(use_fsdp=True)), ("fsdp", {})):
+        shutil.copytree(tmp_path / name, tmp_path / f"{name}-4")
+        ok(launch(2, teacher, tmp_path / f"{name}-4", **{**options, "steps": 4, "resume": True, **other}))
+    assert_close(*(load_file(tmp_path / f"{name}-4" / "student.safetensors") for name in ("ddp", "fsdp")),
+                 FSDP_TOLERANCE)

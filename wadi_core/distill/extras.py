@@ -47,8 +47,14 @@ class Extras:
         return [{"params": list(self.head.parameters()), "lr": self.gan.head_lr}]
 
     def prepare(self, accelerator) -> None:
-        """The head is wrapped like the fake model, so that its gradients are averaged across processes too."""
-        if self.head is not None:
+        """The head's gradients are averaged across processes too: under DDP it is wrapped like the fake model; under
+        FSDP, which shards the backbones, the small head stays whole in every process behind a DDP wrapper of its
+        own."""
+        if self.head is None:
+            return
+        if self.trainer.sharded and accelerator.num_processes > 1:
+            self.head = torch.nn.parallel.DistributedDataParallel(self.head)
+        else:
             self.head = accelerator.prepare(self.head)
 
     def check_prompts(self) -> None:

@@ -141,9 +141,6 @@ class Distiller:
         self.progress = progress
         # accelerate launch --use_fsdp: the distiller shards the networks itself (sharding.py), on CPUs too
         self.sharded = sharding.requested() and _world_size() > 1
-        if self.sharded and config.extras.gan.weight > 0:
-            raise ValueError("the GAN term (--gan-weight) does not run under FSDP; launch with --multi_gpu (DDP) "
-                             "instead of --use_fsdp, or leave out --gan-weight")
         if self.sharded and config.offload_optimizer:
             raise ValueError("--offload-optimizer does not run under FSDP, which already divides the optimiser state "
                              "among the processes; launch with --multi_gpu (DDP) instead of --use_fsdp, or leave out "
