@@ -283,18 +283,19 @@ def test_fsdp_units_are_the_parts_of_a_unets_blocks_and_a_dits_transformer_block
     assert [id(m) for m in sharding.units(dit)] == [id(m) for m in dit.transformer_blocks]
 
 
-def test_two_processes_train_with_the_gan_term_under_ddp_and_fsdp(teacher, tmp_path):
+def test_two_processes_train_with_the_gan_term_and_regression_pairs_under_ddp_and_fsdp(teacher, tmp_path):
     """DDP refuses a network with weights that no loss reaches: the discriminator head holds only the classifier
     it uses (a UNet's patch classifier). Under FSDP the backbones are sharded (with gradient checkpointing the fake
     model is a copy of its own, sharded too) and the small head stays whole in every process, its gradients averaged
-    like DDP's: both train the same student and head."""
+    like DDP's; every process draws DMD's regression pairs with the sharded teacher. Both train the same student and
+    head."""
     import torch
 
     from test_distill import write_real_images
 
     real = write_real_images(tmp_path / "real")
     options = dict(steps=3, batch_size=2, checkpoint_every=2, gan_weight=0.5, gan_disc_weight=0.1,
-                   gan_images=str(real))
+                   gan_images=str(real), regression_pairs=3)
     ok(launch(2, teacher, tmp_path / "ddp", **options))
     result = ok(launch(2, teacher, tmp_path / "fsdp", use_fsdp=True, gradient_checkpointing=True, **options))
     assert held_share(result) == pytest.approx(0.5, abs=0.01)
