@@ -16,8 +16,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,15 +54,21 @@ def launch(processes: int, teacher, out: Path, use_fsdp: bool = False, tree: Pat
            **options) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes N -m wadi_cli distill ...`` (or ``--use_fsdp``), one thread a
     process, with the suite of ``tree`` (benchmarks/fsdp_exits.py launches an earlier commit's)."""
+    command, env = launch_command(processes, teacher, out, use_fsdp, tree, **options)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tree)
+
+
+def launch_command(processes: int, teacher, out: Path, use_fsdp: bool = False, tree: Path = ROOT,
+                   **options) -> tuple[list[str], dict]:
+    """The command and environment of :func:`launch` (one process: ``python -m wadi_cli distill`` itself)."""
     model, prompts = teacher
     kind = ["--use_fsdp"] if use_fsdp else ["--multi_gpu"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(29500 + os.getpid() % 1000),
-               "-m", "wadi_cli", "distill", "--model", str(model), "--prompts", str(prompts), "--out", str(out),
-               "--quiet", *flags({**OPTIONS, **options})]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tree)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable]
+    command = [*launcher, "-m", "wadi_cli", "distill", "--model", str(model), "--prompts", str(prompts),
+               "--out", str(out), "--quiet", *flags({**OPTIONS, **options})]
+    return command, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
 
 
 def one_process(teacher, out: Path, **options) -> Path:
@@ -366,3 +374,78 @@ def test_two_processes_distil_a_dit_and_an_sdxl_teacher_under_ddp_and_fsdp(famil
     half = load_file(one_process(teacher, tmp_path / "half", batch_size=2, **options))
     with pytest.raises(AssertionError):
         assert_close(one, half, tolerance)
+
+
+def wait_for_first_step(out: Path, process: subprocess.Popen) -> None:
+    """Until the run has finished a step (``--student-every 1`` keeps each step's student): it is then training,
+    inside its stop on signals."""
+    deadline = time.monotonic() + 300
+    while not (out / "students" / "student-step000001.safetensors").exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_a_run_after_its_step_with_a_checkpoint_that_resumes_exactly(teacher, tmp_path):
+    """A scheduler's SIGTERM (Ctrl-C alike) lets the step in progress finish, writes a checkpoint there and ends
+    with status 143 (128 + SIGTERM, as a shell reports it); --resume then finishes the student of an uninterrupted
+    run, to the bit."""
+    import torch
+
+    out = tmp_path / "run"
+    command, env = launch_command(1, teacher, out, steps=1000, batch_size=2, checkpoint_every=0, student_every=1)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_first_step(out, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    step = torch.load(out / "checkpoint" / "state.pt")["step"]
+    assert 1 <= step < 1000
+    assert "SIGTERM: stopping after this step with a checkpoint" in stdout
+    assert f"stopped at step {step}; continue with --resume" in stdout
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    resumed = one_process(teacher, out, steps=step + 1, batch_size=2, checkpoint_every=0, resume=True)
+    whole = one_process(teacher, tmp_path / "whole", steps=step + 1, batch_size=2, checkpoint_every=0)
+    a, b = load_file(resumed), load_file(whole)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(runs, teacher):
+    """Only the second of two processes is told (a launcher passes a signal on to each in turn, and they may be in
+    different steps when it does): both stop after the same step, the main one writes the checkpoint, and one
+    process with the whole batch continues it to the student of one process's uninterrupted run."""
+    import psutil
+    import torch
+
+    root, _ = runs
+    out = root / "signalled"
+    command, env = launch_command(2, teacher, out, steps=1000, batch_size=2, checkpoint_every=0, student_every=1)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_first_step(out, process)
+        second = next(p for p in psutil.Process(process.pid).children(recursive=True)
+                      if p.environ().get("RANK") == "1")
+        second.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=300)  # (a process left alone in a collective would wait here)
+    finally:
+        process.kill()
+    step = torch.load(out / "checkpoint" / "state.pt")["step"]
+    assert 1 <= step < 1000 and f"stopped at step {step}; continue with --resume" in stdout, stderr[-3000:]
+    resumed = one_process(teacher, out, steps=step + 1, batch_size=4, checkpoint_every=0, resume=True)
+    whole = one_process(teacher, root / "whole-after-signal", steps=step + 1, batch_size=4, checkpoint_every=0)
+    assert_close(load_file(whole), load_file(resumed))
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_process():
+    from wadi_core.distill.stopping import StopOnSignals
+
+    said = []
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnSignals(said.append) as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop() and stop.status == 130
+        assert said == ["SIGINT: stopping after this step with a checkpoint (Ctrl-C again stops at once, without one)"]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -132,10 +132,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from wadi_core.distill import Distiller
+    from wadi_core.distill.stopping import StopOnSignals
 
     distiller = Distiller(DistillConfig.from_options(**options_from_args(args)), progress=not args.quiet)
-    path = distiller.run()
-    if path is not None:
-        distiller.log(f"wrote {path} ({distiller.step} steps, {distiller.seconds / 60:.1f} min of training); "
-                      f"samples in {distiller.out / 'samples'}, losses in {distiller.out / 'loss.png'}")
+    with StopOnSignals(distiller.log) as stop:  # Ctrl-C, SIGTERM, SIGUSR1: a checkpoint after the step, then stop
+        path = distiller.run(should_stop=stop)
+    if path is None:
+        return stop.status
+    distiller.log(f"wrote {path} ({distiller.step} steps, {distiller.seconds / 60:.1f} min of training); "
+                  f"samples in {distiller.out / 'samples'}, losses in {distiller.out / 'loss.png'}")
     return 0

@@ -428,6 +428,13 @@ class Distiller:
         return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum")
                     == self.accelerator.num_processes)
 
+    def _anyone(self, flag: bool) -> bool:
+        """True when ``flag`` holds on at least one process (a stop asked of one process stops them all at the same
+        step)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum") > 0)
+
     def _batch(self, micro: int) -> tuple[list[str], torch.Tensor, torch.Generator, np.random.Generator]:
         """This process's prompts and initial noise of one micro-batch, the generator of the batch's further draws,
         and the generator of the extras' draws (DMD pairs, GAN images: per process when there are several)."""
@@ -599,7 +606,8 @@ class Distiller:
     def run(self, should_stop: Callable[[], bool] = lambda: False,
             on_step: Callable[[dict], None] | None = None) -> Path | None:
         """Train to ``config.steps`` with checkpoints and sample grids; returns the final adapter (None if
-        ``should_stop`` ended the run early, after writing a checkpoint)."""
+        ``should_stop`` ended the run early, after writing a checkpoint). Under several processes it is asked after
+        every step on each of them, and all stop when one says so (:mod:`.stopping`)."""
         c = self.config
         bar = tqdm(total=c.steps, initial=self.step, desc="distilling",
                    disable=not (self.progress and self.accelerator.is_main_process))
@@ -621,7 +629,7 @@ class Distiller:
                     self.keep_student()
                 if every(self.step, c.sample_every) or self.step == c.steps:
                     self.write_samples()
-                if should_stop() and self.step < c.steps:
+                if self._anyone(should_stop()) and self.step < c.steps:
                     if self.save_checkpoint() is not None:
                         self.log(f"stopped at step {self.step}; continue with --resume")
                     else:
