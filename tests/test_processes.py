@@ -449,3 +449,33 @@ def test_a_second_ctrl_c_stops_at_once_in_one_process():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+BLIND = '''import os, sys
+from pathlib import Path
+if os.environ.get("RANK") == "1":  # another node's disk, where the run folder is not
+    is_file = Path.is_file
+    Path.is_file = lambda path: path.name != "state.pt" and is_file(path)
+from wadi_cli.cli import main
+status = main(sys.argv[1:])
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(status)
+'''
+
+
+def test_a_resume_that_one_process_cannot_read_stops_every_process_with_one_message(runs, teacher, tmp_path):
+    """Every process reads the checkpoint when a run resumes; on two nodes without shared storage the second node's
+    processes do not find it (here the second of two processes is made blind to it). Every process stops with the
+    same message, the main one too, instead of waiting for the other in a collective."""
+    root, _ = runs
+    shutil.copytree(root / "two", tmp_path / "run")
+    (tmp_path / "blind.py").write_text(BLIND)
+    command, env = launch_command(2, teacher, tmp_path / "run", steps=4, batch_size=2, checkpoint_every=2,
+                                  resume=True)
+    at = command.index("wadi_cli")
+    command[at - 1:at + 1] = [str(tmp_path / "blind.py")]  # (instead of -m wadi_cli)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode != 0
+    assert result.stderr.count("wadi distill: error: cannot resume: ") == 2, result.stderr[-3000:]
+    assert "put --out on storage that every node sees at the same path" in result.stderr

@@ -763,6 +763,10 @@ class Distiller:
 
     def _load_checkpoint(self) -> None:
         path = self.out / CHECKPOINT / STATE_FILE
+        if not self._everyone(path.is_file()):  # (the main process has seen it; on several nodes each reads it too)
+            raise FileNotFoundError(f"cannot resume: {path} is not there for every process, and each one reads it; "
+                                    "put --out on storage that every node sees at the same path, or copy the run "
+                                    "folder to that path on each node")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
