@@ -325,35 +325,36 @@ def test_two_processes_train_with_the_gan_term_and_regression_pairs_under_ddp_an
 
 
 
-@pytest.mark.parametrize("use_fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_torchrun_starts_the_same_run(runs, teacher, use_fsdp):
+def test_torchrun_starts_the_same_run(runs, teacher):
     """``torchrun --nproc_per_node 2 -m wadi_cli distill`` (torch's launcher, one thread a process by its default),
-    FSDP asked for as accelerate's launcher asks (``ACCELERATE_USE_FSDP=true``): the student of one process with the
-    whole batch."""
+    with FSDP asked for as accelerate's launcher asks (``ACCELERATE_USE_FSDP=true``): the student of one process
+    with the whole batch. (Without it, DDP: the same processes; measured 2.8e-4.)"""
     root, _ = runs
     model, prompts = teacher
-    out = root / f"torchrun-{'fsdp' if use_fsdp else 'ddp'}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_FSDP": str(use_fsdp).lower()}
+    out = root / "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_FSDP": "true"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", str(30500 + os.getpid() % 1000), "-m", "wadi_cli", "distill", "--model", str(model),
                "--prompts", str(prompts), "--out", str(out), "--quiet",
                *flags({**OPTIONS, "steps": 3, "batch_size": 2, "checkpoint_every": 0})]
     result = ok(subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT))
-    assert ("FSDP: the weights are sharded over 2 processes" in result.stdout) == use_fsdp
+    assert held_share(result) == pytest.approx(0.5, abs=0.01)
     assert_close(load_file(root / "one" / "student.safetensors"), load_file(out / "student.safetensors"),
                  FSDP_TOLERANCE)
 
-@pytest.mark.parametrize("family", ["pixart", "sdxl"])
-def test_two_processes_distil_a_dit_and_an_sdxl_teacher_under_ddp_and_fsdp(family, tmp_path):
-    """The other backbones in two processes: a PixArt-style DiT (its transformer blocks are the FSDP units, a T5
-    encodes the prompts) and SDXL (its UNet takes each row's pooled text and size ids beside the embeddings); under
-    DDP and FSDP 2 processes x batch 2 train the student of one process with batch 4, and one process that trained
-    on its half alone does not. The fake model's guidance is 1 (DMD's): with the teacher's, fake and teacher start
-    equal on these random tiny teachers, the student's gradient is near zero for its first steps (1e-13 on SDXL)
-    and Adam turns the last bits of its sums into steps (1.05e-2 of a tensor's largest entry under FSDP). The DiT's
-    batch of 4 adds in another order than its batches of 2 (DDP and FSDP agree with each other to 1e-6): over three
-    tiny PixArt teachers the students agreed to 5.9e-4, 1.3e-3 and 3.9e-3, hence the wider tolerance; one that
-    trained on its half alone is off by up to 1.8 times a tensor's largest entry."""
+
+@pytest.mark.parametrize("family, use_fsdp", [("pixart", True), ("sdxl", False)], ids=["pixart-fsdp", "sdxl-ddp"])
+def test_two_processes_distil_a_dit_and_an_sdxl_teacher(family, use_fsdp, tmp_path):
+    """The other backbones in two processes: a PixArt-style DiT under FSDP (its transformer blocks are the units, a
+    T5 encodes the prompts) and SDXL under DDP (its UNet takes each row's pooled text and size ids beside the
+    embeddings; its FSDP units are SD1.x's): 2 processes x batch 2 train the student of one process with batch 4,
+    and one process that trained on its half alone does not. (Measured with both kinds on both: DiT 5.9e-4 to 3.9e-3
+    over three tiny teachers, DDP and FSDP equal to 1e-6; SDXL 2.7e-4 DDP, 5.7e-4 FSDP.) The fake model's guidance
+    is 1 (DMD's): with the teacher's, fake and teacher start equal on these random tiny teachers, the student's
+    gradient is near zero for its first steps (1e-13 on SDXL) and Adam turns the last bits of its sums into steps
+    (1.05e-2 of a tensor's largest entry under FSDP). The DiT's batch of 4 adds in another order than its batches of
+    2, hence the wider tolerance; one that trained on its half alone is off by up to 1.8 times a tensor's largest
+    entry."""
     import torch
 
     from conftest import write_sdxl_folder
@@ -368,9 +369,9 @@ def test_two_processes_distil_a_dit_and_an_sdxl_teacher_under_ddp_and_fsdp(famil
     options = dict(steps=3, checkpoint_every=0, fake_guidance=1.0)
     one = load_file(one_process(teacher, tmp_path / "one", batch_size=4, **options))
     assert any(v.abs().max() > 0 for k, v in one.items() if k.endswith("lorad_up"))  # it did train
-    for kind, use_fsdp in (("ddp", False), ("fsdp", True)):
-        ok(launch(2, teacher, tmp_path / kind, use_fsdp=use_fsdp, batch_size=2, **options))
-        assert_close(one, load_file(tmp_path / kind / "student.safetensors"), tolerance)
+    result = ok(launch(2, teacher, tmp_path / "two", use_fsdp=use_fsdp, batch_size=2, **options))
+    assert ("FSDP: the weights are sharded" in result.stdout) == use_fsdp
+    assert_close(one, load_file(tmp_path / "two" / "student.safetensors"), tolerance)
     half = load_file(one_process(teacher, tmp_path / "half", batch_size=2, **options))
     with pytest.raises(AssertionError):
         assert_close(one, half, tolerance)
