@@ -437,6 +437,26 @@ def test_a_signal_to_one_process_stops_every_process_after_the_same_step(runs, t
     assert_close(load_file(whole), load_file(resumed))
 
 
+
+def test_ctrl_c_to_the_launcher_stops_its_processes_with_a_checkpoint(teacher, tmp_path):
+    """Ctrl-C reaches ``accelerate launch`` (here alone; a terminal signals the processes too), which passes it on
+    to each process and then reports a failure: the processes finish their step first and the checkpoint is
+    written (docs/troubleshooting.md)."""
+    import torch
+
+    out = tmp_path / "run"
+    command, env = launch_command(2, teacher, out, steps=1000, batch_size=2, checkpoint_every=0, student_every=1)
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_first_step(out, process)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    step = torch.load(out / "checkpoint" / "state.pt")["step"]
+    assert "SIGINT: stopping after this step with a checkpoint" in stdout, stderr[-3000:]
+    assert f"stopped at step {step}; continue with --resume" in stdout
+
 def test_a_second_ctrl_c_stops_at_once_in_one_process():
     from wadi_core.distill.stopping import StopOnSignals
 
