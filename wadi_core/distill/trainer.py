@@ -421,19 +421,20 @@ class Distiller:
         """This process's rows of standard normal noise drawn for the whole batch, ``shape`` per sample."""
         return self._rows(torch.randn((self.global_batch(), *shape), generator=gen))
 
+    def _holding(self, flag: bool) -> int:
+        """On how many processes ``flag`` holds."""
+        if self.accelerator.num_processes == 1:
+            return int(flag)
+        return int(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum"))
+
     def _everyone(self, flag: bool) -> bool:
         """True when ``flag`` holds on every process (a backward that one process skips would stall the others)."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum")
-                    == self.accelerator.num_processes)
+        return self._holding(flag) == self.accelerator.num_processes
 
     def _anyone(self, flag: bool) -> bool:
         """True when ``flag`` holds on at least one process (a stop asked of one process stops them all at the same
         step)."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device), "sum") > 0)
+        return self._holding(flag) > 0
 
     def _batch(self, micro: int) -> tuple[list[str], torch.Tensor, torch.Generator, np.random.Generator]:
         """This process's prompts and initial noise of one micro-batch, the generator of the batch's further draws,
