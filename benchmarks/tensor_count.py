@@ -156,7 +156,9 @@ class TensorCount(TorchDispatchMode):
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's part of a sharded tensor (the tensor itself when it is not sharded)."""
+    """This process's part of a sharded tensor (the tensor itself when it is not sharded). Not
+    ``wadi_core.distill.sharding.local``: its ``to_local()`` runs an operator, which the count would see inside its own
+    bookkeeping; the attribute runs none."""
     return tensor._local_tensor if isinstance(tensor, DTensor) else tensor
 
 

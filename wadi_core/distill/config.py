@@ -174,10 +174,13 @@ class DistillConfig:
         if options["batch_size"] is None:  # the recipe's whole batch, split over processes and micro-batches
             parts = processes * options["grad_accum"]
             if recipe.batch_size % parts:
-                over = " x ".join([f"{processes} processes"] * (processes > 1)
-                                  + [f"{options['grad_accum']} micro-batches (--grad-accum)"] * (parts > processes))
+                over = []
+                if processes > 1:
+                    over.append(f"{processes} processes")
+                if options["grad_accum"] > 1:
+                    over.append(f"{options['grad_accum']} micro-batches (--grad-accum)")
                 raise ValueError(f"the {recipe.name} recipe's batch of {recipe.batch_size} prompts does not split over "
-                                 f"{over}; give each micro-batch its share with --batch-size N")
+                                 f"{' x '.join(over)}; give each micro-batch its share with --batch-size N")
             options["batch_size"] = recipe.batch_size // parts
         for name in ("guidance", "fake_guidance", "steps", "fake_updates", "ema", "late_fraction", "late_t_max",
                      "sample_guidance"):

@@ -52,7 +52,7 @@ class Extras:
         own."""
         if self.head is None:
             return
-        if self.trainer.sharded and accelerator.num_processes > 1:
+        if self.trainer.sharded:  # (set only with several processes)
             self.head = torch.nn.parallel.DistributedDataParallel(self.head)
         else:
             self.head = accelerator.prepare(self.head)
