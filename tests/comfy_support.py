@@ -60,26 +60,39 @@ def import_comfy_in_process(base_directory: Path):
 
 def sd15_checkpoint(path: Path, seed: int = 0) -> Path:
     """A single-file SD1.5 checkpoint (LDM key layout, fp16) with random weights: UNet, CLIP-L, VAE."""
-    from diffusers import AutoencoderKL
+    return random_checkpoint(path, "sd15", seed)
+
+
+def random_checkpoint(path: Path, family: str = "sd15", seed: int = 0) -> Path:
+    """A single-file checkpoint of ``family`` (sd15, sd21 or sdxl; LDM key layout, fp16) with random weights, holding
+    what released files hold: UNet, VAE and text encoders; SD2.x's OpenCLIP ViT-H with all 24 layers (SD2 reads the
+    23rd) and OpenCLIP's projection and logit scale."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from wadi_core.models import keys
-    from wadi_core.models.families import sd15_unet
+    from wadi_core.models.single_file import FAMILIES, SD_VAE
 
+    spec = FAMILIES[family]
     torch.manual_seed(seed)
     state = {}
-    unet = sd15_unet().state_dict()
+    unet = UNet2DConditionModel(**spec.unet).state_dict()
     names = keys.unet_name_map(unet)
     state.update({keys.LDM_UNET + names[k]: v.half() for k, v in unet.items()})
     del unet
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12,
-                                        max_position_embeddings=77, hidden_act="quick_gelu"))
-    state.update(keys.add_prefix(keys.clip_l_to_ldm({k: v.half() for k, v in text.state_dict().items()}),
-                                 keys.LDM_CLIP))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)
+    for part in spec.texts:
+        config = dict(part.config)
+        if family == "sd21":
+            config["num_hidden_layers"] += 1  # the layer after the one SD2 reads
+        text = (CLIPTextModelWithProjection if part.openclip else CLIPTextModel)(CLIPTextConfig(**config))
+        text_state = {k: v.half() for k, v in text.state_dict().items()}
+        written = keys.openclip_to_ldm(text_state) if part.openclip else keys.clip_l_to_ldm(text_state)
+        if part.openclip:
+            written["logit_scale"] = torch.tensor(4.6052, dtype=torch.float16)
+        state.update(keys.add_prefix(written, part.prefix))
+        del text, text_state
+    vae = AutoencoderKL(**SD_VAE)
     state.update(keys.add_prefix(keys.vae_to_ldm({k: v.half() for k, v in vae.state_dict().items()}), keys.LDM_VAE))
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path

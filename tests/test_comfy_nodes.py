@@ -249,10 +249,19 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     single = tmp_path / "sd15.safetensors"
     single.symlink_to(host["ckpt"])
     monkeypatch.setattr("wadi_core.models.single_file.CLIP_REPO", "wadi-tests/not-in-any-cache")  # as on a fresh machine
+    monkeypatch.setattr("wadi_core.models.single_file.TOKENIZER_FOLDERS", [])  # nor a host's copy
     with pytest.raises(CheckpointError, match="has no tokenizer"):
         load_components(single)
-    write_tokenizer(tmp_path / "tokenizer")  # any CLIP tokenizer whose ids fit CLIP-L's 49408
+    from wadi_comfy.distill_node import use_comfy_vocabulary
+    use_comfy_vocabulary()  # what WaDi Distill does: ComfyUI's own copy of CLIP's vocabulary
+    from_comfy = load_components(single).tokenizer
+    prompt = "a photo of sks dog"
+    comfy_tokens = [token for token, _ in host["clip"].tokenize(prompt)["l"][0]]
+    assert from_comfy.model_max_length == 77  # (ComfyUI's folder says 8192)
+    assert from_comfy(prompt, padding="max_length", max_length=77).input_ids == comfy_tokens
+    write_tokenizer(tmp_path / "tokenizer")  # any CLIP tokenizer whose ids fit CLIP-L's 49408; beside comes first
     model = load_components(single)
+    assert len(model.tokenizer) < len(from_comfy)
     ckpt = open_checkpoint(single)
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
     assert torch.equal(model.unet.state_dict()[name], ckpt.read(name).float())

@@ -47,7 +47,7 @@ open_fraction = ranged(float, "more than 0 and at most 1", low=0.0, high=1.0, lo
 
 
 # what --model takes, in every command's help (wadi_core.models.load_components reads them all)
-MODEL_PATHS = "a diffusers folder or a single-file SD1.x .safetensors (tokenizer/ beside it)"
+MODEL_PATHS = "a diffusers folder or a single-file SD1.x, SD2.x or SDXL .safetensors (tokenizer/ beside it)"
 
 
 def hidden_alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs) -> None:

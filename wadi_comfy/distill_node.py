@@ -48,6 +48,15 @@ def model_path(name: str) -> str:
     raise FileNotFoundError(f"'{name}' is neither in models/checkpoints nor a diffusers folder in models/diffusers")
 
 
+def use_comfy_vocabulary() -> None:
+    """A checkpoint in models/checkpoints has no tokenizer beside it: let wadi read CLIP's vocabulary from ComfyUI's
+    own copy (comfy/sd1_tokenizer, which its SD1.x, SD2.x and SDXL text encoders use)."""
+    import comfy.sd1_clip
+
+    from wadi_core.models.single_file import add_tokenizer_folder
+    add_tokenizer_folder(Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer")
+
+
 def image_tensor(path: Path) -> torch.Tensor:
     """A PNG as ComfyUI's IMAGE: float [1, H, W, 3] in [0, 1]."""
     from PIL import Image
@@ -122,6 +131,7 @@ class WaDiDistill:
         if lines:
             prompt_file = fileio.write_text(runs / f"{name}.prompts.txt", "\n".join(lines) + "\n", overwrite=True)
         resume = bool(continue_run) and (run / "checkpoint").is_dir()
+        use_comfy_vocabulary()
         options = dict(out=str(run), model=model_path(model_name), prompts=str(prompt_file) if prompt_file else None,
                        seed=int(seed), report_to="none", resume=resume, overwrite=not resume)
         if steps:

@@ -141,17 +141,9 @@ def refuse_inputs_as_output(out: Path, base, adapters: Sequence[tuple[str | os.P
 
 def _check_convertible(ckpt: Checkpoint, fmt: str) -> None:
     """Refuse conversions we cannot do before any work is spent."""
-    if fmt == "single-file" and ckpt.kind != "single-file":
-        if ckpt.backbone != "unet":
-            raise CheckpointError("single-file export exists only for SD-style UNets; write a diffusers folder "
-                                  "for DiT models")
-        if ckpt.kind == "diffusers-pipeline":
-            config = ckpt.path / "text_encoder" / "config.json"
-            openclip = config.is_file() and json.loads(config.read_text()).get("hidden_size") == 1024
-            if openclip or ckpt.family == "sd21":
-                raise CheckpointError(
-                    f"{ckpt.path} has an OpenCLIP-sized text encoder (SD2.x); its single-file layout is not "
-                    "written by wadi yet. Write a diffusers folder, or merge into the original SD2.x .safetensors")
+    if fmt == "single-file" and ckpt.kind != "single-file" and ckpt.backbone != "unet":
+        raise CheckpointError("single-file export exists only for SD-style UNets; write a diffusers folder for "
+                              "DiT models")
     if fmt == "diffusers" and ckpt.kind == "single-file" and ckpt.family not in _REFERENCE_CONFIGS:
         raise CheckpointError(f"{ckpt.path}: cannot tell which UNet config this single-file checkpoint needs "
                               "(family unknown); write a single-file output instead")
@@ -176,9 +168,17 @@ def _write_single_file(ckpt: Checkpoint, backbone: dict[str, torch.Tensor], out:
         if text_2.is_dir():  # SDXL: CLIP ViT-L as for SD1.x under SDXL's prefix, then OpenCLIP bigG
             tensors.update(keys.add_prefix(keys.clip_l_to_ldm(_read_folder(text)), keys.LDM_SDXL_CLIP_L))
             tensors.update(keys.add_prefix(keys.openclip_to_ldm(_read_folder(text_2)), keys.LDM_SDXL_CLIP_G))
+        elif text.is_dir() and _is_openclip(text):  # SD2.x: OpenCLIP ViT-H, in OpenCLIP's names
+            tensors.update(keys.add_prefix(keys.openclip_to_ldm(_read_folder(text)), keys.LDM_SD2_CLIP))
         elif text.is_dir():
             tensors.update(keys.add_prefix(keys.clip_l_to_ldm(_read_folder(text)), keys.LDM_CLIP))
     return fileio.save_safetensors(tensors, out, {"wadi.merged_from": str(ckpt.path)}, overwrite)
+
+
+def _is_openclip(text_encoder: Path) -> bool:
+    """Whether a pipeline's text encoder is OpenCLIP's (SD2.x: GELU; CLIP ViT-L, SD1.x's, uses quick GELU)."""
+    config = json.loads((text_encoder / "config.json").read_text())
+    return config.get("hidden_act") == "gelu"
 
 
 def _read_folder(folder: Path) -> dict[str, torch.Tensor]:

@@ -72,13 +72,16 @@ def read_tensor(file: Path, key: str) -> torch.Tensor:
 
 
 class StoredTensors(Mapping):
-    """Tensors by name from ``{name: (safetensors file, key)}``, each read only when asked for."""
+    """Tensors by name from ``{name: (safetensors file, key)}``, each read only when asked for; a third item in a
+    value, a function, turns the stored tensor into the one named (a slice of a fused tensor, a transpose)."""
 
-    def __init__(self, where: Mapping[str, tuple[Path, str]]):
+    def __init__(self, where: Mapping[str, tuple]):
         self.where = where
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return read_tensor(*self.where[name])
+        file, key, *convert = self.where[name]
+        tensor = read_tensor(file, key)
+        return convert[0](tensor) if convert and convert[0] else tensor
 
     def __contains__(self, name) -> bool:  # (Mapping's own would read the tensor)
         return name in self.where

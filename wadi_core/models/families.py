@@ -11,28 +11,32 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+SD21_UNET = dict(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                 use_linear_projection=True, upcast_attention=True)
+# SDXL base 1.0's UNet: three levels (the first without attention), 1, 2 and 10 transformer layers per attention block,
+# 2048-wide text features, and the added conditions (pooled text embedding and time ids)
+SDXL_UNET = dict(sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+                 block_out_channels=(320, 640, 1280),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+
 
 def sd15_unet() -> nn.Module:
     from diffusers import UNet2DConditionModel
-    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    return UNet2DConditionModel(**SD15_UNET)
 
 
 def sd21_unet() -> nn.Module:
     from diffusers import UNet2DConditionModel
-    return UNet2DConditionModel(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                                use_linear_projection=True, upcast_attention=True)
+    return UNet2DConditionModel(**SD21_UNET)
 
 
 def sdxl_unet() -> nn.Module:
-    """SDXL base 1.0's UNet: three levels (the first without attention), 1, 2 and 10 transformer layers per
-    attention block, 2048-wide text features, and the added conditions (pooled text embedding and time ids)."""
     from diffusers import UNet2DConditionModel
-    return UNet2DConditionModel(
-        sample_size=128, cross_attention_dim=2048, attention_head_dim=(5, 10, 20), block_out_channels=(320, 640, 1280),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816)
+    return UNet2DConditionModel(**SDXL_UNET)
 
 
 def pixart_alpha_transformer() -> nn.Module:

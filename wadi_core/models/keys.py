@@ -9,8 +9,8 @@ containers and the ResNet sub-layers are renamed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 
@@ -19,6 +19,7 @@ LDM_VAE = "first_stage_model."
 LDM_CLIP = "cond_stage_model.transformer."
 LDM_SDXL_CLIP_L = "conditioner.embedders.0.transformer."  # SDXL's first text encoder (CLIP ViT-L)
 LDM_SDXL_CLIP_G = "conditioner.embedders.1.model."  # SDXL's second (OpenCLIP ViT-bigG, OpenCLIP's names)
+LDM_SD2_CLIP = "cond_stage_model.model."  # SD2.x's text encoder (OpenCLIP ViT-H, OpenCLIP's names)
 
 _RESNET_UNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -169,11 +170,18 @@ def clip_l_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in state.items()}
 
 
+def clip_l_sources(names: Iterable[str]) -> dict[str, tuple[str, None]]:
+    """The inverse of :func:`clip_l_to_ldm`, by name (the form :func:`openclip_sources` returns)."""
+    return {name: (f"text_model.{name.removeprefix('text_model.')}", None) for name in names
+            if not name.endswith("position_ids")}
+
+
 _OPENCLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
                    "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 _OPENCLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
                  "embeddings.position_embedding.weight": "positional_embedding",
                  "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # fused, in this order, into OpenCLIP's in_proj
 
 
 def openclip_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,14 +197,48 @@ def openclip_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
         elif m := re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", name):
             layer, part, kind = m.groups()
             block = f"transformer.resblocks.{layer}."
-            if part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-                if part == "self_attn.q_proj":  # written once, for all three
+            if part in _QKV:
+                if part == _QKV[0]:  # written once, for all three
                     out[f"{block}attn.in_proj_{kind}"] = torch.cat(
                         [state[f"encoder.layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"])
             elif part in _OPENCLIP_LAYER:
                 out[f"{block}{_OPENCLIP_LAYER[part]}.{kind}"] = tensor
             else:
                 raise KeyConversionError(f"no OpenCLIP name for text-encoder weight '{name}'")
+        else:
+            raise KeyConversionError(f"no OpenCLIP name for text-encoder weight '{name}'")
+    return out
+
+
+def _third(index: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda fused: fused.chunk(3)[index]
+
+
+def _transposed(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.T.contiguous()
+
+
+def openclip_sources(names: Iterable[str]) -> dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]]:
+    """The inverse of :func:`openclip_to_ldm`, by name: for each weight of a Hugging Face CLIP text model
+    (``names``), the OpenCLIP tensor it is read from and what turns that tensor into it (None: taken as it is; a
+    third of the fused ``in_proj`` for q, k and v; the projection transposed)."""
+    out = {}
+    for name in names:
+        short = name.removeprefix("text_model.")
+        if short.endswith("position_ids"):
+            continue
+        if short in _OPENCLIP_TOP:
+            out[name] = (_OPENCLIP_TOP[short], None)
+        elif short == "text_projection.weight":
+            out[name] = ("text_projection", _transposed)
+        elif (m := re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", short)) and (
+                m.group(2) in _OPENCLIP_LAYER or m.group(2) in _QKV):
+            index, part, kind = m.groups()
+            block = f"transformer.resblocks.{index}."
+            if part in _QKV:
+                out[name] = (f"{block}attn.in_proj_{kind}", _third(_QKV.index(part)))
+            else:
+                out[name] = (f"{block}{_OPENCLIP_LAYER[part]}.{kind}", None)
         else:
             raise KeyConversionError(f"no OpenCLIP name for text-encoder weight '{name}'")
     return out

@@ -13,7 +13,7 @@ from .components import Components, is_dit_folder, is_sdxl_folder, load_sd_folde
 def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
                     backbone: str | os.PathLike | None = None, unet_dtype: torch.dtype | None = None) -> Components:
     """A diffusers SD-style folder (a real SD1.x/2.x or SDXL model, or the embedded shapes model when ``path`` is None),
-    a PixArt-style DiT folder or a single-file SD1.x checkpoint; with ``backbone``, a state dict of the whole
+    a PixArt-style DiT folder or a single-file SD1.x, SD2.x or SDXL checkpoint; with ``backbone``, a state dict of the whole
     UNet / transformer (the authors' released one-step models) replaces the model's, checked strictly.
 
     ``unet_dtype`` (default: ``dtype``) is the UNet's / transformer's. A UNet is read in that type one tensor at a

@@ -1,45 +1,109 @@
-"""A single-file SD1.x checkpoint (the ``.safetensors`` ComfyUI and A1111 load) as model components.
+"""A single-file checkpoint (the ``.safetensors`` ComfyUI and A1111 load) of SD1.x, SD2.x or SDXL as model components.
 
-UNet, VAE and CLIP text encoder are read from the original LDM key layout into diffusers models
-with SD1.x's fixed configurations, without downloading anything. The tokenizer is not in such a
-file: it is taken from a ``tokenizer/`` folder next to the checkpoint, else from the Hugging Face
-cache (``openai/clip-vit-large-patch14``); without either the error names both fixes.
+UNet, VAE and text encoders are read from the original LDM key layout into diffusers models with the family's fixed
+configuration, without downloading anything: SD1.x's CLIP ViT-L; SD2.x's OpenCLIP ViT-H in 23 of its 24 layers (SD2
+reads the 23rd layer's output, and diffusers' SD2 text encoder holds just those); SDXL's CLIP ViT-L and OpenCLIP
+ViT-bigG. The tokenizer is not in such a file: it is taken from a ``tokenizer/`` folder next to the checkpoint, else from a
+host's copy (:func:`add_tokenizer_folder`; ComfyUI's), else from the Hugging Face cache
+(``openai/clip-vit-large-patch14``); without any the error names the two fixes. All three
+families tokenize with CLIP's vocabulary; OpenCLIP's encoders pad with "!" where CLIP pads with its end token, and
+each tokenizer is given its encoder's padding here.
+
+Nor does a file say whether its UNet predicts the noise (epsilon) or the velocity (v); as A1111 and ComfyUI do, it is
+read from a ``.yaml`` of the same name beside the file (A1111's convention, ``parameterization: "v"``), else from a
+``v_pred`` tensor in the file (ComfyUI's), else, for SD2.x, from the spread of the last block's first layer-norm bias
+(ComfyUI's test: above 0.09 in the v-prediction SD2 models). An SD2.x v-prediction model draws at 768 px, an epsilon
+one at 512 px, as the two SD2.1 releases do.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import keys
-from .families import sd15_unet
-from .checkpoint import CheckpointError, StoredTensors, load_weights, open_checkpoint
+from .families import SD15_UNET, SD21_UNET, SDXL_UNET
+from .checkpoint import Checkpoint, CheckpointError, StoredTensors, load_weights, open_checkpoint, read_tensor
 
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
               up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
 CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
               max_position_embeddings=77, hidden_act="quick_gelu")
+OPENCLIP_H = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                  num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=1024)
+OPENCLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                     num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 CLIP_REPO = "openai/clip-vit-large-patch14"
+END_TOKEN = "<|endoftext|>"
+V_PREDICTION_BIAS = keys.LDM_UNET + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+# CLIP tokenizer folders a host ships (ComfyUI's comfy/sd1_tokenizer), tried after a tokenizer/ beside the file
+TOKENIZER_FOLDERS: list[Path] = []
 
 
-def find_tokenizer(checkpoint: Path):
+def add_tokenizer_folder(folder: str | os.PathLike) -> None:
+    """Let single files use the CLIP vocabulary in ``folder`` (a host's own copy) when none is beside them."""
+    folder = Path(folder)
+    if folder.is_dir() and folder not in TOKENIZER_FOLDERS:
+        TOKENIZER_FOLDERS.append(folder)
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """One text encoder of a single file: where its tensors are, its configuration and its tokenizer's padding."""
+
+    prefix: str
+    config: dict
+    openclip: bool  # OpenCLIP's names (q, k, v fused), else Hugging Face's under ``text_model.``
+    pad_token: str
+    projection: bool = False  # a CLIPTextModelWithProjection (SDXL's second encoder gives the pooled embedding)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a family's single file becomes components."""
+
+    label: str
+    unet: dict
+    texts: tuple[TextPart, ...]
+    vae_scaling: float = 0.18215
+    v_sample_size: int | None = None  # the UNet's latent size for v-prediction, where it differs
+    guess_v: bool = False  # whether the layer-norm test tells v-prediction (SD2.x)
+
+
+FAMILIES = {
+    "sd15": Family("SD1.x", SD15_UNET, (TextPart(keys.LDM_CLIP, CLIP_L, False, END_TOKEN),)),
+    "sd21": Family("SD2.x", {**SD21_UNET, "sample_size": 64}, (TextPart(keys.LDM_SD2_CLIP, OPENCLIP_H, True, "!"),),
+                   v_sample_size=96, guess_v=True),
+    "sdxl": Family("SDXL", SDXL_UNET, (TextPart(keys.LDM_SDXL_CLIP_L, CLIP_L, False, END_TOKEN),
+                                       TextPart(keys.LDM_SDXL_CLIP_G, OPENCLIP_BIGG, True, "!", projection=True)),
+                   vae_scaling=0.13025),
+}
+
+
+def find_tokenizer(checkpoint: Path, pad_token: str = END_TOKEN, length: int = 77):
+    """CLIP's tokenizer for a single file, padding with ``pad_token`` to ``length`` tokens (the text encoder's, not
+    the folder's own setting: ComfyUI's copy of CLIP's vocabulary, for one, says 8192)."""
     from transformers import CLIPTokenizer
 
     beside = checkpoint.parent / "tokenizer"
-    if beside.is_dir():
-        return CLIPTokenizer.from_pretrained(str(beside))
+    settings = dict(pad_token=pad_token, model_max_length=length)
+    folder = next((f for f in (beside, *TOKENIZER_FOLDERS) if f.is_dir()), None)
+    if folder is not None:
+        return CLIPTokenizer.from_pretrained(str(folder), **settings)
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(CLIP_REPO, local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(CLIP_REPO, local_files_only=True, **settings)
     except OSError:
         tokenizer = None
     if tokenizer is None or len(tokenizer) < 1000:  # transformers 5 returns an empty tokenizer for a missing repo
-        raise CheckpointError(f"{checkpoint} has no tokenizer (single files never do): put SD1.5's tokenizer folder "
-                              f"(from any diffusers SD1.5 copy) at {beside}, or have {CLIP_REPO} in the Hugging Face "
-                              "cache")
+        raise CheckpointError(f"{checkpoint} has no tokenizer (single files never do): put a CLIP tokenizer folder "
+                              f"(the tokenizer/ of any diffusers SD1.x, SD2.x or SDXL copy) at {beside}, or have "
+                              f"{CLIP_REPO} in the Hugging Face cache")
     return tokenizer
 
 
@@ -52,39 +116,79 @@ def fill_position_ids(model: torch.nn.Module) -> None:
             setattr(model.get_submodule(owner), attribute, torch.arange(buffer.shape[-1]).expand(buffer.shape))
 
 
+def prediction_of(path: Path, names: set[str], family: Family) -> str:
+    """``"epsilon"`` or ``"v_prediction"`` for the single file at ``path`` (see the module's docstring)."""
+    yaml = path.with_suffix(".yaml")
+    if yaml.is_file():
+        v = re.search(r"^\s*parameterization:\s*['\"]?v['\"]?\s*(#.*)?$", yaml.read_text(errors="replace"),
+                      re.MULTILINE)
+        return "v_prediction" if v else "epsilon"
+    if "v_pred" in names:
+        return "v_prediction"
+    guess = family.guess_v and V_PREDICTION_BIAS in names
+    if guess and float(read_tensor(path, V_PREDICTION_BIAS).float().std(unbiased=False)) > 0.09:
+        return "v_prediction"
+    return "epsilon"
+
+
 def load_single_file_components(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                                 unet_dtype: torch.dtype | None = None):
-    """Components (as ``load_components`` returns them) from a single-file SD1.x checkpoint; the UNet in
-    ``unet_dtype`` (default: ``dtype``)."""
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from safetensors import safe_open
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .components import Components
-
+    """Components (as ``load_components`` returns them) from a single-file SD1.x, SD2.x or SDXL checkpoint; the
+    UNet in ``unet_dtype`` (default: ``dtype``)."""
     path = Path(path).expanduser()
     ckpt = open_checkpoint(path)
-    if ckpt.family != "sd15":
-        raise CheckpointError(f"{path} is a '{ckpt.family}' checkpoint; single-file teachers are read for SD1.x only. "
-                              "Use a diffusers folder of it (diffusers' from_single_file, then save_pretrained)")
-    tokenizer = find_tokenizer(path)
-    with torch.device("meta"):  # the file holds every weight: none is initialised only to be replaced
-        unet, vae = sd15_unet(), AutoencoderKL(**SD_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L))
-    fill_position_ids(text_encoder)
-    to_ldm = keys.vae_to_ldm({k: v for k, v in vae.state_dict().items()})  # names only: LDM -> diffusers below
-    ldm_to_diffusers = dict(zip((keys.LDM_VAE + k for k in to_ldm), vae.state_dict()))
+    family = FAMILIES.get(ckpt.family)
+    if family is None:
+        raise CheckpointError(f"{path} is a '{ckpt.family}' checkpoint; single files are read for SD1.x, SD2.x and "
+                              "SDXL. Use a diffusers folder of it (diffusers' from_single_file, then save_pretrained)")
+    return read_single_file(ckpt, family, dtype, unet_dtype)
+
+
+def _text_sources(part: TextPart, encoder: torch.nn.Module, path: Path, names: set[str]) -> StoredTensors:
+    own = encoder.state_dict()
+    sources = keys.openclip_sources(own) if part.openclip else keys.clip_l_sources(own)
+    return StoredTensors({name: (path, part.prefix + key, convert) for name, (key, convert) in sources.items()
+                          if part.prefix + key in names})
+
+
+def read_single_file(ckpt: Checkpoint, family: Family, dtype: torch.dtype = torch.float32,
+                     unet_dtype: torch.dtype | None = None):
+    """The components of the single file ``ckpt`` with ``family``'s configuration, each tensor read and cast on its
+    own and the small parts first, so that the UNet never has the whole file beside it."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from safetensors import safe_open
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .components import Components
+    from .sdxl import SDXLComponents, SDXLTextEncoders, SDXLUNet2DConditionModel
+
+    path = ckpt.path
     with safe_open(str(path), framework="pt") as f:
-        names = list(f.keys())
+        names = set(f.keys())
+    prediction = prediction_of(path, names, family)
+    tokenizers = [find_tokenizer(path, part.pad_token, part.config["max_position_embeddings"]) for part in family.texts]
+    sdxl = len(family.texts) == 2
+    unet_config = dict(family.unet)
+    if prediction == "v_prediction" and family.v_sample_size:
+        unet_config["sample_size"] = family.v_sample_size
+    with torch.device("meta"):  # the file holds every weight: none is initialised only to be replaced
+        unet = (SDXLUNet2DConditionModel if sdxl else UNet2DConditionModel)(**unet_config)
+        vae = AutoencoderKL(**SD_VAE, scaling_factor=family.vae_scaling)
+        encoders = [(CLIPTextModelWithProjection if part.projection else CLIPTextModel)(CLIPTextConfig(**part.config))
+                    for part in family.texts]
+    incomplete = f"{path} is not a complete {family.label} checkpoint"
+    for part, encoder in zip(family.texts, encoders):
+        fill_position_ids(encoder)
+        load_weights(encoder, _text_sources(part, encoder, path, names), "text encoder", incomplete, dtype)
+    to_ldm = keys.vae_to_ldm(vae.state_dict())  # names only: LDM -> diffusers
+    ldm_to_diffusers = dict(zip((keys.LDM_VAE + k for k in to_ldm), vae.state_dict()))
     vae_tensors = {ldm_to_diffusers[k]: (path, k) for k in names if k in ldm_to_diffusers}
-    text_tensors = {k[len(keys.LDM_CLIP):]: (path, k) for k in names if k.startswith(keys.LDM_CLIP)}
-    if not any(k.startswith("text_model.") for k in text_encoder.state_dict()):  # transformers >= 5 names
-        text_tensors = {k.removeprefix("text_model."): v for k, v in text_tensors.items()}
-    # each tensor read and cast on its own, the small parts first: the UNet never has the whole file beside it
-    incomplete = f"{path} is not a complete SD1.x checkpoint"
-    load_weights(text_encoder, StoredTensors(text_tensors), "text encoder", incomplete, dtype)
     load_weights(vae, StoredTensors(vae_tensors), "VAE", incomplete, dtype)
     load_weights(unet, ckpt.tensors(), "UNet", incomplete, unet_dtype or dtype)
-    for module in (text_encoder, vae, unet):
+    scheduler = DDPMScheduler.from_config({**SD_SCHEDULER, "prediction_type": prediction})
+    for module in (*encoders, vae, unet):
         module.eval().requires_grad_(False)
-    return Components(tokenizer, text_encoder, vae, unet, DDPMScheduler.from_config(SD_SCHEDULER))
+    if sdxl:
+        unet.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        return SDXLComponents(*tokenizers, SDXLTextEncoders(*encoders), vae, unet, scheduler)
+    return Components(tokenizers[0], encoders[0], vae, unet, scheduler)
