@@ -25,9 +25,16 @@ def register_lorad():
                                           "<lora:...> cannot use LoRaD files, the WaDi tab still works")
 
 
+def host_checkpoints() -> list[str]:
+    """The files of the checkpoints the host lists (models/Stable-diffusion and --ckpt-dir), for the tab's model
+    fields."""
+    from modules import sd_models
+    return [info.filename for info in sd_models.checkpoints_list.values()]
+
+
 def on_ui_tabs():
     from wadi_webui import build_blocks
-    return [(build_blocks(), "WaDi", "wadi_tab")]
+    return [(build_blocks(host_checkpoints), "WaDi", "wadi_tab")]
 
 
 register_lorad()

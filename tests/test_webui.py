@@ -143,13 +143,26 @@ def test_a1111_registers_the_tab(monkeypatch):
     callbacks.on_ui_tabs = registered.append
     callbacks.on_before_ui = lambda callback: None
     modules.script_callbacks = callbacks
+    # the host's checkpoint list, as A1111, Forge and Forge Neo keep it: CheckpointInfo objects by title
+    sd_models = types.ModuleType("modules.sd_models")
+    files = ["/sd/models/Stable-diffusion/v2-1_512-ema-pruned.safetensors", "/sd/models/Stable-diffusion/a.ckpt"]
+    sd_models.checkpoints_list = {f"{Path(f).name} [0123456789]": types.SimpleNamespace(filename=f) for f in files}
+    modules.sd_models = sd_models
     monkeypatch.setitem(sys.modules, "modules", modules)
     monkeypatch.setitem(sys.modules, "modules.script_callbacks", callbacks)
+    monkeypatch.setitem(sys.modules, "modules.sd_models", sd_models)
     runpy.run_path(str(ROOT / "scripts" / "wadi_webui.py"))
     assert len(registered) == 1
     [(blocks, title, elem_id)] = registered[0]()
     import gradio as gr
+
+    from wadi_webui import actions
     assert isinstance(blocks, gr.Blocks) and title == "WaDi" and elem_id == "wadi_tab"
+    fields = [c for c in blocks.blocks.values() if getattr(c, "label", None) in ("Model", "Model (the teacher)")]
+    assert len(fields) == 6 and all(isinstance(c, gr.Dropdown) and c.allow_custom_value for c in fields)
+    for field in fields:  # the embedded model first, then the host's checkpoint files (newer gradio: (name, value))
+        choices = [c[1] if isinstance(c, tuple) else c for c in field.choices]
+        assert choices == [actions.EMBEDDED, *sorted(files)] and field.value == actions.EMBEDDED
 
 
 def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):

@@ -33,6 +33,7 @@ from wadi_webui import build_blocks
 
 blocks = build_blocks()
 assert isinstance(blocks, gradio.Blocks)
+assert isinstance(build_blocks(lambda: ["/sd/models/Stable-diffusion/a.safetensors"]), gradio.Blocks)  # in A1111 / Forge
 print("built on gradio", gradio.__version__, "with", len(blocks.fns), "events")
 """
 

@@ -65,12 +65,21 @@ def backbone_field(gr):
                            "rotated_unet-sdv1-5.safetensors")
 
 
-def distill_tab(gr) -> None:
+def model_field(gr, models, label: str = "Model (the teacher)",
+                info: str = "a diffusers folder or a .safetensors file; empty or 'embedded' for the built-in shapes "
+                            "model", **options):
+    """A model's path: typed in standalone; inside A1111 / Forge also picked from the host's checkpoint files
+    (``models``), a typed path still being taken."""
+    if models is None:
+        return gr.Textbox(label=label, value=actions.EMBEDDED, info=info, **options)
+    return gr.Dropdown([actions.EMBEDDED, *models], value=actions.EMBEDDED, label=label, info=info,
+                       allow_custom_value=True, **options)
+
+
+def distill_tab(gr, models=None) -> None:
     with gr.Row():
         with gr.Column():
-            teacher = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED,
-                                 info="a diffusers folder or a .safetensors file; empty or 'embedded' for the "
-                                      "built-in shapes model")
+            teacher = model_field(gr, models)
             teacher_unet = backbone_field(gr)
             prompts_path = gr.Textbox(label="Prompt file", placeholder="prompts.txt (one per line, or JSONL)")
             pasted = gr.Textbox(label="...or paste prompts, one per line", lines=4)
@@ -144,11 +153,11 @@ def distill_tab(gr) -> None:
     export.click(_showing_errors(actions.export_lora_file), inputs=[out, teacher, lora_rank], outputs=[after])
 
 
-def generate_tab(gr) -> None:
+def generate_tab(gr, models=None) -> None:
     with gr.Row():
         with gr.Column():
-            model = gr.Textbox(label="Model", value=actions.EMBEDDED, elem_id="wadi_model",
-                               info="the teacher (a diffusers folder) or a merged student")
+            model = model_field(gr, models, "Model", "the teacher (a diffusers folder or a .safetensors file) or a "
+                                                     "merged student", elem_id="wadi_model")
             unet = backbone_field(gr)
             adapters = gr.Textbox(label="Students / LoRaD adapters, one per line (path or path:strength)", lines=3,
                                   elem_id="wadi_adapters")
@@ -171,10 +180,10 @@ def generate_tab(gr) -> None:
               inputs=[model, adapters, prompt, seed, batch, compare, twice, embeddings, unet], outputs=[gallery, timing])
 
 
-def controlnet_tab(gr) -> None:
+def controlnet_tab(gr, models=None) -> None:
     with gr.Row():
         with gr.Column():
-            model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            model = model_field(gr, models)
             unet = backbone_field(gr)
             adapter = gr.Textbox(label="Student (student.safetensors of a distillation; empty with a replacement "
                                        "UNet)", elem_id="wadi_cn_student")
@@ -193,11 +202,11 @@ def controlnet_tab(gr) -> None:
               inputs=[model, adapter, controlnet, control, prompt, seed, compare, unet], outputs=[gallery, timing])
 
 
-def reversion_tab(gr) -> None:
+def reversion_tab(gr, models=None) -> None:
     from wadi_core.shapes.novel import NOVEL_RELATIONS
     with gr.Row():
         with gr.Column():
-            model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            model = model_field(gr, models)
             unet = backbone_field(gr)
             exemplars = gr.Textbox(label="Exemplar folder (images + text.json with <R> in every caption)",
                                    info="empty: render an embedded relation", elem_id="wadi_rev_exemplars")
@@ -219,11 +228,11 @@ def reversion_tab(gr) -> None:
               inputs=[model, exemplars, relation, token, init, steps, out, unet], outputs=[status, gallery])
 
 
-def dreambooth_tab(gr) -> None:
+def dreambooth_tab(gr, models=None) -> None:
     from wadi_core.shapes import novel
     with gr.Row():
         with gr.Column():
-            model = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            model = model_field(gr, models)
             unet = backbone_field(gr)
             instance = gr.Textbox(label="Subject images folder (3-8 images)", info="empty: the embedded subject, "
                                   "an orange diamond", elem_id="wadi_db_instance")
@@ -250,10 +259,10 @@ def dreambooth_tab(gr) -> None:
               outputs=[status, gallery])
 
 
-def analyze_tab(gr) -> None:
+def analyze_tab(gr, models=None) -> None:
     with gr.Row():
         with gr.Column():
-            base = gr.Textbox(label="Model (the teacher)", value=actions.EMBEDDED)
+            base = model_field(gr, models)
             unet = backbone_field(gr)
             other = gr.Textbox(label="Other model (folder, checkpoint, a student / adapter file for the base, or a "
                                      "released UNet)", elem_id="wadi_analyze_other")
@@ -270,22 +279,24 @@ def analyze_tab(gr) -> None:
               inputs=[base, other, out, convs, swap, unet], outputs=[plots, report])
 
 
-def build_blocks():
-    """The WaDi Blocks (call ``.queue()`` before launching standalone; A1111/Forge queue themselves)."""
+def build_blocks(models=None):
+    """The WaDi Blocks (call ``.queue()`` before launching standalone; A1111/Forge queue themselves). ``models``: a
+    function listing the host's checkpoint files, offered in every model field (A1111 / Forge)."""
+    models = sorted(models()) if models else None
     import gradio as gr
 
     with gr.Blocks(title="WaDi") as blocks:
         gr.Markdown("## WaDi: one-step distillation with LoRaD")
         with gr.Tab("Distill"):
-            distill_tab(gr)
+            distill_tab(gr, models)
         with gr.Tab("Generate"):
-            generate_tab(gr)
+            generate_tab(gr, models)
         with gr.Tab("ControlNet"):
-            controlnet_tab(gr)
+            controlnet_tab(gr, models)
         with gr.Tab("ReVersion"):
-            reversion_tab(gr)
+            reversion_tab(gr, models)
         with gr.Tab("DreamBooth"):
-            dreambooth_tab(gr)
+            dreambooth_tab(gr, models)
         with gr.Tab("Analyze"):
-            analyze_tab(gr)
+            analyze_tab(gr, models)
     return blocks
