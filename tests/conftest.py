@@ -59,6 +59,18 @@ def randomize(params, seed=1, std=0.5):
             p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def random_student(unet, path):
+    """A LoRaD student file for ``unet`` (its unet-student layers, rank 4) with large random angles; ``unet`` is
+    left as it was."""
+    from wadi_core import lorad
+    lorad.attach(unet, rank=4, preset="unet-student")
+    randomize(lorad.trainable_parameters(unet), std=0.3)
+    try:
+        return lorad.save_adapter(unet, path, preset="unet-student")
+    finally:
+        lorad.detach(unet)
+
+
 @pytest.fixture
 def unet():
     return tiny_unet()

@@ -86,3 +86,36 @@ def test_commands_refuse_a_missing_gpu_before_any_work(monkeypatch, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--device cuda: this torch" in err and "sees no CUDA GPU" in err
     assert not out.exists()
+
+
+def test_auto_draws_in_half_precision_on_a_gpu_only():
+    from wadi_core.devices import resolve_dtype
+    assert resolve_dtype("auto", torch.device("cuda", 1)) == torch.float16
+    assert resolve_dtype("auto", torch.device("cpu")) == resolve_dtype("auto", None) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="--dtype half: choose auto, fp32, fp16, bf16"):
+        resolve_dtype("half", None)
+
+
+def test_a_bf16_backbone_draws_nearly_what_fp32_draws(student, tmp_path, capsys):
+    """--dtype: the UNet (and the student's adapter on it) reads and runs in bf16; text encoder and VAE stay fp32;
+    the images differ from fp32's by bf16's rounding only. --dtype auto on a CPU draws fp32's images exactly."""
+    from PIL import Image
+
+    from wadi_core.sampling import build_generator
+
+    half = build_generator(EMBEDDED_MODEL, [(student, 1.0)], dtype="bf16")
+    c = half.components
+    assert {p.dtype for n, p in c.unet.named_parameters() if "adapter0" not in n} == {torch.bfloat16}
+    assert {p.dtype for p in (*c.text_encoder.parameters(), *c.vae.parameters())} == {torch.float32}
+    prompts, seeds = ["a red circle at the top left", "a blue square"], [3, 4]
+    full = build_generator(EMBEDDED_MODEL, [(student, 1.0)])(prompts, seeds).astype(int)
+    difference = abs(half(prompts, seeds).astype(int) - full)
+    assert 0 < difference.mean() < 4 and difference.max() < 96, (difference.mean(), difference.max())
+    alone = build_generator(EMBEDDED_MODEL, [(student, 1.0)])(prompts[:1], seeds[:1]).astype(int)[0]
+    for dtype in ("auto", "bf16"):
+        out = tmp_path / dtype
+        assert main(["generate", "--student", str(student), "--prompt", prompts[0], "--seed", "3", "--dtype", dtype,
+                     "--out", str(out), "--quiet"]) == 0
+        image = __import__("numpy").asarray(Image.open(next(out.glob("0*.png"))).convert("RGB")).astype(int)
+        assert (image == alone).all() == (dtype == "auto")

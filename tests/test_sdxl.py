@@ -15,7 +15,7 @@ from wadi_core.models import keys, load_components
 from wadi_core.models.families import build_on_meta
 from wadi_core.models.sdxl import SDXLUNet2DConditionModel, pack, pooled_width, unpack
 
-from conftest import randomize, write_sdxl_folder
+from conftest import random_student, write_sdxl_folder
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +83,6 @@ def test_one_step_generation_equals_the_formula(sdxl):
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
-def sdxl_adapter(components, path):
-    lorad.attach(components.unet, rank=4, preset="unet-student")
-    randomize(lorad.trainable_parameters(components.unet), std=0.3)
-    try:
-        return lorad.save_adapter(components.unet, path, preset="unet-student")
-    finally:
-        lorad.detach(components.unet)
-
-
 def test_merge_to_a_single_file_in_the_layout_comfyui_and_a1111_load(sdxl, tmp_path):
     """A LoRaD merged into the SDXL folder and written as one .safetensors: diffusers' own LDM converters read its
     UNet back as our merged UNet and its second text encoder (OpenCLIP names) back as the folder's; wadi reads the
@@ -103,7 +94,7 @@ def test_merge_to_a_single_file_in_the_layout_comfyui_and_a1111_load(sdxl, tmp_p
     from wadi_core.models import open_checkpoint
 
     folder, components, pipe = sdxl
-    adapter = sdxl_adapter(components, tmp_path / "xl.safetensors")
+    adapter = random_student(components.unet, tmp_path / "xl.safetensors")
     out = merge_checkpoint(folder, [(adapter, 1.0)], tmp_path / "merged.safetensors", progress=False)
     state = load_file(str(out))
     want = _rotated_backbone(plan_merge(folder, [(adapter, 1.0)]), progress=False)

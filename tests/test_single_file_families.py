@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize, tiny_sdxl_unet_config, tiny_vae, write_sdxl_folder
+from conftest import random_student, randomize, tiny_sdxl_unet_config, tiny_vae, write_sdxl_folder
 from safetensors.torch import load_file, save_file
 
-from wadi_core import lorad
 from wadi_core.models import keys, load_components, open_checkpoint
 from wadi_core.models.families import family_from_weight_shapes
 from wadi_core.models.single_file import (FAMILIES, SD_VAE, V_PREDICTION_BIAS, Family, TextPart, _text_sources,
@@ -101,15 +100,6 @@ def tiny_sd2_folder(root):
     return root
 
 
-def random_adapter(components, path):
-    lorad.attach(components.unet, rank=4, preset="unet-student")
-    randomize(lorad.trainable_parameters(components.unet), std=0.3)
-    try:
-        return lorad.save_adapter(components.unet, path, preset="unet-student")
-    finally:
-        lorad.detach(components.unet)
-
-
 def tiny_family(family: Family, folder, unet_config: dict) -> Family:
     """``family`` with the tiny folder's configurations in place of the full-size ones."""
     import json
@@ -157,7 +147,7 @@ def test_an_sd2_folder_merges_into_a_single_file_that_reads_back(tmp_path, monke
     folder = tiny_sd2_folder(tmp_path / "sd2")
     (tmp_path / "files").mkdir()
     base = load_components(folder)
-    adapter = random_adapter(base, tmp_path / "student.safetensors")
+    adapter = random_student(base.unet, tmp_path / "student.safetensors")
     single = merge_checkpoint(folder, [(adapter, 1.0)], tmp_path / "files" / "sd2.safetensors", progress=False)
     state = load_file(str(single))
     assert not any(k.startswith(keys.LDM_CLIP) for k in state)
@@ -213,7 +203,7 @@ def test_an_sdxl_single_file_reads_as_the_folder_it_was_written_from(tmp_path, m
     (tmp_path / "files").mkdir()
     CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2"), pad_token="!").save_pretrained(folder / "tokenizer_2")
     base = load_components(folder)
-    adapter = random_adapter(base, tmp_path / "student.safetensors")
+    adapter = random_student(base.unet, tmp_path / "student.safetensors")
     single = merge_checkpoint(folder, [(adapter, 1.0)], tmp_path / "files" / "sdxl.safetensors", progress=False)
     write_tokenizer(single.parent / "tokenizer")
     got = read_back(single, tiny_family(FAMILIES["sdxl"], folder, tiny_sdxl_unet_config()), folder, monkeypatch)

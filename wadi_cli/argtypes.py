@@ -62,6 +62,15 @@ def backbone_option(parser: argparse.ArgumentParser, whose: str = "--model") -> 
                              "e.g. the authors' rotated_unet-sdv1-5.safetensors; checked strictly against it")
 
 
+def dtype_option(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``: the type the backbone draws in (wadi_core.devices.resolve_dtype)."""
+    from wadi_core.devices import DTYPE_NAMES
+
+    parser.add_argument("--dtype", default="auto", choices=("auto", *DTYPE_NAMES),
+                        help="the UNet's (or DiT's) type while drawing (auto: fp16 on a CUDA GPU, fp32 elsewhere); "
+                             "text encoders and VAE stay fp32")
+
+
 def device_option(parser: argparse.ArgumentParser, what: str = "where to draw") -> None:
     """``--device``: where the images are drawn (checked before any work: wadi_core.devices)."""
     from wadi_core.devices import CHOICES  # torch is imported only when a device is resolved

@@ -3,6 +3,8 @@ or from the authors' training-time angle files (``--theta kduv.pth``)."""
 
 from __future__ import annotations
 
+from wadi_core.devices import DTYPE_NAMES
+
 from . import argtypes as A
 from .commands import summary
 from .outputs import writes
@@ -27,7 +29,7 @@ def register(sub) -> None:
                                              "within --max-error); default: the paper's for the family")
     p.add_argument("--max-error", type=A.positive, default=1e-3,
                    help="--rank auto: the largest relative error of a layer's weights (default 1e-3)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_NAMES,
                    help="the factors' type in the file (fp16: half the size; the errors reported are its own)")
     p.add_argument("--allow-residual", action="store_true",
                    help="write what no rotation explains to OUT.residual.safetensors instead of refusing")
@@ -51,9 +53,9 @@ def run(args) -> int:
         path = convert_theta(args.theta, base, args.out, args.allow_pickle, args.overwrite)
         print(f"wrote {path}: the angles of {args.theta} as a LoRaD adapter for {base.label}")
         return 0
-    import torch
+    from wadi_core.devices import torch_dtype
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     result = extract(base, args.merged, args.out, args.rank, args.max_error, args.allow_residual, args.overwrite,
                      progress=not args.quiet, dtype=dtype)
     worst = result.worst

@@ -32,6 +32,7 @@ def add_model_args(p) -> None:
     p.add_argument("--batch-size", type=A.positive_int, default=64)
     p.add_argument("--seed", type=A.seed, default=0, help="image i gets seed SEED + i")
     A.device_option(p)
+    A.dtype_option(p)
 
 
 def is_one_step(args) -> bool:
@@ -46,7 +47,7 @@ def load_generator(args) -> tuple:
 
     adapters = [parse_adapter_spec(spec) for spec in args.student]
     generator = build_generator(args.model, adapters, args.embedding, one_step=is_one_step(args),
-                                backbone=args.backbone, device=args.device)
+                                backbone=args.backbone, device=args.device, dtype=args.dtype)
     if generator.tokens:
         print(f"tokens for the prompts: {', '.join(generator.tokens)}")
     for path, _ in adapters:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from wadi_core.devices import DTYPE_NAMES
+
 from . import argtypes as A
 from .commands import summary
 
-DTYPES = ("fp16", "bf16", "fp32")
 
 
 def _add_common(p) -> None:
@@ -31,7 +32,7 @@ def register(sub) -> None:
     p = sub.add_parser("export-lora", help=summary("export-lora"))
     _add_common(p)
     p.add_argument("--rank", type=A.positive_int, default=64, help="LoRA rank (default 64)")
-    p.add_argument("--dtype", default="fp16", choices=DTYPES, help="tensor dtype in the file")
+    p.add_argument("--dtype", default="fp16", choices=DTYPE_NAMES, help="tensor dtype in the file")
     p.set_defaults(run=run_export)
 
 
@@ -55,12 +56,11 @@ def run_merge(args) -> int:
 
 
 def run_export(args) -> int:
-    import torch
-
+    from wadi_core.devices import torch_dtype
     from wadi_core.merge import export_lora
 
     model, adapters = model_and_adapters(args)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     result = export_lora(model, adapters, args.out, args.rank, dtype, args.overwrite, progress=not args.quiet)
     print(f"wrote LoRA {result.path}: {result.layers} layers, rank {result.rank}")
     print(f"relative approximation error ||delta - LoRA||/||delta||: {result.relative_error:.4%} overall, "

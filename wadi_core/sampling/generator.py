@@ -40,20 +40,26 @@ class Generator:
 def build_generator(model: str | os.PathLike | Components | None = None,
                     adapters: Sequence[tuple[str | os.PathLike, float]] = (),
                     embeddings: Sequence[str | os.PathLike] = (), one_step: bool | None = None,
-                    backbone: str | os.PathLike | None = None, device=None) -> Generator:
+                    backbone: str | os.PathLike | None = None, device=None, dtype=None) -> Generator:
     """Load ``model`` (a path, loaded components, or None for the embedded model; ``backbone``: a state dict
     that replaces its whole UNet or DiT), apply each adapter file at its strength (LoRaD adapters stack, their
     angles add) and add each learned token. ``one_step`` defaults to "an adapter is given" (a distilled
     student); pass it for a merged or released student, or a subject adapter. ``device`` (``"cuda"``, ``"auto"``,
-    a ``torch.device``, ...) moves the model there once everything is applied; None leaves it where it is."""
+    a ``torch.device``, ...) moves the model there once everything is applied; None leaves it where it is.
+    ``dtype`` is the backbone's type (a torch dtype, or ``"auto"``, ``"fp16"``, ...: see
+    :func:`wadi_core.devices.resolve_dtype`; None: float32), read in that type; text encoders and VAE stay float32
+    (SDXL's VAE overflows in float16), and the samplers cast between them."""
     from .. import students
-    from ..devices import resolve
+    from ..devices import resolve, resolve_dtype
     from ..models import load_components
     from ..models.embeddings import load_embedding
 
     if isinstance(device, str):
         device = resolve(device)  # a device this machine lacks is refused before the model loads
-    components = model if isinstance(model, Components) else load_components(model, backbone=backbone)
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, device)
+    components = model if isinstance(model, Components) else load_components(model, backbone=backbone,
+                                                                              unet_dtype=dtype)
     tokens = [load_embedding(components, path) for path in embeddings]
     applied = []
     for i, (path, strength) in enumerate(adapters):
