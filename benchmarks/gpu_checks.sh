@@ -5,26 +5,29 @@
 #            three copies, the paper's batch of 16 on one GPU, and both layouts with AdamW's state in host memory;
 #   probe    the embedded world's distillation step on the GPU (20 steps, LoRaD and every weight trained), and
 #            how long --steps 8000 would take;
+#   onestep  benchmarks/onestep_speed.py --teacher: an SD1.5-size one-step image in fp32, fp16 and bf16, and the
+#            teacher's 25 steps with CFG;
 #   demos    `wadi demo --steps 8000` with a LoRaD student and with every weight trained, side by side on the one
 #            GPU, each stopped after SECONDS (default 420) if it has not finished.
 #
-#   bash benchmarks/gpu_checks.sh OUT                      # layer, memory and probe
+#   bash benchmarks/gpu_checks.sh OUT                      # layer, memory, probe and onestep
 #   bash benchmarks/gpu_checks.sh OUT demos=480            # the stages named
 #
-# OUT gets gpu_checks.log (everything printed, appended), lorad_layer.json, distill_memory.json and, from demos,
+# OUT gets gpu_checks.log (everything printed, appended), lorad_layer.json, distill_memory.json, onestep_speed.json
+# and, from demos,
 # demo_lorad.json / demo_full.json (the demos' metrics) and demo_lorad.png / demo_full.png (their grids).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_checks.sh OUT [layer] [memory] [probe] [demos[=SECONDS]]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_checks.sh OUT [layer] [memory] [probe] [onestep] [demos[=SECONDS]]" >&2; exit 2; }
 out=$1
 shift
-stages=${*:-layer memory probe}
+stages=${*:-layer memory probe onestep}
 demo_seconds=420
 for stage in $stages; do
   case $stage in
-    layer|memory|probe|demos) ;;
+    layer|memory|probe|onestep|demos) ;;
     demos=*) demo_seconds=${stage#demos=}; stages="$stages demos" ;;
-    *) echo "unknown stage '$stage': choose from layer, memory, probe, demos[=SECONDS]" >&2; exit 2 ;;
+    *) echo "unknown stage '$stage': choose from layer, memory, probe, onestep, demos[=SECONDS]" >&2; exit 2 ;;
   esac
 done
 wants() { [[ " $stages " == *" $1 "* ]]; }
@@ -67,6 +70,12 @@ print(f"{sys.argv[2]}: {step * 1e3:.0f} ms a step (median of steps 6-20); --step
 EOF
   done
   rm -rf "$probe"
+fi
+
+if wants onestep; then
+  say "an SD1.5-size one-step image by dtype, and the teacher's 25 steps"
+  "$py" benchmarks/onestep_speed.py --teacher --json "$out/onestep_speed.json" 2>&1 | grep -v "^\[transformers\]" \
+    | tee -a "$log"
 fi
 
 if wants demos; then

@@ -7,7 +7,7 @@ A full-size SD1.5 (UNet, VAE, CLIP ViT-L; random weights, built in memory, nothi
 student on every unet-student layer, as ``wadi generate --student`` draws it. For each type (fp32 and bf16 on a
 CPU; fp32, fp16 and bf16 on a GPU) the UNet is cast, one image is drawn to warm up, then ``--images`` images of
 512 px one after another (batch 1), each timed whole (text encoding, the UNet's one step, the VAE's decoding):
-printed are the median seconds an image and the ratio to fp32. ``--teacher`` also times the teacher's 25 DDIM
+printed are the median seconds an image and the ratio to fp32, and the VAE's share (it stays fp32). ``--teacher`` also times the teacher's 25 DDIM
 steps with CFG 7.5 (fp32 and the fastest type), the speed-up a one-step student gives. The first image after the
 adapter is attached is printed apart: it builds every rotated weight once (they are kept until the angles change).
 """
@@ -65,9 +65,14 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
 
+    from diffusers.utils import logging
+
     from wadi_core import lorad
     from wadi_core.devices import resolve, torch_dtype
+    from wadi_core.models.vae import decode
     from wadi_core.sampling import MultiStep, OneStep
+
+    logging.set_verbosity_error()  # (casting a built UNet: diffusers' note that from_pretrained(torch_dtype=) is usual)
 
     device = resolve(args.device)
     names = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32", "bf16")
@@ -87,7 +92,11 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({cpu})"
     print(f"SD1.5 size, 512 px, batch 1, LoRaD rank 64 on every unet-student layer; {where}, torch {torch.__version__}")
     print(f"first image after attaching (builds the rotated weights), fp32: {first:.2f} s")
-    results = {"device": where, "first_image_s": first, "one_step": {}, "teacher": {}}
+    latents = torch.randn(1, 4, 64, 64, device=device)
+    with torch.no_grad():
+        decoding = statistics.median(timed(lambda i: decode(components, latents), 2))
+    print(f"of an image, the VAE's decoding (fp32 in every row): {decoding:.2f} s")
+    results = {"device": where, "first_image_s": first, "vae_decode_s": decoding, "one_step": {}, "teacher": {}}
     for name in names:
         components.unet.to(torch_dtype(name))
         one_step(components, prompt, [0], False)  # warm-up: the rotated weights of this type
