@@ -8,7 +8,6 @@ from . import argtypes as A
 from .commands import summary
 
 
-
 def _add_common(p) -> None:
     p.add_argument("--model", help="the model the adapters were trained on: a diffusers folder or a single "
                                    ".safetensors (required)")

@@ -167,7 +167,7 @@ def read_single_file(ckpt: Checkpoint, family: Family, dtype: torch.dtype = torc
         names = set(f.keys())
     prediction = prediction_of(path, names, family)
     tokenizers = [find_tokenizer(path, part.pad_token, part.config["max_position_embeddings"]) for part in family.texts]
-    sdxl = len(family.texts) == 2
+    sdxl = family.unet.get("addition_embed_type") == "text_time"  # (as load_sdxl_folder tells an SDXL UNet)
     unet_config = dict(family.unet)
     if prediction == "v_prediction" and family.v_sample_size:
         unet_config["sample_size"] = family.v_sample_size
