@@ -281,10 +281,10 @@ def test_a_single_file_sd15_checkpoint_loads_as_a_teacher(host, tmp_path, monkey
     assert len(positions) == 1 and torch.equal(positions[0], torch.arange(77)[None])
     image = onestep.generate(model, ["a red circle"], [0], progress=False, scale=1)
     assert image.shape == (1, 512, 512, 3) and np.isfinite(image).all()
-    # --export-merged of a single-file teacher writes a single file with the student baked in
+    # --export-merged of a single-file teacher to a .safetensors writes a single file with the student baked in
     from wadi_core.merge import export_merged
-    merged = export_merged(str(single), host["models"] / "loras" / "student.safetensors", tmp_path / "merged")
-    assert merged.name == "merged.safetensors"
+    merged = tmp_path / "merged.safetensors"
+    assert export_merged(str(single), host["models"] / "loras" / "student.safetensors", merged) == merged
     student_layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     assert not torch.equal(open_checkpoint(merged).read(student_layer), ckpt.read(student_layer))
 

@@ -118,7 +118,7 @@ def test_merge_refuses_before_writing(single_file, adapters, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and out.read_text() == "precious"
     assert main(["merge", "--base", str(single_file), "--adapter", str(adapters[0]), "--out", str(tmp_path / "x"),
                  "--format", "diffusers"]) == 2
-    assert "family unknown" in capsys.readouterr().err
+    assert "(family 'unknown'; SD1.x, SD2.x and SDXL are known)" in capsys.readouterr().err
 
 
 def test_bad_base_paths(tmp_path, adapters, capsys):

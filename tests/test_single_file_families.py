@@ -224,3 +224,71 @@ def test_a_family_without_a_single_file_reader_is_named(tmp_path):
     save_file({keys.LDM_UNET + "input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(path))
     with pytest.raises(CheckpointError, match="'unknown' checkpoint; single files are read for SD1.x, SD2.x and SDXL"):
         load_components(path)
+
+
+def sd15_folder(root):
+    from conftest import write_sd_folder
+    return write_sd_folder(root)
+
+
+def sdxl_folder(root):
+    from transformers import CLIPTokenizer
+    folder = write_sdxl_folder(root)
+    CLIPTokenizer.from_pretrained(str(folder / "tokenizer_2"), pad_token="!").save_pretrained(folder / "tokenizer_2")
+    return folder
+
+
+@pytest.mark.parametrize("name, make_folder", [("sd15", sd15_folder), ("sd21", tiny_sd2_folder), ("sdxl", sdxl_folder)])
+def test_a_single_file_merges_into_a_pipeline_folder_that_diffusers_runs(name, make_folder, tmp_path, monkeypatch):
+    """wadi merge of a single file into a folder writes the whole diffusers pipeline, its text encoders, tokenizers
+    and VAE read from the file: a student merged into one file and taken out again gives back the folder it came
+    from, and one step of diffusers' own pipeline (its Euler scheduler with trailing timesteps, no guidance) is
+    wadi's one-step image of the folder (as it is of a folder base with that scheduler set)."""
+    import json
+
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+
+    from wadi_core.merge import merge_checkpoint
+    from wadi_core.sampling import onestep
+    from wadi_core.sampling.latents import initial_latents, latent_shape
+    from wadi_core.shapes.components import write_tokenizer
+
+    folder = make_folder(tmp_path / name)
+    base = load_components(folder)
+    adapter = random_student(base.unet, tmp_path / "student.safetensors")
+    (tmp_path / "files").mkdir()
+    single = merge_checkpoint(folder, [(adapter, 1.0)], tmp_path / "files" / f"{name}.safetensors", progress=False)
+    write_tokenizer(single.parent / "tokenizer")
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    monkeypatch.setitem(FAMILIES, open_checkpoint(single).family, tiny_family(FAMILIES[name], folder, unet_config))
+    monkeypatch.setattr("wadi_core.models.single_file.SD_VAE", tiny_vae_config(folder))
+    out = merge_checkpoint(single, [(adapter, -1.0)], tmp_path / "out", progress=False)
+
+    got = load_components(out)
+    prompts = ["a red circle", "two blue squares on green"]
+    assert torch.equal(got.encode_prompts(prompts), base.encode_prompts(prompts))
+    assert_same_weights(got.vae, base.vae)
+    want = base.unet.state_dict()
+    assert all(torch.allclose(v, want[k], atol=1e-5) for k, v in got.unet.state_dict().items())
+    assert type(got.unet) is type(base.unet)
+    # the authors' route: a released whole UNet (here the base's own) written with the file's other parts
+    released = tmp_path / "released.safetensors"
+    save_file({k: v.contiguous() for k, v in base.unet.state_dict().items()}, str(released))
+    again = load_components(merge_checkpoint(open_checkpoint(single, released), [], tmp_path / "out2",
+                                             progress=False))
+    assert_same_weights(again.unet, base.unet)
+    assert torch.equal(again.encode_prompts(prompts), base.encode_prompts(prompts))
+
+    pipe = DiffusionPipeline.from_pretrained(str(out))
+    assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if name == "sdxl" else "StableDiffusionPipeline")
+    noise = initial_latents([0, 1], latent_shape(got, 1))
+    theirs = pipe(prompts, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np").images
+    ours = onestep.generate(got, prompts, [0, 1], progress=False)
+    assert abs(ours.astype(float) - theirs * 255).max() <= 1.0
+
+    # a folder base keeps its own scheduler; Euler with trailing timesteps from its config makes the same one step
+    pipe = DiffusionPipeline.from_pretrained(str(folder))
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    theirs = pipe(prompts, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np").images
+    ours = onestep.generate(base, prompts, [0, 1], progress=False)
+    assert abs(ours.astype(float) - theirs * 255).max() <= 1.0

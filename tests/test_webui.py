@@ -315,3 +315,34 @@ def test_generate_action_on_v_prediction_and_sdxl_teachers(tmp_path, kind):
     assert len(gallery) == 2 and "slower" in text
     want = onestep.generate(load_components(folder), ["a red circle"], [3], progress=False)
     assert np.abs(gallery[0][0].astype(int) - want[0].astype(int)).max() <= 1
+
+
+def test_merge_action_writes_what_the_teacher_is(tmp_path):
+    """The Distill tab's merge button: a folder teacher gives a diffusers folder, a single-file teacher (a host's
+    checkpoint) a single file; both hold the finished student's rotations."""
+    import torch
+
+    from wadi_core import students
+    from wadi_core.merge import merge_checkpoint
+    from wadi_core.models import load_components, open_checkpoint
+    from wadi_core.shapes.components import MODEL_DIR
+    from wadi_webui import actions
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.raises(actions.UIError, match="let the distillation finish first"):
+        actions.merge_student(str(out), "")
+    unet = load_components(MODEL_DIR).unet
+    spec = students.AdapterSpec("lorad", 4, "unet-student")
+    with torch.no_grad():
+        for p in students.add_adapter(unet, spec):
+            p.normal_(0, 0.3)
+    student = students.save_adapter_file(unet, spec, out / "student.safetensors")
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
+    want = open_checkpoint(merge_checkpoint(MODEL_DIR, [(student, 1.0)], tmp_path / "want.safetensors",
+                                            progress=False)).read(layer)
+    assert "merged (a diffusers folder" in actions.merge_student(str(out), "")
+    assert torch.allclose(open_checkpoint(out / "merged").read(layer).float(), want.float(), atol=1e-3)  # fp16 file
+    single = merge_checkpoint(MODEL_DIR, [(student, 0.0)], tmp_path / "teacher.safetensors", progress=False)
+    assert "merged.safetensors (a single-file checkpoint" in actions.merge_student(str(out), str(single))
+    assert torch.equal(open_checkpoint(out / "merged.safetensors").read(layer), want)
+    assert not torch.allclose(open_checkpoint(single).read(layer).float(), want.float(), atol=1e-2)

@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from . import fileio, students
 from .models import keys
-from .models.families import build_on_meta
 from .lorad import functional as LF
 from .lorad.io import AdapterError, AdapterFile, check_strength, encode_name, match_layers, read_adapter
 from .models.checkpoint import WEIGHTS, Checkpoint, CheckpointError, open_checkpoint
 from .models.components import is_dit_folder
+from .models.single_file import FAMILIES, find_tokenizer, write_pipeline_folder
 
 
 def parse_adapter_spec(spec: str) -> tuple[Path, float]:
@@ -144,9 +144,12 @@ def _check_convertible(ckpt: Checkpoint, fmt: str) -> None:
     if fmt == "single-file" and ckpt.kind != "single-file" and ckpt.backbone != "unet":
         raise CheckpointError("single-file export exists only for SD-style UNets; write a diffusers folder for "
                               "DiT models")
-    if fmt == "diffusers" and ckpt.kind == "single-file" and ckpt.family not in _REFERENCE_CONFIGS:
+    if fmt == "diffusers" and ckpt.kind == "single-file" and ckpt.family not in FAMILIES:
         raise CheckpointError(f"{ckpt.path}: cannot tell which UNet config this single-file checkpoint needs "
-                              "(family unknown); write a single-file output instead")
+                              f"(family '{ckpt.family}'; SD1.x, SD2.x and SDXL are known); write a single-file "
+                              "output instead")
+    if fmt == "diffusers" and ckpt.kind == "single-file":
+        find_tokenizer(ckpt.path)  # the pipeline's tokenizers (the file has none), found before any work
 
 
 def _write_single_file(ckpt: Checkpoint, backbone: dict[str, torch.Tensor], out: Path, overwrite: bool) -> Path:
@@ -195,24 +198,20 @@ def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
 def _write_diffusers(ckpt: Checkpoint, backbone: dict[str, torch.Tensor], out: Path, overwrite: bool) -> Path:
     from safetensors.torch import save_file
     with fileio.atomic_dir(out, overwrite) as tmp:
+        if ckpt.kind == "single-file":  # the whole pipeline, its other parts read from the file
+            write_pipeline_folder(ckpt, backbone, tmp)
+            return out
         if ckpt.kind == "diffusers-pipeline":
             model_dir = tmp / ckpt.backbone
             shutil.copytree(ckpt.path, tmp, dirs_exist_ok=True,
                             ignore=lambda d, names: [n for n in names if Path(d) == ckpt.model_dir
                                                      and n.startswith(WEIGHTS)])
-        elif ckpt.kind == "diffusers-model":
+        else:
             model_dir = tmp
             shutil.copytree(ckpt.path, tmp, dirs_exist_ok=True,
                             ignore=lambda d, names: [n for n in names if n.startswith(WEIGHTS)])
-        else:
-            model_dir = tmp
-            build_on_meta(ckpt.family).save_config(str(tmp))
         save_file({k: v.contiguous() for k, v in backbone.items()}, str(model_dir / f"{WEIGHTS}.safetensors"))
     return out
-
-
-# Families whose UNet config wadi knows, for writing a diffusers folder from a single file.
-_REFERENCE_CONFIGS = ("sd15", "sd21")
 
 
 # --- export to a plain LoRA -------------------------------------------------------------------
@@ -309,14 +308,14 @@ def _export_lora(base, adapters, out: Path, rank: int, dtype: torch.dtype, overw
 def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite: bool = False,
                   backbone: str | os.PathLike | None = None) -> Path:
     """A copy of the teacher's diffusers folder whose UNet (or DiT; ``backbone``: the state dict that replaced
-    the teacher's) has the student baked in."""
+    the teacher's) has the student baked in; of a single-file teacher, a single file (``out`` ending in
+    ``.safetensors``) or a diffusers pipeline folder."""
     fileio.refuse_same_path(out, [("--model", teacher), ("--unet", backbone), ("--student", adapter)])
-    if Path(teacher).is_file():  # a single-file teacher: a single file with the student's rotations baked in
+    if Path(teacher).is_file():  # a single-file teacher: as wadi merge, a single file or a whole pipeline folder
         if students.read_spec(adapter).kind != "lorad":
             raise ValueError("--export-merged of a single-file teacher needs a LoRaD student; merge others into a "
                              "diffusers folder of the teacher")
-        out = Path(out) if Path(out).suffix == ".safetensors" else Path(out).with_suffix(".safetensors")
-        return merge_checkpoint(open_checkpoint(teacher, backbone), [(adapter, 1.0)], out, "single-file", overwrite,
+        return merge_checkpoint(open_checkpoint(teacher, backbone), [(adapter, 1.0)], out, "auto", overwrite,
                                 progress=False)
     from .models import load_components
 

@@ -250,9 +250,12 @@ def finished_student(out: str) -> Path:
 
 def merge_student(out: str, teacher: str) -> str:
     from wadi_core.merge import export_merged
-    merged = Path(output_folder(out)) / "merged"
-    export_merged(model_path(teacher), finished_student(out), merged, overwrite=True)
-    return f"wrote the merged model to {merged} (a diffusers folder; sample it in one step)"
+    teacher = model_path(teacher)
+    single = Path(teacher).is_file()  # a host's checkpoint: the merged model is one file the host loads too
+    merged = Path(output_folder(out)) / ("merged.safetensors" if single else "merged")
+    export_merged(teacher, finished_student(out), merged, overwrite=True)
+    kind = "a single-file checkpoint" if single else "a diffusers folder"
+    return f"wrote the merged model to {merged} ({kind}; sample it in one step)"
 
 
 def export_lora_file(out: str, teacher: str, rank) -> str:

@@ -94,7 +94,6 @@ def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32
 def save_sd_folder(c: Components, folder: str | os.PathLike, unet_dtype: torch.dtype = torch.float16) -> Path:
     """Write the components as a diffusers ``StableDiffusionPipeline`` folder (the UNet in ``unet_dtype``;
     loading upcasts it)."""
-    import diffusers
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -106,10 +105,23 @@ def save_sd_folder(c: Components, folder: str | os.PathLike, unet_dtype: torch.d
     save_file({k: v.to(unet_dtype).contiguous() for k, v in c.unet.state_dict().items()},
               str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     c.scheduler.save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None], "safety_checker": [None, None], "requires_safety_checker": False,
-        "image_encoder": [None, None], "scheduler": ["diffusers", "DDPMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=1))
+    write_model_index(folder, sdxl=False, scheduler=type(c.scheduler).__name__)
     return folder
+
+
+def write_model_index(folder: Path, sdxl: bool, scheduler: str) -> None:
+    """The ``model_index.json`` by which diffusers' ``DiffusionPipeline.from_pretrained`` knows the folder's parts:
+    ``StableDiffusionPipeline`` (without the safety checker) or ``StableDiffusionXLPipeline``."""
+    import diffusers
+
+    index = {"_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
+             "_diffusers_version": diffusers.__version__, "feature_extractor": [None, None],
+             "image_encoder": [None, None], "scheduler": ["diffusers", scheduler],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    if sdxl:
+        index.update(text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+                     tokenizer_2=["transformers", "CLIPTokenizer"], force_zeros_for_empty_prompt=True)
+    else:
+        index.update(safety_checker=[None, None], requires_safety_checker=False)
+    (folder / "model_index.json").write_text(json.dumps(index, indent=1))

@@ -27,7 +27,8 @@ import torch
 
 from . import keys
 from .families import SD15_UNET, SD21_UNET, SDXL_UNET
-from .checkpoint import Checkpoint, CheckpointError, StoredTensors, load_weights, open_checkpoint, read_tensor
+from .checkpoint import (WEIGHTS, Checkpoint, CheckpointError, StoredTensors, load_weights, open_checkpoint,
+                         read_tensor)
 
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
               up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
@@ -151,28 +152,37 @@ def _text_sources(part: TextPart, encoder: torch.nn.Module, path: Path, names: s
                           if part.prefix + key in names})
 
 
-def read_single_file(ckpt: Checkpoint, family: Family, dtype: torch.dtype = torch.float32,
-                     unet_dtype: torch.dtype | None = None):
-    """The components of the single file ``ckpt`` with ``family``'s configuration, each tensor read and cast on its
-    own and the small parts first, so that the UNet never has the whole file beside it."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+@dataclass
+class Parts:
+    """What a single file holds besides its UNet, read, and the UNet's configuration."""
+
+    tokenizers: list
+    encoders: list
+    vae: torch.nn.Module
+    prediction: str
+    unet_config: dict
+
+    @property
+    def sdxl(self) -> bool:
+        return self.unet_config.get("addition_embed_type") == "text_time"  # (as load_sdxl_folder tells an SDXL UNet)
+
+
+def read_parts(ckpt: Checkpoint, family: Family, dtype: torch.dtype = torch.float32) -> Parts:
+    """Tokenizers, text encoders and VAE of the single file ``ckpt``, each tensor read and cast on its own, and the
+    UNet configuration its prediction type asks for."""
+    from diffusers import AutoencoderKL
     from safetensors import safe_open
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from .components import Components
-    from .sdxl import SDXLComponents, SDXLTextEncoders, SDXLUNet2DConditionModel
 
     path = ckpt.path
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())
     prediction = prediction_of(path, names, family)
     tokenizers = [find_tokenizer(path, part.pad_token, part.config["max_position_embeddings"]) for part in family.texts]
-    sdxl = family.unet.get("addition_embed_type") == "text_time"  # (as load_sdxl_folder tells an SDXL UNet)
     unet_config = dict(family.unet)
     if prediction == "v_prediction" and family.v_sample_size:
         unet_config["sample_size"] = family.v_sample_size
     with torch.device("meta"):  # the file holds every weight: none is initialised only to be replaced
-        unet = (SDXLUNet2DConditionModel if sdxl else UNet2DConditionModel)(**unet_config)
         vae = AutoencoderKL(**SD_VAE, scaling_factor=family.vae_scaling)
         encoders = [(CLIPTextModelWithProjection if part.projection else CLIPTextModel)(CLIPTextConfig(**part.config))
                     for part in family.texts]
@@ -184,11 +194,60 @@ def read_single_file(ckpt: Checkpoint, family: Family, dtype: torch.dtype = torc
     ldm_to_diffusers = dict(zip((keys.LDM_VAE + k for k in to_ldm), vae.state_dict()))
     vae_tensors = {ldm_to_diffusers[k]: (path, k) for k in names if k in ldm_to_diffusers}
     load_weights(vae, StoredTensors(vae_tensors), "VAE", incomplete, dtype)
-    load_weights(unet, ckpt.tensors(), "UNet", incomplete, unet_dtype or dtype)
-    scheduler = DDPMScheduler.from_config({**SD_SCHEDULER, "prediction_type": prediction})
-    for module in (*encoders, vae, unet):
+    for module in (*encoders, vae):
         module.eval().requires_grad_(False)
-    if sdxl:
-        unet.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        return SDXLComponents(*tokenizers, SDXLTextEncoders(*encoders), vae, unet, scheduler)
-    return Components(tokenizers[0], encoders[0], vae, unet, scheduler)
+    return Parts(tokenizers, encoders, vae, prediction, unet_config)
+
+
+def read_single_file(ckpt: Checkpoint, family: Family, dtype: torch.dtype = torch.float32,
+                     unet_dtype: torch.dtype | None = None):
+    """The components of the single file ``ckpt`` with ``family``'s configuration, each tensor read and cast on its
+    own and the small parts first, so that the UNet never has the whole file beside it."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from .components import Components
+    from .sdxl import SDXLComponents, SDXLTextEncoders, SDXLUNet2DConditionModel
+
+    parts = read_parts(ckpt, family, dtype)
+    with torch.device("meta"):
+        unet = (SDXLUNet2DConditionModel if parts.sdxl else UNet2DConditionModel)(**parts.unet_config)
+    load_weights(unet, ckpt.tensors(), "UNet", f"{ckpt.path} is not a complete {family.label} checkpoint",
+                 unet_dtype or dtype)
+    unet.eval().requires_grad_(False)
+    scheduler = DDPMScheduler.from_config({**SD_SCHEDULER, "prediction_type": parts.prediction})
+    if parts.sdxl:
+        unet.vae_scale_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        return SDXLComponents(*parts.tokenizers, SDXLTextEncoders(*parts.encoders), parts.vae, unet, scheduler)
+    return Components(parts.tokenizers[0], parts.encoders[0], parts.vae, unet, scheduler)
+
+
+def write_pipeline_folder(ckpt: Checkpoint, unet_state: dict[str, torch.Tensor], folder: str | os.PathLike) -> Path:
+    """A diffusers pipeline folder (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``) of the single file
+    ``ckpt`` with ``unet_state`` (diffusers names) as its UNet: text encoders, tokenizers and VAE read from the file
+    in the UNet's dtype, and Euler's scheduler with trailing timesteps, so that one step of diffusers' pipeline
+    (without guidance) is wadi's one-step image."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from .components import write_model_index
+
+    family = FAMILIES.get(ckpt.family)
+    if family is None:
+        raise CheckpointError(f"{ckpt.path} is a '{ckpt.family}' checkpoint; diffusers folders are written from "
+                              "single files of SD1.x, SD2.x and SDXL; write a single-file output instead")
+    folder = Path(folder)
+    dtype = next(iter(unet_state.values())).dtype
+    parts = read_parts(ckpt, family, dtype)
+    for suffix, tokenizer, encoder in zip(("", "_2"), parts.tokenizers, parts.encoders):
+        tokenizer.save_pretrained(folder / f"tokenizer{suffix}")
+        encoder.save_pretrained(folder / f"text_encoder{suffix}")
+    parts.vae.save_pretrained(folder / "vae")
+    euler = {k: v for k, v in SD_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}
+    scheduler = EulerDiscreteScheduler.from_config({**euler, "prediction_type": parts.prediction,
+                                                    "timestep_spacing": "trailing"})
+    scheduler.save_pretrained(folder / "scheduler")
+    with torch.device("meta"):
+        UNet2DConditionModel(**parts.unet_config).save_config(folder / "unet")
+    save_file({k: v.contiguous() for k, v in unet_state.items()}, str(folder / "unet" / f"{WEIGHTS}.safetensors"))
+    write_model_index(folder, sdxl=parts.sdxl, scheduler=type(scheduler).__name__)
+    return folder
