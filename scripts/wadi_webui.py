@@ -5,9 +5,11 @@ Teaches the host's LoRA loader the LoRaD files (``<lora:name:weight>`` in the pr
 extension's ``install.py`` installs what is missing (never torch).
 """
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # wadi_core and wadi_webui are top-level packages of the extension
@@ -32,8 +34,28 @@ def host_checkpoints() -> list[str]:
     return [info.filename for info in sd_models.checkpoints_list.values()]
 
 
+def host_tokenizers() -> list[Path]:
+    """The CLIP tokenizer folders the host ships: Forge and Forge Neo keep those of the models they load offline in
+    backend/huggingface/<repo>/tokenizer (their loader reads them there). A1111 keeps CLIP's in the Hugging Face
+    cache, where wadi looks anyway."""
+    from modules import paths_internal
+    root = Path(paths_internal.script_path) / "backend" / "huggingface"
+    found = []
+    for config in sorted(root.glob("*/*/tokenizer/tokenizer_config.json")):
+        try:
+            clip = json.loads(config.read_text()).get("tokenizer_class") == "CLIPTokenizer"
+        except (OSError, ValueError):
+            clip = False
+        if clip and (config.parent / "vocab.json").is_file():
+            found.append(config.parent)
+    return found
+
+
 def on_ui_tabs():
+    from wadi_core.models.single_file import add_tokenizer_folder
     from wadi_webui import build_blocks
+    for folder in host_tokenizers():  # the host's checkpoints then need nothing beside them
+        add_tokenizer_folder(folder)
     return [(build_blocks(host_checkpoints), "WaDi", "wadi_tab")]
 
 

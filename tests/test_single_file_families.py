@@ -243,11 +243,13 @@ def test_a_single_file_merges_into_a_pipeline_folder_that_diffusers_runs(name, m
     """wadi merge of a single file into a folder writes the whole diffusers pipeline, its text encoders, tokenizers
     and VAE read from the file: a student merged into one file and taken out again gives back the folder it came
     from, and one step of diffusers' own pipeline (its Euler scheduler with trailing timesteps, no guidance) is
-    wadi's one-step image of the folder (as it is of a folder base with that scheduler set)."""
+    wadi's one-step image of the folder (as it is of a folder base with that scheduler set and the student file
+    loaded into diffusers' UNet)."""
     import json
 
     from diffusers import DiffusionPipeline, EulerDiscreteScheduler
 
+    from wadi_core import lorad, students
     from wadi_core.merge import merge_checkpoint
     from wadi_core.sampling import onestep
     from wadi_core.sampling.latents import initial_latents, latent_shape
@@ -278,6 +280,12 @@ def test_a_single_file_merges_into_a_pipeline_folder_that_diffusers_runs(name, m
                                              progress=False))
     assert_same_weights(again.unet, base.unet)
     assert torch.equal(again.encode_prompts(prompts), base.encode_prompts(prompts))
+    if name == "sd21":  # a v-prediction file: the folder's scheduler predicts v and its UNet draws 1.5x larger
+        single.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+        v = merge_checkpoint(single, [(adapter, -1.0)], tmp_path / "out-v", progress=False)
+        pipe = DiffusionPipeline.from_pretrained(str(v))
+        assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.unet.config.sample_size == 24
+        single.with_suffix(".yaml").unlink()
 
     pipe = DiffusionPipeline.from_pretrained(str(out))
     assert type(pipe).__name__ == ("StableDiffusionXLPipeline" if name == "sdxl" else "StableDiffusionPipeline")
@@ -286,9 +294,12 @@ def test_a_single_file_merges_into_a_pipeline_folder_that_diffusers_runs(name, m
     ours = onestep.generate(got, prompts, [0, 1], progress=False)
     assert abs(ours.astype(float) - theirs * 255).max() <= 1.0
 
-    # a folder base keeps its own scheduler; Euler with trailing timesteps from its config makes the same one step
+    # a folder base keeps its own scheduler; Euler with trailing timesteps from its config makes the same one step,
+    # and the student file loads straight into diffusers' UNet (docs/python.md)
     pipe = DiffusionPipeline.from_pretrained(str(folder))
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    lorad.load_adapter(pipe.unet, adapter)
     theirs = pipe(prompts, num_inference_steps=1, guidance_scale=0.0, latents=noise, output_type="np").images
+    students.apply_adapter_file(base.unet, adapter)
     ours = onestep.generate(base, prompts, [0, 1], progress=False)
     assert abs(ours.astype(float) - theirs * 255).max() <= 1.0

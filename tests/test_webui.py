@@ -135,10 +135,23 @@ def test_dreambooth_tab_trains_with_progress_and_shows_the_samples(ui):
     assert (run / "subject.safetensors").is_file()
 
 
-def test_a1111_registers_the_tab(monkeypatch):
+def test_a1111_registers_the_tab(monkeypatch, tmp_path):
     pytest.importorskip("gradio")
     registered = []
     modules = types.ModuleType("modules")
+    # the host's root: Forge and Forge Neo keep the tokenizers of the models they load in backend/huggingface
+    paths_internal = types.ModuleType("modules.paths_internal")
+    paths_internal.script_path = str(tmp_path)
+    modules.paths_internal = paths_internal
+    monkeypatch.setitem(sys.modules, "modules.paths_internal", paths_internal)
+    from wadi_core.models import single_file
+    from wadi_core.shapes.components import write_tokenizer
+    monkeypatch.setattr(single_file, "TOKENIZER_FOLDERS", [])
+    hub = tmp_path / "backend" / "huggingface"
+    clip = write_tokenizer(hub / "runwayml" / "stable-diffusion-v1-5" / "tokenizer")
+    other = write_tokenizer(hub / "Qwen" / "Qwen-Image" / "tokenizer")  # a BPE vocabulary too, not CLIP's
+    config = other / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"CLIPTokenizer"', '"Qwen2Tokenizer"'))
     callbacks = types.ModuleType("modules.script_callbacks")
     callbacks.on_ui_tabs = registered.append
     callbacks.on_before_ui = lambda callback: None
@@ -163,6 +176,9 @@ def test_a1111_registers_the_tab(monkeypatch):
     for field in fields:  # the embedded model first, then the host's checkpoint files (newer gradio: (name, value))
         choices = [c[1] if isinstance(c, tuple) else c for c in field.choices]
         assert choices == [actions.EMBEDDED, *sorted(files)] and field.value == actions.EMBEDDED
+    assert single_file.TOKENIZER_FOLDERS == [clip]  # so a host's checkpoint needs no tokenizer/ beside it
+    tokenizer = single_file.find_tokenizer(tmp_path / "models" / "Stable-diffusion" / "a.safetensors", "!")
+    assert tokenizer.pad_token == "!" and tokenizer.model_max_length == 77
 
 
 def test_actions_refuse_bad_input_with_one_clear_sentence(tmp_path):
@@ -268,6 +284,10 @@ def test_generate_action_at_twice_the_size(tmp_path):
     adapter = students.save_adapter_file(unet, spec, tmp_path / "student.safetensors")
     gallery, text = actions.generate_images("", str(adapter), "a red circle", 0, 2, False, True)
     assert len(gallery) == 2 and gallery[0][0].shape == (64, 64, 3) and "2x" in text
+    import torch
+    assert f"on {'cuda' if torch.cuda.is_available() else 'cpu'} (" in text  # the Device field's "auto"
+    with pytest.raises(ValueError, match="--device cuda:7: "):  # a device this machine lacks, before any drawing
+        actions.generate_images("", str(adapter), "a red circle", 0, 1, False, False, device="cuda:7")
     with pytest.raises(actions.UIError, match="needs a student"):
         actions.generate_images("", "", "a red circle", 0, 1, False, True)
 

@@ -51,6 +51,8 @@ def register(sub) -> None:
     g.add_argument("--seed", type=A.seed, default=0)
     g.add_argument("--out", required=True, help="output folder (PNGs, grid.png, metrics.json with --eval)")
     g.add_argument("--overwrite", action="store_true")
+    A.device_option(g)
+    A.dtype_option(g)
     g.set_defaults(run=run_generate)
 
 
@@ -69,6 +71,6 @@ def run_generate(args) -> int:
 
     C.draw(args.controlnet, args.out, args.model, args.student, args.steps, args.guidance, args.scale, args.prompt,
            args.control, args.eval, args.seed, args.overwrite, report=print, backbone=args.backbone,
-           one_step=args.one_step)
+           one_step=args.one_step, device=args.device, dtype=args.dtype)
     print(f"wrote {args.out}")
     return 0

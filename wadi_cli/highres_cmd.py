@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
+    A.device_option(p)
+    A.dtype_option(p)
     p.set_defaults(run=run)
 
 
@@ -44,10 +46,12 @@ def run(args) -> int:
     if not args.student and not args.backbone:
         raise ValueError("give the one-step model: --student FILE (an adapter) or --unet FILE (a released UNet)")
     prompts = collect_prompts(args)
+    placed = dict(device=args.device, dtype=args.dtype)
     student = build_generator(args.model, [(args.student, 1.0)] if args.student else [], backbone=args.backbone,
-                              one_step=True)
+                              one_step=True, **placed)
     sampler = OneStep(scale=args.scale) if args.route == "one-step" else \
-        TwoStage(build_generator(args.model).components, args.scale, args.strength, args.refine_steps, args.guidance)
+        TwoStage(build_generator(args.model, **placed).components, args.scale, args.strength, args.refine_steps,
+                 args.guidance)
     seeds = [args.seed + i for i in range(len(prompts))]
     start = time.perf_counter()
     images = student(prompts, seeds, sampler, progress=args.route != "one-step")

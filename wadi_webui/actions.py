@@ -283,12 +283,12 @@ def parse_adapters(text: str) -> list[str]:
 
 
 def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_size=False,
-                    embedding_files="", backbone="") -> tuple[list, str]:
+                    embedding_files="", backbone="", device="auto") -> tuple[list, str]:
     """One-step images (with the adapters, or of the model whose UNet ``backbone`` replaces) and optionally the
     multi-step teacher beside them; with ``twice_the_size`` the two-stage route (one step, upscale, a short
-    teacher refinement)."""
+    teacher refinement). ``device`` as ``wadi generate --device`` (the backbone in fp16 on a CUDA GPU); the GPU's
+    memory is given back afterwards, for the host's own model."""
     from wadi_core.merge import parse_adapter_spec
-    from wadi_core.sampling import MultiStep, OneStep, TwoStage, build_generator
 
     if not (prompt or "").strip():
         raise UIError("write a prompt first")
@@ -300,25 +300,56 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
                       "UNet")
     model = model_path(model)
     tokens = [optional_file(path, "embedding") for path in lines(embedding_files)]
-    student = build_generator(model, [parse_adapter_spec(spec) for spec in specs], tokens, one_step=True,
-                              backbone=backbone)
-    prompts, seeds = [prompt.strip()] * batch, [int(seed or 0) + i for i in range(batch)]
-    sampler = TwoStage(build_generator(model, embeddings=tokens).components) if twice_the_size else OneStep()
+    adapters, label = [parse_adapter_spec(spec) for spec in specs], f" with {', '.join(specs)}" if specs else ""
+    gallery, text = drawn_on(device, lambda where: _draw(model, adapters, tokens, backbone, prompt.strip(),
+                                                         int(seed or 0), batch, compare, twice_the_size, where, label))
+    return [(np.asarray(image), caption) for image, caption in gallery], text
+
+
+def drawn_on(device: str, draw):
+    """``draw(device)`` on the ``device`` a Device field names (``wadi generate --device``'s choices); a GPU's
+    cached memory is given back afterwards, for the host's own model (``draw``'s models are gone by then)."""
+    from wadi_core.devices import resolve
+    where = resolve(device)
+    try:
+        return draw(where)
+    finally:
+        release(where)
+
+
+def _draw(model, adapters, tokens, backbone, prompt, seed, batch, compare, twice_the_size, device, label):
+    from wadi_core.sampling import MultiStep, OneStep, TwoStage, build_generator
+
+    placed = dict(device=device, dtype="auto")
+    student = build_generator(model, adapters, tokens, one_step=True, backbone=backbone, **placed)
+    prompts, seeds = [prompt] * batch, [seed + i for i in range(batch)]
+    sampler = TwoStage(build_generator(model, embeddings=tokens, **placed).components) if twice_the_size else OneStep()
     start = time.perf_counter()
     images = student(prompts, seeds, sampler)
     seconds = time.perf_counter() - start
-    description = sampler.describe() + (f" with {', '.join(specs)}" if specs else "")
+    description = sampler.describe() + label
+    del student, sampler  # before the teacher is read
     gallery = [(image, f"one step, seed {s}") for image, s in zip(images, seeds)]
-    text = f"{batch} one-step images in {seconds:.2f} s ({batch / seconds:.1f} images/s; {description})"
+    text = f"{batch} one-step images in {seconds:.2f} s on {device} ({batch / seconds:.1f} images/s; {description})"
     if compare:
-        teacher, reference_sampler = build_generator(model, embeddings=tokens), MultiStep()
+        teacher, reference_sampler = build_generator(model, embeddings=tokens, **placed), MultiStep()
         start = time.perf_counter()
         reference = teacher(prompts, seeds, reference_sampler)
         teacher_seconds = time.perf_counter() - start
         gallery += [(image, f"teacher, seed {s}") for image, s in zip(reference, seeds)]
         text += (f"; teacher: {teacher_seconds:.2f} s ({reference_sampler.describe()}), "
                  f"{teacher_seconds / seconds:.1f}x slower")
-    return [(np.asarray(image), caption) for image, caption in gallery], text
+    return gallery, text
+
+
+def release(device) -> None:
+    """Give a GPU's cached memory back once a drawing's models are gone (the host's model shares the GPU)."""
+    import gc
+
+    import torch
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def analyze_models(base, other, out, convs, swap, backbone="") -> tuple[list[str], str]:
@@ -335,10 +366,11 @@ def analyze_models(base, other, out, convs, swap, backbone="") -> tuple[list[str
     return plots, (folder / "report.md").read_text()
 
 
-def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare, backbone="") -> tuple[list, str]:
-    """One-step ControlNet images with a student (and the teacher's 25 steps beside them)."""
+def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare, backbone="",
+                      device="auto") -> tuple[list, str]:
+    """One-step ControlNet images with a student (and the teacher's 25 steps beside them), on ``device`` as in
+    :func:`generate_images`."""
     from wadi_core.tasks import controlnet as C
-    from wadi_core.sampling import Controlled, MultiStep, build_generator
 
     if control is None:
         raise UIError("upload a control image first (for the built-in ControlNet: white shapes on black)")
@@ -352,20 +384,27 @@ def controlnet_images(model, adapter, controlnet, control, prompt, seed, compare
     if not backbone and not adapter_path.is_file():
         raise UIError(f"the student {adapter_path} does not exist; give the student.safetensors of a distillation "
                       "(or a released UNet as the replacement)")
-    net = C.load_controlnet(folder)
     hint = np.asarray(control)[None, ..., :3].astype(np.uint8)
-    prompts, seeds = [prompt.strip()], [int(seed or 0)]
-    gallery, text = [], ""
     adapters = [(adapter_path, 1.0)] if (adapter or "").strip() else []
-    student = build_generator(model_path(model), adapters, one_step=True, backbone=backbone)
+    model, net = model_path(model), C.load_controlnet(folder)
+    return drawn_on(device, lambda where: _draw_controlled(model, adapters, backbone, net, hint, prompt.strip(),
+                                                           int(seed or 0), compare, where))
+
+
+def _draw_controlled(model, adapters, backbone, net, hint, prompt, seed, compare, device):
+    from wadi_core.sampling import Controlled, MultiStep, build_generator
+
+    placed = dict(device=device, dtype="auto")
+    student = build_generator(model, adapters, one_step=True, backbone=backbone, **placed)
     start = time.perf_counter()
-    image = student(prompts, seeds, Controlled(net, hint))
-    gallery.append((image[0], "student, one step"))
-    text = f"one step with ControlNet: {time.perf_counter() - start:.2f} s"
+    image = student([prompt], [seed], Controlled(net, hint))
+    gallery = [(image[0], "student, one step")]
+    text = f"one step with ControlNet on {device}: {time.perf_counter() - start:.2f} s"
+    del student
     if compare:
-        teacher = build_generator(model_path(model))
+        teacher = build_generator(model, **placed)
         start = time.perf_counter()
-        reference = teacher(prompts, seeds, Controlled(net, hint, MultiStep()))
+        reference = teacher([prompt], [seed], Controlled(net, hint, MultiStep()))
         gallery.append((reference[0], "teacher, 25 steps"))
         text += f"; teacher 25 steps: {time.perf_counter() - start:.2f} s"
     return gallery, text

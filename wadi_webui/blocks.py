@@ -76,6 +76,13 @@ def model_field(gr, models, label: str = "Model (the teacher)",
                        allow_custom_value=True, **options)
 
 
+def device_field(gr):
+    """Where a tab draws (``wadi generate --device``)."""
+    return gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", allow_custom_value=True,
+                       info="auto: a CUDA GPU when torch sees one (the UNet in fp16 there), else the CPU; also cuda:N "
+                            "or mps")
+
+
 def distill_tab(gr, models=None) -> None:
     with gr.Row():
         with gr.Column():
@@ -169,6 +176,7 @@ def generate_tab(gr, models=None) -> None:
                 batch = gr.Number(value=4, precision=0, label="Images")
                 compare = gr.Checkbox(value=False, label="Also the multi-step teacher (25 steps, guidance 3)")
                 twice = gr.Checkbox(value=False, label="2x size (one step, upscale, 4 teacher steps)")
+            device = device_field(gr)
             run = gr.Button("Generate", variant="primary", elem_id="wadi_generate")
             with gr.Accordion("One step in AUTOMATIC1111 / Forge txt2img", open=False, elem_id="wadi_a1111_recipe"):
                 gr.Markdown(actions.a1111_recipe_markdown())
@@ -177,7 +185,8 @@ def generate_tab(gr, models=None) -> None:
             gallery = gr.Gallery(label="One-step images", elem_id="wadi_gallery")
 
     run.click(_showing_errors(actions.generate_images, empty=[]),
-              inputs=[model, adapters, prompt, seed, batch, compare, twice, embeddings, unet], outputs=[gallery, timing])
+              inputs=[model, adapters, prompt, seed, batch, compare, twice, embeddings, unet, device],
+              outputs=[gallery, timing])
 
 
 def controlnet_tab(gr, models=None) -> None:
@@ -193,13 +202,15 @@ def controlnet_tab(gr, models=None) -> None:
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 compare = gr.Checkbox(value=True, label="Also the teacher (25 steps)")
+            device = device_field(gr)
             run = gr.Button("Generate with ControlNet", variant="primary", elem_id="wadi_cn_generate")
         with gr.Column():
             timing = gr.Markdown("", elem_id="wadi_cn_status")
             gallery = gr.Gallery(label="Images", elem_id="wadi_cn_gallery")
 
     run.click(_showing_errors(actions.controlnet_images, empty=[]),
-              inputs=[model, adapter, controlnet, control, prompt, seed, compare, unet], outputs=[gallery, timing])
+              inputs=[model, adapter, controlnet, control, prompt, seed, compare, unet, device],
+              outputs=[gallery, timing])
 
 
 def reversion_tab(gr, models=None) -> None:

@@ -37,11 +37,12 @@ def control_tensor(images: np.ndarray, size: int) -> torch.Tensor:
 
 class ControlledUNet(nn.Module):
     """``unet`` with ``controlnet``'s residuals for ``control`` (one image per batch row, repeated to fit
-    a CFG-doubled batch), scaled by ``scale``."""
+    a CFG-doubled batch), scaled by ``scale``. The ControlNet is moved to the UNet's device and type (in place, as
+    a diffusers pipeline's ``.to`` moves it), so it runs wherever the model was put."""
 
     def __init__(self, unet, controlnet, control: torch.Tensor, scale: float = 1.0):
         super().__init__()
-        self.unet, self.controlnet, self.scale = unet, controlnet, scale
+        self.unet, self.controlnet, self.scale = unet, controlnet.to(unet.device, unet.dtype), scale
         self.control = control.to(unet.device, unet.dtype)
 
     @property

@@ -201,10 +201,11 @@ def _train_step(teacher, net, opt, rows, seed: int, batch_size: int, caption_dro
 def draw(controlnet, out: str | os.PathLike, model=None, student=None, steps: int = 25, guidance: float = 3.0,
          scale: float = 1.0, prompt: str | None = None, control=None, eval_scenes: int = 0, seed: int = 0,
          overwrite: bool = False, report: Callable[[str], None] = lambda text: None, backbone=None,
-         one_step: bool = False) -> dict | None:
+         one_step: bool = False, device=None, dtype=None) -> dict | None:
     """Images under ``controlnet`` for ``prompt`` and the ``control`` image, or for ``eval_scenes`` held-out scenes
     of the embedded world (then also their mask IoU and prompt accuracy): one step with ``student``, else
-    ``steps`` DDIM steps. Writes the PNGs and grid.png (and metrics.json) to ``out``; returns the metrics."""
+    ``steps`` DDIM steps, on ``device`` with the UNet and ControlNet in ``dtype`` (as ``build_generator`` takes
+    them). Writes the PNGs and grid.png (and metrics.json) to ``out``; returns the metrics."""
     from ..metrics import mask_iou
     from ..shapes import accuracy_report
     from ..shapes.judge import foreground_mask
@@ -216,12 +217,10 @@ def draw(controlnet, out: str | os.PathLike, model=None, student=None, steps: in
             hints, captions = np.asarray(read_image(control, "control image"))[None], [prompt]
         else:
             raise ValueError("give --prompt and --control, or --eval N")
-        components = build_generator(model, backbone=backbone).components
         net = load_controlnet(controlnet)
+        components = build_generator(model, [(student, 1.0)] if student else [], backbone=backbone, device=device,
+                                     dtype=dtype).components
         check_fits(net, components.unet)
-        if student:
-            from .. import students
-            students.apply_adapter_file(components.unet, student)
         one_step = one_step or bool(student)  # a student adapter, or a merged / released student (--unet)
         label = "student, 1 step" if one_step else f"{steps} DDIM steps, CFG {guidance}"
         seeds = [seed + i for i in range(len(captions))]
