@@ -7,10 +7,13 @@
 #            how long --steps 8000 would take;
 #   onestep  benchmarks/onestep_speed.py --teacher: an SD1.5-size one-step image in fp32, fp16 and bf16, and the
 #            teacher's 25 steps with CFG;
+#   tasks    the downstream commands with --device cuda on the embedded world (a 5-step student): highres and
+#            controlnet against the same commands on the CPU (largest pixel difference), reversion and dreambooth
+#            for 20 steps;
 #   demos    `wadi demo --steps 8000` with a LoRaD student and with every weight trained, side by side on the one
 #            GPU, each stopped after SECONDS (default 420) if it has not finished.
 #
-#   bash benchmarks/gpu_checks.sh OUT                      # layer, memory, probe and onestep
+#   bash benchmarks/gpu_checks.sh OUT                      # layer, memory, probe, onestep and tasks
 #   bash benchmarks/gpu_checks.sh OUT demos=480            # the stages named
 #
 # OUT gets gpu_checks.log (everything printed, appended), lorad_layer.json, distill_memory.json, onestep_speed.json
@@ -18,16 +21,16 @@
 # demo_lorad.json / demo_full.json (the demos' metrics) and demo_lorad.png / demo_full.png (their grids).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_checks.sh OUT [layer] [memory] [probe] [onestep] [demos[=SECONDS]]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_checks.sh OUT [layer] [memory] [probe] [onestep] [tasks] [demos[=SECONDS]]" >&2; exit 2; }
 out=$1
 shift
-stages=${*:-layer memory probe onestep}
+stages=${*:-layer memory probe onestep tasks}
 demo_seconds=420
 for stage in $stages; do
   case $stage in
-    layer|memory|probe|onestep|demos) ;;
+    layer|memory|probe|onestep|tasks|demos) ;;
     demos=*) demo_seconds=${stage#demos=}; stages="$stages demos" ;;
-    *) echo "unknown stage '$stage': choose from layer, memory, probe, onestep, demos[=SECONDS]" >&2; exit 2 ;;
+    *) echo "unknown stage '$stage': choose from layer, memory, probe, onestep, tasks, demos[=SECONDS]" >&2; exit 2 ;;
   esac
 done
 wants() { [[ " $stages " == *" $1 "* ]]; }
@@ -76,6 +79,37 @@ if wants onestep; then
   say "an SD1.5-size one-step image by dtype, and the teacher's 25 steps"
   "$py" benchmarks/onestep_speed.py --teacher --json "$out/onestep_speed.json" 2>&1 | grep -v "^\[transformers\]" \
     | tee -a "$log"
+fi
+
+if wants tasks; then
+  say "the downstream commands on the GPU (embedded world), highres and controlnet against the CPU"
+  tasks=$(mktemp -d)
+  "$py" -m wadi_cli distill --steps 5 --out "$tasks/distill" --report-to none --checkpoint-every 0 --sample-every 0 \
+    --quiet 2>&1 | tail -n 1 | tee -a "$log"
+  student="$tasks/distill/student.safetensors"
+  for device in cuda cpu; do
+    "$py" -m wadi_cli highres --student "$student" --prompt "a red circle" --prompt "two blue squares" \
+      --device "$device" --dtype fp32 --out "$tasks/highres-$device" 2>&1 | tail -n 1 | tee -a "$log"
+    "$py" -m wadi_cli controlnet --student "$student" --eval 16 --device "$device" --dtype fp32 \
+      --out "$tasks/controlnet-$device" 2>&1 | tail -n 2 | tee -a "$log"
+  done
+  "$py" - "$tasks" <<'EOF' 2>&1 | tee -a "$log"
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+root = Path(sys.argv[1])
+for task in ("highres", "controlnet"):
+    pairs = [(a, root / f"{task}-cpu" / a.relative_to(root / f"{task}-cuda"))
+             for a in sorted((root / f"{task}-cuda").rglob("*.png"))]
+    worst = max(np.abs(np.asarray(Image.open(a), float) - np.asarray(Image.open(b), float)).max() for a, b in pairs)
+    print(f"{task}: {len(pairs)} PNGs, largest difference cuda vs cpu {worst:.0f} levels of 255")
+EOF
+  "$py" -m wadi_cli reversion --steps 20 --device cuda --out "$tasks/reversion" --quiet 2>&1 | tail -n 1 \
+    | tee -a "$log"
+  "$py" -m wadi_cli dreambooth --steps 20 --num-class-images 8 --student "$student" --device cuda \
+    --out "$tasks/dreambooth" --quiet 2>&1 | tail -n 1 | tee -a "$log"
+  rm -rf "$tasks"
 fi
 
 if wants demos; then

@@ -16,13 +16,9 @@ removed afterwards.
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -73,28 +69,13 @@ def compare(family: str, folder: Path) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=["sd15", "sd21", "sdxl"], choices=["sd15", "sd21", "sdxl"])
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: compare one family in this process
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(compare(args.one, Path(args.folder))), flush=True)
-        return
-    print(f"{'family':7} {'pipeline':27} {'size':>9} {'merge':>7} {'wadi':>7} {'diffusers':>9} {'image diff':>10} "
-          f"{'peak':>8}")
-    for family in args.families:
-        with tempfile.TemporaryDirectory() as folder:
-            run = subprocess.run([sys.executable, __file__, "--one", family, "--folder", folder],
-                                 capture_output=True, text=True, cwd=ROOT, check=False)
-        line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{family}: the comparison failed:\n{run.stderr[-3000:]}")
-        r = json.loads(line[len("RESULT "):])
-        print(f"{family:7} {r['pipeline']:27} {r['size']:>9} {r['merge_s']:6.1f}s {r['wadi_s']:6.1f}s "
-              f"{r['diffusers_s']:8.1f}s {r['diff']:10.2f} {r['peak_gb']:6.1f} GB", flush=True)
+def row(r: dict) -> str:
+    return (f"{r['family']:7} {r['pipeline']:27} {r['size']:>9} {r['merge_s']:6.1f}s {r['wadi_s']:6.1f}s "
+            f"{r['diffusers_s']:8.1f}s {r['diff']:10.2f} {r['peak_gb']:6.1f} GB")
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import per_family
+    per_family.main(__file__, __doc__, compare, f"{'family':7} {'pipeline':27} {'size':>9} {'merge':>7} {'wadi':>7} "
+                    f"{'diffusers':>9} {'image diff':>10} {'peak':>8}", row)

@@ -15,13 +15,9 @@ Needs about 60 GB of free disk for the three files in a temporary folder, remove
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,28 +61,14 @@ def compare(family: str, folder: Path) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=["sd15", "sd21", "sdxl"], choices=["sd15", "sd21", "sdxl"])
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: compare one family in this process
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(compare(args.one, Path(args.folder))), flush=True)
-        return
-    print(f"{'family':7} {'wadi read':>9}  {'wadi':22} {'ComfyUI':18} {'text diff':>10} {'pooled diff':>11} {'peak':>8}")
-    for family in args.families:
-        with tempfile.TemporaryDirectory() as folder:
-            run = subprocess.run([sys.executable, __file__, "--one", family, "--folder", folder],
-                                 capture_output=True, text=True, cwd=ROOT, check=False)
-        line = next((l for l in run.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{family}: the comparison failed:\n{run.stderr[-3000:]}")
-        r = json.loads(line[len("RESULT "):])
-        pooled = f"{r['pooled']:.1e}" if r["pooled"] is not None else "-"
-        print(f"{family:7} {r['read_s']:8.1f}s  {r['wadi']:22} {r['comfy']:18} {r['hidden']:10.1e} {pooled:>11} "
-              f"{r['peak_gb']:6.1f} GB", flush=True)
+def row(r: dict) -> str:
+    pooled = f"{r['pooled']:.1e}" if r["pooled"] is not None else "-"
+    return (f"{r['family']:7} {r['read_s']:8.1f}s  {r['wadi']:22} {r['comfy']:18} {r['hidden']:10.1e} {pooled:>11} "
+            f"{r['peak_gb']:6.1f} GB")
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import per_family
+    per_family.main(__file__, __doc__, compare, f"{'family':7} {'wadi read':>9}  {'wadi':22} {'ComfyUI':18} "
+                    f"{'text diff':>10} {'pooled diff':>11} {'peak':>8}", row)

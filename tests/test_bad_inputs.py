@@ -141,6 +141,12 @@ CASES = [
     ("highres-strength-zero", "highres --student {adapter} --prompt x --strength 0 --out {out}", "more than 0"),
     ("reversion-lr-nan", "reversion --lr nan --out {out}", "finite number"),
     ("controlnet-scale-negative", "controlnet --eval 1 --scale -1 --out {out}", "0 or more"),
+    # a device this machine lacks (no CUDA here; on a GPU machine not an eighth GPU), refused before any work
+    ("highres-device-missing", "highres --student {adapter} --prompt x --device cuda:7 --out {out}",
+     "--device cuda:7: "),
+    ("controlnet-device-missing", "controlnet --eval 1 --device cuda:7 --out {out}", "--device cuda:7: "),
+    ("reversion-device-missing", "reversion --steps 1 --device cuda:7 --out {out}", "--device cuda:7: "),
+    ("dreambooth-device-missing", "dreambooth --steps 1 --device cuda:7 --out {out}", "--device cuda:7: "),
     # files that are not what they should be
     ("prompts-binary", "generate --prompts {binary} --out {out}", "binary file"),
     ("prompts-latin1", "generate --prompts {latin1} --out {out}", "not UTF-8 text (line 1"),

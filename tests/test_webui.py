@@ -314,6 +314,11 @@ def test_reversion_and_dreambooth_actions_run_the_commands(tmp_path):
                                    str(tmp_path / "db"))
     bad.wait(60)
     assert bad.state.status == "failed" and "rare identifier" in bad.state.message
+    for start, values in ((actions.start_reversion, ("", "", "inside", "<R>", "", 2)),
+                          (actions.start_dreambooth, ("", "", "an orange sks square", "", "", "lorad", 4, 2))):
+        with pytest.raises(ValueError, match="--device cuda:7: "):  # refused at once, not in the background
+            start(*values, str(tmp_path / "elsewhere"), "", "cuda:7")
+    assert not (tmp_path / "elsewhere").exists()
     again = actions.start_reversion("", "", "inside", "<R>", "", 2, str(tmp_path / "rev"))  # the same folder
     again.wait(60)
     assert again.state.status == "failed" and "already exists" in again.state.message

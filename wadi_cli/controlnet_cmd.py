@@ -67,8 +67,10 @@ def run_train(args) -> int:
 
 @writes("out")
 def run_generate(args) -> int:
+    from wadi_core.devices import resolve
     from wadi_core.tasks import controlnet as C
 
+    resolve(args.device)  # a device this machine lacks is refused before anything loads
     C.draw(args.controlnet, args.out, args.model, args.student, args.steps, args.guidance, args.scale, args.prompt,
            args.control, args.eval, args.seed, args.overwrite, report=print, backbone=args.backbone,
            one_step=args.one_step, device=args.device, dtype=args.dtype)

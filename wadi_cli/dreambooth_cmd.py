@@ -44,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    A.device_option(p, "where to generate the class images, train and draw the samples (float32)")
     p.set_defaults(run=run_train)
 
     e = sub.add_parser("dreambooth-eval", help=summary("dreambooth-eval"))
@@ -61,13 +62,15 @@ def register(sub) -> None:
 @writes("out")
 def run_train(args) -> int:
     from wadi_core import students
+    from wadi_core.devices import resolve
     from wadi_core.tasks import dreambooth as D
 
+    device = resolve(args.device)  # a device this machine lacks is refused before anything loads
     spec = students.AdapterSpec(args.adapter_kind, args.rank, args.preset)
     config = D.DreamBoothConfig(args.instance_prompt, args.class_prompt, spec, args.steps, args.batch_size, args.lr,
                                 args.prior_weight, args.seed)
     run = D.train(args.model, args.out, config, args.instance_dir, args.count, args.class_dir, args.num_class_images,
-                  args.student, args.on, args.overwrite, Progress(quiet=args.quiet), args.backbone)
+                  args.student, args.on, args.overwrite, Progress(quiet=args.quiet), args.backbone, device)
     print(f"trained {run.label} ({run.trainable:,} values) in {run.minutes:.1f} min; wrote {run.adapter}")
     return 0
 

@@ -45,6 +45,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=A.seed, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    A.device_option(p, "where to train the token and draw the samples (float32)")
     p.set_defaults(run=run_train)
 
     e = sub.add_parser("reversion-eval", help=summary("reversion-eval"))
@@ -64,15 +65,17 @@ def register(sub) -> None:
 
 @writes("out")
 def run_train(args) -> int:
+    from wadi_core.devices import resolve
     from wadi_core.tasks import reversion as R
 
+    device = resolve(args.device)  # a device this machine lacks is refused before anything loads
     init = args.init or (novel.novel_relation(args.relation).init if not args.exemplars else "and")
     given = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, steer_weight=args.steer_weight,
                  importance_alpha=args.importance_alpha)
     config = R.ReVersionConfig(token=args.token, init=init, seed=args.seed,
                                **{name: value for name, value in given.items() if value is not None})
     run = R.train(args.model, args.out, config, args.exemplars, args.relation, args.count, args.name,
-                  args.overwrite, Progress(quiet=args.quiet), args.backbone)
+                  args.overwrite, Progress(quiet=args.quiet), args.backbone, device)
     print(f"learned {args.token} in {run.minutes:.1f} min; wrote {run.embedding} and {run.textual_inversion} "
           f"(ComfyUI: embedding:{args.name}; A1111: {args.name})")
     return 0

@@ -208,8 +208,9 @@ def optional_file(text: str, what: str) -> str | None:
     return str(path)
 
 
-def start_reversion(model, exemplars, relation, token, init, steps, out, backbone="") -> TaskJob:
-    """ReVersion in the background (embedded exemplars of ``relation`` when no folder is given)."""
+def start_reversion(model, exemplars, relation, token, init, steps, out, backbone="", device="auto") -> TaskJob:
+    """ReVersion in the background (embedded exemplars of ``relation`` when no folder is given), on ``device``."""
+    from wadi_core.devices import resolve
     from wadi_core.shapes import novel
     from wadi_core.tasks import reversion
     from wadi_core.tasks.reversion import ReVersionConfig
@@ -218,14 +219,16 @@ def start_reversion(model, exemplars, relation, token, init, steps, out, backbon
     init = (init or "").strip() or ("and" if folder else novel.novel_relation(relation).init)
     config = ReVersionConfig(token=(token or "").strip() or "<R>", init=init, steps=positive_int(steps, "steps"))
     model, out, backbone = model_path(model), output_folder(out), optional_file(backbone, "replacement UNet")
-    return TaskJob.start(out, lambda progress: reversion.train(model, out, config, folder, relation,
-                                                               progress=progress, backbone=backbone))
+    resolve(device)  # a device this machine lacks is refused now, not in the background
+    return TaskJob.start(out, lambda progress: drawn_on(device, lambda where: reversion.train(
+        model, out, config, folder, relation, progress=progress, backbone=backbone, device=where)))
 
 
 def start_dreambooth(model, instance_dir, instance_prompt, class_prompt, student, adapter_kind, rank, steps,
-                     out, backbone="") -> TaskJob:
-    """DreamBooth in the background (the embedded subject when no folder is given)."""
+                     out, backbone="", device="auto") -> TaskJob:
+    """DreamBooth in the background (the embedded subject when no folder is given), on ``device``."""
     from wadi_core import students
+    from wadi_core.devices import resolve
     from wadi_core.tasks import dreambooth
 
     if not (instance_prompt or "").strip():
@@ -237,8 +240,9 @@ def start_dreambooth(model, instance_dir, instance_prompt, class_prompt, student
     folder = optional_folder(instance_dir, "instance image")
     student_file = optional_file(student, "student")
     model, out, backbone = model_path(model), output_folder(out), optional_file(backbone, "replacement UNet")
-    return TaskJob.start(out, lambda progress: dreambooth.train(model, out, config, folder, student=student_file,
-                                                                progress=progress, backbone=backbone))
+    resolve(device)  # a device this machine lacks is refused now, not in the background
+    return TaskJob.start(out, lambda progress: drawn_on(device, lambda where: dreambooth.train(
+        model, out, config, folder, student=student_file, progress=progress, backbone=backbone, device=where)))
 
 
 def finished_student(out: str) -> Path:

@@ -77,7 +77,7 @@ def model_field(gr, models, label: str = "Model (the teacher)",
 
 
 def device_field(gr):
-    """Where a tab draws (``wadi generate --device``)."""
+    """Where a tab draws or trains (``wadi generate --device``)."""
     return gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device", allow_custom_value=True,
                        info="auto: a CUDA GPU when torch sees one (the UNet in fp16 there), else the CPU; also cuda:N "
                             "or mps")
@@ -227,6 +227,7 @@ def reversion_tab(gr, models=None) -> None:
                 init = gr.Textbox(label="Initialiser word (empty: the relation's)")
                 steps = gr.Number(value=400, precision=0, label="Steps", elem_id="wadi_rev_steps")
             out = gr.Textbox(label="Output folder", value="wadi-ui-reversion", elem_id="wadi_rev_out")
+            device = device_field(gr)
             run = gr.Button("Learn the relation", variant="primary", elem_id="wadi_rev_start")
             gr.Markdown("Then use the token in the Generate tab: add `OUT/reversion.safetensors` under learned "
                         "tokens and write it in the prompt. ComfyUI: copy `OUT/embeddings/wadi_relation.safetensors` "
@@ -236,7 +237,7 @@ def reversion_tab(gr, models=None) -> None:
             gallery = gr.Gallery(label="Exemplars and the teacher with the token; loss", elem_id="wadi_rev_gallery")
 
     run.click(_watch_command(actions.start_reversion, ["samples.png", "loss.png", "exemplars/00.png"]),
-              inputs=[model, exemplars, relation, token, init, steps, out, unet], outputs=[status, gallery])
+              inputs=[model, exemplars, relation, token, init, steps, out, unet, device], outputs=[status, gallery])
 
 
 def dreambooth_tab(gr, models=None) -> None:
@@ -258,6 +259,7 @@ def dreambooth_tab(gr, models=None) -> None:
                 rank = gr.Number(value=8, precision=0, label="Rank")
                 steps = gr.Number(value=300, precision=0, label="Steps", elem_id="wadi_db_steps")
             out = gr.Textbox(label="Output folder", value="wadi-ui-dreambooth", elem_id="wadi_db_out")
+            device = device_field(gr)
             run = gr.Button("Train the subject", variant="primary", elem_id="wadi_db_start")
             gr.Markdown("Then stack `OUT/subject.safetensors` after the student in the Generate tab (LoRaD angles "
                         "add), or load it with WaDi Load LoRaD in ComfyUI.")
@@ -266,7 +268,8 @@ def dreambooth_tab(gr, models=None) -> None:
             gallery = gr.Gallery(label="Subject images, then the trained model; loss", elem_id="wadi_db_gallery")
 
     run.click(_watch_command(actions.start_dreambooth, ["samples.png", "loss.png"]),
-              inputs=[model, instance, instance_prompt, class_prompt, student, adapter, rank, steps, out, unet],
+              inputs=[model, instance, instance_prompt, class_prompt, student, adapter, rank, steps, out, unet,
+                      device],
               outputs=[status, gallery])
 
 

@@ -68,4 +68,5 @@ def target(x0: torch.Tensor, noise: torch.Tensor, abar_t: torch.Tensor, kind: st
 def denoising_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The regression target of the usual denoising loss at timesteps ``t`` for the scheduler's model (what
     DreamBooth, ReVersion and ControlNet training compare the model's output with)."""
-    return target(x0, noise, scheduler.alphas_cumprod[t], prediction_type(scheduler.config))
+    abar = scheduler.alphas_cumprod.to(x0.device)[t.to(x0.device)]  # the schedule stays on the CPU
+    return target(x0, noise, abar, prediction_type(scheduler.config))

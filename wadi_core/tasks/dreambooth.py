@@ -94,8 +94,10 @@ def train_subject(components, instance_images: np.ndarray, class_images: np.ndar
         for images, text in batches:
             pick = rng.integers(len(images), size=config.batch_size)
             latents = encode(components, images[pick], generator)
-            noise = torch.randn(latents.shape, generator=generator)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=generator)
+            # drawn on the CPU (the same numbers on every device), then moved to the model's
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=generator).to(
+                latents.device)
             out = unet(scheduler.add_noise(latents, noise, t), t, text.expand(len(pick), -1, -1)).sample
             losses.append(F.mse_loss(out.float(), denoising_target(scheduler, latents, noise, t)))
         loss = losses[0] + (config.prior_weight * losses[1] if prior else 0.0)
@@ -125,7 +127,7 @@ class SubjectRun:
 
 
 def class_images(model, config: DreamBoothConfig, count: int, folder: Path, class_dir=None, student=None,
-                 size: int = 0, progress: Progress = QUIET, backbone=None) -> np.ndarray | None:
+                 size: int = 0, progress: Progress = QUIET, backbone=None, device=None) -> np.ndarray | None:
     """The class folder's images, or ``count`` generated (in one step with ``student``) and saved into ``folder``."""
     if config.prior_weight <= 0:
         return None
@@ -133,7 +135,7 @@ def class_images(model, config: DreamBoothConfig, count: int, folder: Path, clas
         return read_image_folder(class_dir, size)[1]
     progress.note(f"generating {count} class images ('{config.class_prompt}')")
     seeds = list(range(10_000, 10_000 + count))
-    generator = build_generator(model, [(student, 1.0)] if student else [], backbone=backbone)
+    generator = build_generator(model, [(student, 1.0)] if student else [], backbone=backbone, device=device)
     sampler = OneStep() if student else MultiStep()
     images = generator([config.class_prompt] * count, seeds, sampler, progress=progress.bars)
     folder.mkdir(parents=True)
@@ -145,17 +147,18 @@ def class_images(model, config: DreamBoothConfig, count: int, folder: Path, clas
 
 def train(model: str | os.PathLike, out: str | os.PathLike, config: DreamBoothConfig, instance_dir=None,
           count: int = 6, class_dir=None, num_class_images: int = 64, student=None, on: str = "teacher",
-          overwrite: bool = False, progress: Progress = QUIET, backbone=None) -> SubjectRun:
+          overwrite: bool = False, progress: Progress = QUIET, backbone=None, device=None) -> SubjectRun:
     """Teach ``model`` (or, with ``on="student"``, its ``student``) the subject of ``instance_dir`` (the embedded
     world renders its own subject when none is given) and write ``out``: the adapter, history.json, loss.png and
-    samples.png (instance images beside the trained model's)."""
+    samples.png (instance images beside the trained model's). Class images, training and samples run on
+    ``device`` (as ``build_generator`` takes it; None: the CPU), in float32."""
     from ..shapes import novel
 
     if on == "student" and not student:
         raise ValueError("--on student needs --student (the distilled student adapter)")
     check_prompts(config)
     with fileio.claim(out, overwrite) as out:
-        generator = build_generator(model, backbone=backbone)
+        generator = build_generator(model, backbone=backbone, device=device)
         components, size = generator.components, image_size(generator.components)
         with fileio.atomic_dir(out, overwrite) as tmp:
             if instance_dir:
@@ -166,7 +169,7 @@ def train(model: str | os.PathLike, out: str | os.PathLike, config: DreamBoothCo
                 folder = novel.write_subject_exemplars(tmp / "instance", count, config.seed)
                 instance = read_image_folder(folder, size)[1]
             classes = class_images(model, config, num_class_images, tmp / "class_images", class_dir, student, size,
-                                   progress, backbone)
+                                   progress, backbone, device)
             prepare_unet(components, student if on == "student" else None)
             progress.note("training")
             start = time.perf_counter()

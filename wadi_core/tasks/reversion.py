@@ -147,17 +147,20 @@ def train_relation(components, exemplars: Exemplars, config: ReVersionConfig,
             pick = rng.integers(len(exemplars.images), size=config.batch_size)
             captions = [exemplars.captions[i][rng.integers(len(exemplars.captions[i]))] for i in pick]
             latents = encode(components, exemplars.images[pick], generator)
-            noise = torch.randn(latents.shape, generator=generator)
+            # drawn on the CPU (the same numbers on every device), then moved to the model's
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
             t = relation_timesteps(len(pick), scheduler.config.num_train_timesteps, config.importance_alpha,
-                                   generator)
+                                   generator).to(latents.device)
             noisy = scheduler.add_noise(latents, noise, t)
             out = unet(noisy, t, components.encode_prompts(captions)).sample
             denoise = F.mse_loss(out.float(), denoising_target(scheduler, latents, noise, t))
             ids = components.tokenizer(captions, add_special_tokens=False).input_ids
             entities = sorted({i for row in ids for i in row if i not in stop_ids})
             chosen = rng.choice(positive_ids, size=min(config.positives, len(positive_ids)), replace=False)
-            steer = steering_loss(table.weight[token_id], table.weight[torch.as_tensor(chosen)],
-                                  table.weight[torch.as_tensor(entities or [components.tokenizer.eos_token_id])],
+            rows = table.weight.device
+            steer = steering_loss(table.weight[token_id], table.weight[torch.as_tensor(chosen, device=rows)],
+                                  table.weight[torch.as_tensor(entities or [components.tokenizer.eos_token_id],
+                                                               device=rows)],
                                   config.temperature)
             loss = denoise + config.steer_weight * steer
             optimizer.zero_grad(set_to_none=True)
@@ -187,14 +190,15 @@ class RelationRun:
 
 def train(model, out: str | os.PathLike, config: ReVersionConfig, exemplars=None, relation: str = "larger",
           count: int = 12, name: str = "wadi_relation", overwrite: bool = False,
-          progress: Progress = QUIET, backbone=None) -> RelationRun:
+          progress: Progress = QUIET, backbone=None, device=None) -> RelationRun:
     """Learn ``config.token`` from the exemplars in ``exemplars`` (a folder of images and text.json), or from
     renders of an embedded relation the captions never name; write ``out``: reversion.safetensors,
-    embeddings/NAME.safetensors, history.json, loss.png and samples.png."""
+    embeddings/NAME.safetensors, history.json, loss.png and samples.png. Training and samples run on ``device``
+    (as ``build_generator`` takes it; None: the CPU), in float32."""
     from ..shapes import novel
 
     with fileio.claim(out, overwrite) as out:
-        teacher = build_generator(model, backbone=backbone).components
+        teacher = build_generator(model, backbone=backbone, device=device).components
         size = image_size(teacher)
         novel_relation = None if exemplars else novel.novel_relation(relation)
         with fileio.atomic_dir(out, overwrite) as tmp:
