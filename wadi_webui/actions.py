@@ -304,7 +304,8 @@ def generate_images(model, adapters, prompt, seed, batch, compare, twice_the_siz
                       "UNet")
     model = model_path(model)
     tokens = [optional_file(path, "embedding") for path in lines(embedding_files)]
-    adapters, label = [parse_adapter_spec(spec) for spec in specs], f" with {', '.join(specs)}" if specs else ""
+    adapters = [parse_adapter_spec(spec) for spec in specs]
+    label = f" with {', '.join(specs)}" if specs else ""
     gallery, text = drawn_on(device, lambda where: _draw(model, adapters, tokens, backbone, prompt.strip(),
                                                          int(seed or 0), batch, compare, twice_the_size, where, label))
     return [(np.asarray(image), caption) for image, caption in gallery], text
