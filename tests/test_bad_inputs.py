@@ -239,7 +239,7 @@ def distill_config(tmp_path, world, name="run", **kw):
     prompts.write_text("a red circle\na blue square\n")
     base = dict(out=str(tmp_path / name), model=str(world["sd"]), prompts=str(prompts), steps=4, batch_size=2,
                 student_rank=4, fake_rank=2, lr_student=1e-2, lr_fake=1e-2, guidance=1.5, checkpoint_every=1,
-                sample_every=100, report_to="none")
+                sample_every=0, report_to="none")
     return DistillConfig.from_options(**{**base, **kw})
 
 

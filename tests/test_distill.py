@@ -32,7 +32,7 @@ def prompt_file(tmp_path):
 def config(tmp_path, sd_dir, prompt_file, name="run", **kw):
     base = dict(out=str(tmp_path / name), model=str(sd_dir), prompts=str(prompt_file), steps=4, batch_size=2,
                 student_rank=4, fake_rank=2, lr_student=1e-2, lr_fake=1e-2, guidance=1.5, checkpoint_every=2,
-                sample_every=100, report_to="none")
+                sample_every=0, report_to="none")
     return DistillConfig.from_options(**{**base, **kw})
 
 
@@ -47,12 +47,12 @@ def any_sd_dir(request, tmp_path):
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, any_sd_dir, prompt_file):
     sd_dir = any_sd_dir
-    whole = Distiller(config(tmp_path, sd_dir, prompt_file, "whole"), progress=False)
+    whole = Distiller(config(tmp_path, sd_dir, prompt_file, "whole", sample_every=100), progress=False)
     whole.run()
-    first = Distiller(config(tmp_path, sd_dir, prompt_file, "parts"), progress=False)
+    first = Distiller(config(tmp_path, sd_dir, prompt_file, "parts", sample_every=100), progress=False)
     assert first.run(should_stop=lambda: first.step == 2) is None  # stopped with a checkpoint
     assert (tmp_path / "parts" / "checkpoint" / "state.pt").is_file()
-    second = Distiller(config(tmp_path, sd_dir, prompt_file, "parts", resume=True), progress=False)
+    second = Distiller(config(tmp_path, sd_dir, prompt_file, "parts", resume=True, sample_every=100), progress=False)
     assert second.step == 2
     second.run()
     a = load_file(tmp_path / "whole" / "student.safetensors")
@@ -134,14 +134,17 @@ def test_a_non_empty_output_folder_is_not_reused_silently(tmp_path, sd_dir, prom
         Distiller(config(tmp_path, sd_dir, prompt_file, steps=1), progress=False)
 
 
-def test_interval_zero_switches_checkpoints_and_intermediate_samples_off(tmp_path, sd_dir, prompt_file):
-    run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, checkpoint_every=0, sample_every=0), progress=False)
-    written, saved, save = [], [], run.save_checkpoint
-    run.write_samples = lambda: written.append(run.step)
-    run.save_checkpoint = lambda: (saved.append(run.step), save())
-    run.run()
-    assert written == [0, 3]  # the start and the end only
-    assert saved == [3]  # the final checkpoint only
+def test_interval_zero_switches_checkpoints_before_the_end_and_samples_off(tmp_path, sd_dir, prompt_file):
+    def steps_written(**intervals):
+        run = Distiller(config(tmp_path, sd_dir, prompt_file, steps=3, overwrite=True, **intervals), progress=False)
+        written, saved, save = [], [], run.save_checkpoint
+        run.write_samples = lambda: written.append(run.step)
+        run.save_checkpoint = lambda: (saved.append(run.step), save())
+        run.run()
+        return written, saved
+
+    assert steps_written(checkpoint_every=2, sample_every=2) == ([0, 2, 3], [2, 3])  # and at the start and the end
+    assert steps_written(checkpoint_every=0, sample_every=0) == ([], [3])  # no grid; the final checkpoint only
     assert (tmp_path / "run" / "student.safetensors").is_file()
     with pytest.raises(ValueError, match="0 \\(off\\) or more"):
         Distiller(config(tmp_path, sd_dir, prompt_file, "bad", sample_every=-1), progress=False)

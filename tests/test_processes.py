@@ -31,7 +31,7 @@ from wadi_core.distill import DistillConfig, Distiller, ResumeMismatch
 
 PROMPTS = ["a red circle", "a blue square on the left", "a green triangle above a red circle", "a yellow square"]
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = dict(student_rank=4, fake_rank=2, lr_student=1e-2, lr_fake=1e-2, guidance=1.5, sample_every=100,
+OPTIONS = dict(student_rank=4, fake_rank=2, lr_student=1e-2, lr_fake=1e-2, guidance=1.5, sample_every=0,
                report_to="none")
 
 
@@ -92,10 +92,10 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(teacher, tmp_path_factory):
     """One process x batch 4 over 3 steps, and two processes x batch 2 (the shared base: both adapters on one
-    backbone, each DDP wrapper with its own parameters)."""
+    backbone, each DDP wrapper with its own parameters), both with their sample grids (the other runs draw none)."""
     root = tmp_path_factory.mktemp("runs")
-    one_process(teacher, root / "one", steps=3, batch_size=4, checkpoint_every=2)
-    two = ok(launch(2, teacher, root / "two", steps=3, batch_size=2, checkpoint_every=2))
+    one_process(teacher, root / "one", steps=3, batch_size=4, checkpoint_every=2, sample_every=100)
+    two = ok(launch(2, teacher, root / "two", steps=3, batch_size=2, checkpoint_every=2, sample_every=100))
     return root, two
 
 
@@ -188,7 +188,8 @@ def fsdp(runs, teacher):
     """``accelerate launch --use_fsdp``: 2 processes x batch 2 over 3 steps, each holding half the shared backbone
     (torch's FSDP2 over gloo)."""
     root, _ = runs
-    return ok(launch(2, teacher, root / "fsdp", steps=3, batch_size=2, checkpoint_every=2, use_fsdp=True))
+    return ok(launch(2, teacher, root / "fsdp", steps=3, batch_size=2, checkpoint_every=2, use_fsdp=True,
+                     sample_every=100))
 
 
 def test_fsdp_shards_the_shared_base_and_trains_the_student_of_one_process(runs, fsdp):

@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also keep the student of every N-th step as students/student-stepNNNNNN.safetensors (its "
                         "EMA weights), 0 = only the final student.safetensors")
     p.add_argument("--sample-every", type=A.count, default=d["sample_every"],
-                   help="steps between sample grids, 0 = only at the start and the end")
+                   help="steps between sample grids (also drawn at the start and the end), 0 = none")
     p.add_argument("--max-bad-steps", type=A.positive_int, default=d["max_bad_steps"],
                    help="stop after this many consecutive NaN/Inf steps")
     p.add_argument("--export-merged", help="also write the teacher folder with the student merged into its UNet")
@@ -139,6 +139,7 @@ def run(args) -> int:
         path = distiller.run(should_stop=stop)
     if path is None:
         return stop.status
+    samples = f"samples in {distiller.out / 'samples'}, " if distiller.config.sample_every else ""
     distiller.log(f"wrote {path} ({distiller.step} steps, {distiller.seconds / 60:.1f} min of training); "
-                  f"samples in {distiller.out / 'samples'}, losses in {distiller.out / 'loss.png'}")
+                  f"{samples}losses in {distiller.out / 'loss.png'}")
     return 0

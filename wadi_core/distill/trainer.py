@@ -612,7 +612,7 @@ class Distiller:
         c = self.config
         bar = tqdm(total=c.steps, initial=self.step, desc="distilling",
                    disable=not (self.progress and self.accelerator.is_main_process))
-        if self.step == 0:
+        if self.step == 0 and c.sample_every:
             self.write_samples()
         first = self.step
         try:
@@ -628,7 +628,7 @@ class Distiller:
                     self.save_checkpoint()
                 if every(self.step, c.student_every) and self.step < c.steps and not record["skipped"]:
                     self.keep_student()
-                if every(self.step, c.sample_every) or self.step == c.steps:
+                if every(self.step, c.sample_every) or (self.step == c.steps and c.sample_every):
                     self.write_samples()
                 if self._anyone(should_stop()) and self.step < c.steps:
                     if self.save_checkpoint() is not None:
