@@ -99,7 +99,7 @@ def test_distill_stop_resume_generate_and_a_bad_path_in_the_browser(ui):
     assert "stopped" in stopped, stopped
     assert (run / "checkpoint").is_dir() and not (run / "student.safetensors").exists()
     page.locator("#wadi_resume").click()
-    finished = wait_for_text(page, "wadi_distill_status", ("finished", "failed"), timeout=900)  # the resumed run draws the teacher grid again at the end
+    finished = wait_for_text(page, "wadi_distill_status", ("finished", "failed"), timeout=900)  # (its grids reuse the teacher images kept in the checkpoint)
     assert "finished" in finished and "step 16 / 16" in finished, finished
     page.locator("#wadi_loss img").first.wait_for(timeout=30_000)
     page.screenshot(path=str(ui.work / "2-finished.png"))
