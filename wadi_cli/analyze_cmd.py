@@ -21,7 +21,8 @@ from .outputs import writes
 def register(sub) -> None:
     p = sub.add_parser("analyze", help=summary("analyze"),
                        description=__doc__)
-    p.add_argument("--model", help="the multi-step model (BASE): a diffusers folder or a single-file .safetensors")
+    p.add_argument("--model", help="the multi-step model (BASE): a diffusers folder, a single-file .safetensors "
+                                   "or a Hugging Face Hub id")
     p.add_argument("--compare", help="the model to compare (OTHER): a diffusers folder, a single-file checkpoint, or "
                                      "an adapter / student file for BASE (LoRaD, LoRA, DoRA or full fine-tune)")
     A.backbone_option(p, "--model (BASE)")

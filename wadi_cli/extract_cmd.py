@@ -16,7 +16,8 @@ def rank(text: str):
 
 def register(sub) -> None:
     p = sub.add_parser("extract", help=summary("extract"))
-    p.add_argument("--model", help="the base the adapter turns (a diffusers folder or a single-file checkpoint)")
+    p.add_argument("--model", help="the base the adapter turns (a diffusers folder, a single-file checkpoint or a "
+                                   "Hugging Face Hub id)")
     A.hidden_alias(p, "--base", "model")
     A.backbone_option(p)
     source = p.add_mutually_exclusive_group()

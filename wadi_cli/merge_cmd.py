@@ -9,8 +9,8 @@ from .commands import summary
 
 
 def _add_common(p) -> None:
-    p.add_argument("--model", help="the model the adapters were trained on: a diffusers folder or a single "
-                                   ".safetensors (required)")
+    p.add_argument("--model", help="the model the adapters were trained on: a diffusers folder, a single "
+                                   ".safetensors or a Hugging Face Hub id (required)")
     A.hidden_alias(p, "--base", "model")
     A.backbone_option(p)
     p.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",

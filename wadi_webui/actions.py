@@ -37,14 +37,18 @@ def names_embedded(text: str) -> bool:
 
 
 def model_path(text: str) -> str:
-    """The embedded default, or an existing folder / .safetensors file."""
+    """The embedded default, an existing folder / .safetensors file, or a Hugging Face Hub id."""
+    from wadi_core.models.hub import is_hub_id
+
     if names_embedded(text):
         return str(MODEL_DIR)
     text = text.strip()
+    if is_hub_id(text):
+        return text  # the library fetches it from the Hub, or finds it in the Hub's cache
     path = Path(text).expanduser().resolve()
     if not path.exists():
-        raise UIError(f"the model path {path} does not exist; give a diffusers folder or a .safetensors file, "
-                      f"or leave it empty for the embedded model")
+        raise UIError(f"the model path {path} does not exist; give a diffusers folder, a .safetensors file or a "
+                      "Hugging Face Hub id (owner/name), or leave it empty for the embedded model")
     return str(path)
 
 

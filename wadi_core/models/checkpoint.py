@@ -19,6 +19,7 @@ import torch
 from .. import fileio
 from . import keys
 from .families import family_from_weight_shapes
+from .hub import resolve_model
 
 WEIGHTS = "diffusion_pytorch_model"
 
@@ -201,8 +202,9 @@ def family_of_path(path: str | os.PathLike) -> str:
 
 def open_checkpoint(path: str | os.PathLike, backbone: str | os.PathLike | None = None) -> Checkpoint:
     """Recognise a base model path and index its backbone weights (no tensors are loaded); with ``backbone``, the
-    backbone's weights come from that file instead (:func:`replace_backbone`)."""
-    ckpt = _open(Path(path).expanduser())
+    backbone's weights come from that file instead (:func:`replace_backbone`). A Hub id is read from the Hub's
+    cache (:mod:`.hub`)."""
+    ckpt = _open(Path(resolve_model(path)).expanduser())
     return replace_backbone(ckpt, backbone) if backbone else ckpt
 
 

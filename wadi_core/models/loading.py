@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 
 from .components import Components, is_dit_folder, is_sdxl_folder, load_sd_folder
+from .hub import resolve_model
 
 
 def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
                     backbone: str | os.PathLike | None = None, unet_dtype: torch.dtype | None = None) -> Components:
     """A diffusers SD-style folder (a real SD1.x/2.x or SDXL model, or the embedded shapes model when ``path`` is None),
-    a PixArt-style DiT folder or a single-file SD1.x, SD2.x or SDXL checkpoint; with ``backbone``, a state dict of the whole
+    a PixArt-style DiT folder, a single-file SD1.x, SD2.x or SDXL checkpoint, or the Hub id of a diffusers pipeline
+    (:mod:`.hub`); with ``backbone``, a state dict of the whole
     UNet / transformer (the authors' released one-step models) replaces the model's, checked strictly.
 
     ``unet_dtype`` (default: ``dtype``) is the UNet's / transformer's. A UNet is read in that type one tensor at a
@@ -22,6 +24,7 @@ def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = 
     if path is None:
         from ..shapes.components import MODEL_DIR
         path = MODEL_DIR
+    path = resolve_model(path)
     if Path(path).expanduser().is_file():
         from .single_file import load_single_file_components
         components = load_single_file_components(path, dtype, unet_dtype)

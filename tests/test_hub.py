@@ -1,0 +1,193 @@
+"""A model named by its Hugging Face Hub id (``owner/name``), as diffusers takes it. No machine here reaches the Hub:
+the cached case runs on a cache laid out as huggingface_hub writes it (blobs named by their hash, a snapshot folder
+of links to them, ``refs/main`` naming the commit), offline; what a download takes is checked through
+huggingface_hub's own file filter."""
+
+import hashlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import randomize, tiny_unet, write_sd_folder
+from PIL import Image
+
+from wadi_cli.cli import main
+from wadi_core import lorad
+from wadi_core.lorad.io import read_adapter_safetensors
+from wadi_core.models import components, hub, load_components, open_checkpoint
+from wadi_webui import actions
+
+REPO = "wadi-test/tiny-sd"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def write_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
+    """``folder`` as the Hub's cache holds a downloaded repository; returns its snapshot folder."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / COMMIT
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny SD folder, and the same as the cached download of ``REPO``."""
+    root = tmp_path_factory.mktemp("hub")
+    folder = write_sd_folder(root / "sd")
+    return folder, root / "cache", write_hub_cache(root / "cache", REPO, folder)
+
+
+@pytest.fixture
+def offline(model, monkeypatch):
+    """huggingface_hub offline (``HF_HUB_OFFLINE=1``) on the test cache, with nothing remembered from another test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(model[1]))
+    hub._snapshot.cache_clear()
+    yield model
+    hub._snapshot.cache_clear()
+
+
+def pixels(folder: Path) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+
+
+def test_a_cached_hub_id_reads_as_its_folder_in_every_command(offline, tmp_path):
+    folder, _, snapshot = offline
+    assert Path(hub.resolve_model(REPO)) == snapshot
+    assert open_checkpoint(REPO).family == open_checkpoint(folder).family
+    assert load_components(REPO).unet.config == load_components(folder).unet.config
+    for name, model in (("id", REPO), ("folder", str(folder))):
+        assert main(["generate", "--model", model, "--prompt", "a red circle", "--steps", "2",
+                     "--out", str(tmp_path / name), "--quiet"]) == 0
+    drawn = pixels(tmp_path / "id")
+    assert drawn and all(np.array_equal(a, b) for a, b in zip(drawn, pixels(tmp_path / "folder"), strict=True))
+    # a distillation records the id as its teacher, so that its student names the same model on any machine
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    assert main(["distill", "--model", REPO, "--prompts", str(prompts), "--out", str(tmp_path / "run"), "--steps", "1",
+                 "--batch-size", "2", "--student-rank", "2", "--fake-rank", "2", "--sample-every", "0",
+                 "--report-to", "none", "--quiet"]) == 0
+    student = tmp_path / "run" / "student.safetensors"
+    assert read_adapter_safetensors(student, tensors=False)[0]["wadi.teacher"] == REPO
+    # the web UI's model field takes the id as well
+    gallery, _ = actions.generate_images(REPO, str(student), "a red circle", 0, 1, False)
+    assert len(gallery) == 1
+    # a merge copies the snapshot's linked files as files of its own
+    unet = tiny_unet()
+    lorad.attach(unet, rank=2, preset="unet-student")
+    randomize(lorad.trainable_parameters(unet), seed=1, std=0.3)
+    adapter = lorad.save_adapter(unet, tmp_path / "a.safetensors", preset="unet-student")
+    assert main(["merge", "--model", REPO, "--adapter", str(adapter), "--out", str(tmp_path / "merged"),
+                 "--quiet"]) == 0
+    weights = tmp_path / "merged" / "unet" / "diffusion_pytorch_model.safetensors"
+    assert weights.is_file() and not weights.is_symlink()
+    assert components.check_model_folder(tmp_path / "merged")
+
+
+@pytest.mark.parametrize("words", [["generate", "--prompt", "x"], ["distill", "--steps", "1"]],
+                         ids=["generate", "distill"])
+def test_a_hub_id_that_is_not_cached_offline_is_one_message_and_nothing_written(offline, tmp_path, capsys, words):
+    out = tmp_path / "out"
+    assert main([words[0], "--model", "nobody/no-model", *words[1:], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (f"wadi {words[0]}: error: nobody/no-model is not a file or folder here, and the Hugging Face Hub could "
+            "not give it") in err
+    assert "run the command once where there is a network and copy its Hub cache (HF_HOME) here" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error, message", [
+    ("RepositoryNotFoundError", ("the Hugging Face Hub has no model owner/typo (or it is private: log in with hf "
+                                 "auth login); check the path or the id")),
+    ("GatedRepoError", ("owner/typo is gated on the Hugging Face Hub: accept its licence on its page, then log in "
+                        "(hf auth login) or set HF_TOKEN")),
+], ids=["not-found", "gated"])
+def test_what_the_hub_refuses_is_said_with_its_fix(monkeypatch, error, message):
+    import huggingface_hub
+    from huggingface_hub import utils
+
+    def refuse(repo_id, **_):
+        response = SimpleNamespace(headers={}, request=None)  # what huggingface_hub's HTTP errors keep of one
+        raise getattr(utils, error)(f"{repo_id}: 404", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    hub._snapshot.cache_clear()
+    with pytest.raises(hub.HubError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        hub.resolve_model("owner/typo")
+
+
+def test_a_hub_model_that_is_not_a_pipeline_is_refused(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    (tmp_path / "unet").mkdir()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **_: str(tmp_path))
+    hub._snapshot.cache_clear()
+    with pytest.raises(hub.HubError, match="owner/a-lora on the Hugging Face Hub is not a diffusers pipeline"):
+        hub.resolve_model("owner/a-lora")
+
+
+@pytest.mark.parametrize("text, is_id", [
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", True), ("PixArt-alpha/PixArt-XL-2-1024-MS", True),
+    ("owner/model.safetensors", False), ("runs/sd15/student.safetensors", False), ("/abs/folder", False),
+    ("./owner/name", False), ("owner/..", False), ("C:/models/sd", False), ("no-slash", False),
+])
+def test_what_reads_as_a_hub_id(text, is_id):
+    assert hub.is_hub_id(text) is is_id
+
+
+def test_an_existing_folder_named_like_an_id_is_the_folder(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner").mkdir()
+    (tmp_path / "owner" / "name").symlink_to(model[0])
+    assert not hub.is_hub_id("owner/name") and hub.resolve_model("owner/name") == "owner/name"
+
+
+# repository listings shaped like the Hub's SD1.5, SDXL and PixArt-alpha pipelines: each part's weights in several
+# formats and precisions, single-file checkpoints, a safety checker, ONNX / OpenVINO exports
+TOKENIZER = ["merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+WEIGHTS = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+           "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin", "config.json"]
+CLIP = ["model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "config.json"]
+SD15 = ["model_index.json", "README.md", ".gitattributes", "v1-5-pruned.safetensors", "v1-5-pruned-emaonly.ckpt",
+        "feature_extractor/preprocessor_config.json", "scheduler/scheduler_config.json",
+        *(f"safety_checker/{f}" for f in CLIP), *(f"text_encoder/{f}" for f in CLIP),
+        *(f"tokenizer/{f}" for f in TOKENIZER), *(f"unet/{f}" for f in WEIGHTS),
+        "unet/diffusion_pytorch_model.non_ema.safetensors", *(f"vae/{f}" for f in WEIGHTS)]
+SDXL = [*(f for f in SD15 if not f.startswith(("safety_checker", "feature_extractor", "v1-5"))),
+        "sd_xl_base_1.0.safetensors", *(f"text_encoder_2/{f}" for f in CLIP), *(f"tokenizer_2/{f}" for f in TOKENIZER),
+        "unet/model.onnx", "unet/model.onnx_data", "text_encoder/openvino_model.bin",
+        "text_encoder/openvino_model.xml", "vae_1_0/diffusion_pytorch_model.safetensors", "vae_decoder/model.onnx"]
+PIXART = ["model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+          *(f"text_encoder/model-0000{i}-of-00004.safetensors" for i in range(1, 5)),
+          "text_encoder/model.safetensors.index.json", "text_encoder/pytorch_model-00001-of-00002.bin",
+          "tokenizer/spiece.model", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+          "tokenizer/added_tokens.json", *(f"transformer/{f}" for f in WEIGHTS), *(f"vae/{f}" for f in WEIGHTS)]
+
+
+def downloaded(listing: list[str]) -> set[str]:
+    from huggingface_hub.utils import filter_repo_objects
+
+    return set(filter_repo_objects(listing, allow_patterns=hub.ALLOW_PATTERNS, ignore_patterns=hub.IGNORE_PATTERNS))
+
+
+def test_a_download_takes_the_files_the_loaders_read_and_no_others():
+    sd15 = {*components.REQUIRED_FILES, *(f"tokenizer/{f}" for f in TOKENIZER)}
+    assert downloaded(SD15) == sd15
+    assert downloaded(SDXL) == sd15 | {f"text_encoder_2/{f}" for f in ("model.safetensors", "config.json")} | \
+        {f"tokenizer_2/{f}" for f in TOKENIZER}
+    assert downloaded(PIXART) == {f for f in PIXART if f.endswith((".json", ".model")) or
+                                  (f.endswith(".safetensors") and "fp16" not in f)}
