@@ -5,6 +5,7 @@ huggingface_hub's own file filter."""
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import randomize, tiny_unet, write_sd_folder
 from PIL import Image
+from safetensors.torch import save_file
 
 from wadi_cli.cli import main
 from wadi_core import lorad
@@ -55,9 +57,14 @@ def offline(model, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(model[1]))
-    hub._snapshot.cache_clear()
+    forget()
     yield model
+    forget()
+
+
+def forget() -> None:
     hub._snapshot.cache_clear()
+    hub._download.cache_clear()
 
 
 def pixels(folder: Path) -> list[np.ndarray]:
@@ -66,7 +73,7 @@ def pixels(folder: Path) -> list[np.ndarray]:
 
 def test_a_cached_hub_id_reads_as_its_folder_in_every_command(offline, tmp_path):
     folder, _, snapshot = offline
-    assert Path(hub.resolve_model(REPO)) == snapshot
+    assert Path(hub.local_path(REPO)) == snapshot
     assert open_checkpoint(REPO).family == open_checkpoint(folder).family
     assert load_components(REPO).unet.config == load_components(folder).unet.config
     for name, model in (("id", REPO), ("folder", str(folder))):
@@ -97,37 +104,82 @@ def test_a_cached_hub_id_reads_as_its_folder_in_every_command(offline, tmp_path)
     assert components.check_model_folder(tmp_path / "merged")
 
 
-@pytest.mark.parametrize("words", [["generate", "--prompt", "x"], ["distill", "--steps", "1"]],
-                         ids=["generate", "distill"])
-def test_a_hub_id_that_is_not_cached_offline_is_one_message_and_nothing_written(offline, tmp_path, capsys, words):
+def test_files_of_a_hub_repository_are_replacement_unets_and_adapters(offline, tmp_path):
+    """As the authors publish theirs (``gudaochangsheng/WaDi/rotated_unet-sdv1-5.safetensors``, the base's UNet with
+    a LoRaD adapter merged in): such a UNet and an adapter named by repository and path draw what the same files
+    draw from disk, and ``wadi extract`` reads the adapter back from the two Hub names."""
+    folder = offline[0]
+    files = tmp_path / "files"
+    (files / "students").mkdir(parents=True)
+    unet = load_components(folder).unet
+    lorad.attach(unet, rank=2, preset="unet-student")
+    randomize(lorad.trainable_parameters(unet), seed=3, std=0.3)
+    lorad.save_adapter(unet, files / "students" / "a.safetensors", preset="unet-student")
+    lorad.merge_adapters(unet)
+    lorad.detach(unet, unmerge=False)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(files / "rotated_unet.safetensors"))
+    write_hub_cache(offline[1], "wadi-test/released", files)
+    for name, unet_file, adapter in (("hub", "wadi-test/released/rotated_unet.safetensors",
+                                      "wadi-test/released/students/a.safetensors"),
+                                     ("disk", str(files / "rotated_unet.safetensors"),
+                                      str(files / "students" / "a.safetensors"))):
+        assert main(["generate", "--model", REPO, "--unet", unet_file, "--one-step", "--prompt", "a red circle",
+                     "--out", str(tmp_path / f"unet-{name}"), "--quiet"]) == 0
+        assert main(["generate", "--model", str(folder), "--student", f"{adapter}:0.5", "--prompt", "a red circle",
+                     "--out", str(tmp_path / f"adapter-{name}"), "--quiet"]) == 0
+    for kind in ("unet", "adapter"):
+        drawn = pixels(tmp_path / f"{kind}-hub")
+        assert drawn and all(np.array_equal(a, b) for a, b in zip(drawn, pixels(tmp_path / f"{kind}-disk"),
+                                                                  strict=True))
+    assert not np.array_equal(pixels(tmp_path / "unet-hub")[0], pixels(tmp_path / "adapter-hub")[0])
+    gallery, _ = actions.generate_images(REPO, "wadi-test/released/students/a.safetensors:0.5", "a red circle", 0, 1,
+                                         False, backbone="wadi-test/released/rotated_unet.safetensors")
+    assert len(gallery) == 1  # the web UI's adapter and replacement UNet fields take Hub files
+    assert main(["extract", "--model", REPO, "--merged", "wadi-test/released/rotated_unet.safetensors", "--rank", "2",
+                 "--out", str(tmp_path / "extracted.safetensors"), "--quiet"]) == 0
+    assert read_adapter_safetensors(tmp_path / "extracted.safetensors", tensors=False)[0]["wadi.rank"] == "2"
+
+
+@pytest.mark.parametrize("words, missing", [
+    (["generate", "--model", "nobody/no-model", "--prompt", "x"], "nobody/no-model is not a file or folder here"),
+    (["distill", "--model", "nobody/no-model", "--steps", "1"], "nobody/no-model is not a file or folder here"),
+    (["generate", "--unet", "nobody/released/unet.safetensors", "--one-step", "--prompt", "x"],
+     "nobody/released/unet.safetensors is not a file here"),
+], ids=["generate", "distill", "unet-file"])
+def test_a_hub_name_that_is_not_cached_offline_is_one_message_and_nothing_written(offline, tmp_path, capsys, words,
+                                                                                  missing):
     out = tmp_path / "out"
-    assert main([words[0], "--model", "nobody/no-model", *words[1:], "--out", str(out)]) == 2
+    assert main([*words, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert (f"wadi {words[0]}: error: nobody/no-model is not a file or folder here, and the Hugging Face Hub could "
-            "not give it") in err
+    assert f"wadi {words[0]}: error: {missing}, and the Hugging Face Hub could not give it" in err
     assert "run the command once where there is a network and copy its Hub cache (HF_HOME) here" in err
     assert not out.exists()
 
 
-@pytest.mark.parametrize("error, message", [
-    ("RepositoryNotFoundError", ("the Hugging Face Hub has no model owner/typo (or it is private: log in with hf "
-                                 "auth login); check the path or the id")),
-    ("GatedRepoError", ("owner/typo is gated on the Hugging Face Hub: accept its licence on its page, then log in "
-                        "(hf auth login) or set HF_TOKEN")),
-], ids=["not-found", "gated"])
-def test_what_the_hub_refuses_is_said_with_its_fix(monkeypatch, error, message):
+@pytest.mark.parametrize("error, name, message", [
+    ("RepositoryNotFoundError", "owner/typo", ("owner/typo is not a file or folder here, and the Hugging Face Hub has "
+                                               "no model owner/typo (or it is private: log in with hf auth login); "
+                                               "check the path or the id")),
+    ("GatedRepoError", "owner/typo", ("owner/typo is gated on the Hugging Face Hub: accept its licence on its page, "
+                                      "then log in (hf auth login) or set HF_TOKEN")),
+    ("RemoteEntryNotFoundError", "owner/name/unet.safetensors", (
+        "owner/name/unet.safetensors is not a file here, and owner/name on the Hugging Face Hub has no file "
+        "unet.safetensors; check the file's path in the repository")),
+], ids=["not-found", "gated", "no-such-file"])
+def test_what_the_hub_refuses_is_said_with_its_fix(monkeypatch, error, name, message):
     import huggingface_hub
-    from huggingface_hub import utils
+    from huggingface_hub import errors
 
-    def refuse(repo_id, **_):
+    def refuse(repo_id, *_, **__):
         response = SimpleNamespace(headers={}, request=None)  # what huggingface_hub's HTTP errors keep of one
-        raise getattr(utils, error)(f"{repo_id}: 404", response=response)
+        raise getattr(errors, error)(f"{repo_id}: 404", response=response)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
-    hub._snapshot.cache_clear()
-    with pytest.raises(hub.HubError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        hub.resolve_model("owner/typo")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    forget()
+    with pytest.raises(hub.HubError, match=re.escape(message)):
+        hub.local_path(name)
 
 
 def test_a_hub_model_that_is_not_a_pipeline_is_refused(monkeypatch, tmp_path):
@@ -135,25 +187,27 @@ def test_a_hub_model_that_is_not_a_pipeline_is_refused(monkeypatch, tmp_path):
 
     (tmp_path / "unet").mkdir()
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **_: str(tmp_path))
-    hub._snapshot.cache_clear()
+    forget()
     with pytest.raises(hub.HubError, match="owner/a-lora on the Hugging Face Hub is not a diffusers pipeline"):
-        hub.resolve_model("owner/a-lora")
+        hub.local_path("owner/a-lora")
 
 
-@pytest.mark.parametrize("text, is_id", [
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", True), ("PixArt-alpha/PixArt-XL-2-1024-MS", True),
-    ("owner/model.safetensors", False), ("runs/sd15/student.safetensors", False), ("/abs/folder", False),
-    ("./owner/name", False), ("owner/..", False), ("C:/models/sd", False), ("no-slash", False),
+@pytest.mark.parametrize("text, name", [
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", ("stable-diffusion-v1-5/stable-diffusion-v1-5", None)),
+    ("gudaochangsheng/WaDi/rotated_unet-sdv1-5.safetensors", ("gudaochangsheng/WaDi", "rotated_unet-sdv1-5.safetensors")),
+    ("owner/name/unet/diffusion_pytorch_model.safetensors", ("owner/name", "unet/diffusion_pytorch_model.safetensors")),
+    ("owner/model.safetensors", None), ("owner/name/model.ckpt", None), ("/abs/folder", None), ("./owner/name", None),
+    ("owner/..", None), ("owner/name/../x.safetensors", None), ("C:/models/sd", None), ("no-slash", None),
 ])
-def test_what_reads_as_a_hub_id(text, is_id):
-    assert hub.is_hub_id(text) is is_id
+def test_what_reads_as_a_name_on_the_hub(text, name):
+    assert hub.hub_name(text) == name
 
 
 def test_an_existing_folder_named_like_an_id_is_the_folder(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "owner").mkdir()
     (tmp_path / "owner" / "name").symlink_to(model[0])
-    assert not hub.is_hub_id("owner/name") and hub.resolve_model("owner/name") == "owner/name"
+    assert not hub.is_hub_name("owner/name") and hub.local_path("owner/name") == "owner/name"
 
 
 # repository listings shaped like the Hub's SD1.5, SDXL and PixArt-alpha pipelines: each part's weights in several

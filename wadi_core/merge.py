@@ -23,6 +23,7 @@ from .lorad import functional as LF
 from .lorad.io import AdapterError, AdapterFile, check_strength, encode_name, match_layers, read_adapter
 from .models.checkpoint import WEIGHTS, Checkpoint, CheckpointError, open_checkpoint
 from .models.components import is_dit_folder
+from .models.hub import local_path
 from .models.single_file import FAMILIES, find_tokenizer, write_pipeline_folder
 
 
@@ -311,7 +312,7 @@ def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite:
     the teacher's) has the student baked in; of a single-file teacher, a single file (``out`` ending in
     ``.safetensors``) or a diffusers pipeline folder."""
     fileio.refuse_same_path(out, [("--model", teacher), ("--unet", backbone), ("--student", adapter)])
-    if Path(teacher).is_file():  # a single-file teacher: as wadi merge, a single file or a whole pipeline folder
+    if Path(local_path(teacher)).is_file():  # a single-file teacher: as wadi merge, a single file or a whole pipeline folder
         if students.read_spec(adapter).kind != "lorad":
             raise ValueError("--export-merged of a single-file teacher needs a LoRaD student; merge others into a "
                              "diffusers folder of the teacher")

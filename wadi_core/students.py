@@ -27,6 +27,7 @@ from torch import nn
 from . import fileio
 from .choices import ADAPTER_KINDS
 from .models.families import family_of_model, model_kind
+from .models.hub import local_path
 from .lorad import module as lorad_module
 from .lorad.io import PREFIXES, AdapterError, adapter_metadata, encode_name, load_adapter, read_adapter_safetensors
 from .lorad.presets import select_targets
@@ -148,6 +149,7 @@ def save_adapter_file(model: nn.Module, spec: AdapterSpec, path: str | os.PathLi
 
 def read_spec(path: str | os.PathLike) -> AdapterSpec:
     """The :class:`AdapterSpec` recorded in an adapter file's metadata (plain LoRaD files included)."""
+    path = local_path(path)  # a file on the Hugging Face Hub is read from the Hub's cache
     meta, _ = read_adapter_safetensors(path, tensors=False)
     kind = meta.get(TYPE_KEY, "lorad" if meta.get("wadi.format") == "lorad" else None)
     if kind is None:
@@ -195,8 +197,10 @@ def apply_adapter_file(model: nn.Module, path: str | os.PathLike, name: str = "d
     """Load a file written by :func:`save_adapter_file` (or any LoRaD file) onto ``model`` for inference.
 
     LoRaD files stack (their angles add, each scaled by its strength); a LoRA, DoRA or full student
-    is applied alone at strength 1.
+    is applied alone at strength 1. A file on the Hugging Face Hub (``owner/name/file.safetensors``) is read from
+    the Hub's cache.
     """
+    path = local_path(path)
     spec = read_spec(path)
     if spec.kind == "lorad":
         load_adapter(model, path, adapter_name=name, strength=strength)

@@ -38,12 +38,12 @@ def names_embedded(text: str) -> bool:
 
 def model_path(text: str) -> str:
     """The embedded default, an existing folder / .safetensors file, or a Hugging Face Hub id."""
-    from wadi_core.models.hub import is_hub_id
+    from wadi_core.models.hub import is_hub_name
 
     if names_embedded(text):
         return str(MODEL_DIR)
     text = text.strip()
-    if is_hub_id(text):
+    if is_hub_name(text):
         return text  # the library fetches it from the Hub, or finds it in the Hub's cache
     path = Path(text).expanduser().resolve()
     if not path.exists():
@@ -204,8 +204,14 @@ def optional_folder(text: str, what: str) -> str | None:
 
 
 def optional_file(text: str, what: str) -> str | None:
+    """None for an empty field, else an existing file, or a file on the Hugging Face Hub
+    (``owner/name/file.safetensors``, fetched by the library)."""
+    from wadi_core.models.hub import is_hub_name
+
     if not (text or "").strip():
         return None
+    if is_hub_name(text.strip()):
+        return text.strip()
     path = Path(text.strip()).expanduser().resolve()
     if not path.is_file():
         raise UIError(f"the {what} {path} does not exist")
@@ -279,14 +285,16 @@ def export_lora_file(out: str, teacher: str, rank) -> str:
 
 
 def parse_adapters(text: str) -> list[str]:
-    """One ``path[:strength]`` per line, each path checked."""
+    """One ``path[:strength]`` per line, each path checked (a file on the Hugging Face Hub is fetched later)."""
     from wadi_core.merge import parse_adapter_spec
+    from wadi_core.models.hub import is_hub_name
+
     specs = lines(text)
     for spec in specs:
         path, _ = parse_adapter_spec(spec)
-        if not Path(path).expanduser().is_file():
-            raise UIError(f"the adapter {path} does not exist; give one adapter file per line, optionally "
-                          "followed by :strength")
+        if not Path(path).expanduser().is_file() and not is_hub_name(path):
+            raise UIError(f"the adapter {path} does not exist; give one adapter file per line (or a file on the "
+                          "Hugging Face Hub, owner/name/file.safetensors), optionally followed by :strength")
     return specs
 
 

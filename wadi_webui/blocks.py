@@ -62,12 +62,13 @@ def backbone_field(gr):
     """The optional replacement of a model's whole UNet (the authors' released one-step models)."""
     return gr.Textbox(label="Replacement UNet (optional)",
                       info="a state dict of the whole UNet that replaces the model's, e.g. the authors' "
-                           "rotated_unet-sdv1-5.safetensors")
+                           "rotated_unet-sdv1-5.safetensors, or on the Hugging Face Hub "
+                           "gudaochangsheng/WaDi/rotated_unet-sdv1-5.safetensors")
 
 
 def model_field(gr, models, label: str = "Model (the teacher)",
-                info: str = "a diffusers folder or a .safetensors file; empty or 'embedded' for the built-in shapes "
-                            "model", **options):
+                info: str = "a diffusers folder, a .safetensors file or a Hugging Face Hub id (owner/name); empty "
+                            "or 'embedded' for the built-in shapes model", **options):
     """A model's path: typed in standalone; inside A1111 / Forge also picked from the host's checkpoint files
     (``models``), a typed path still being taken."""
     if models is None:
@@ -163,8 +164,8 @@ def distill_tab(gr, models=None) -> None:
 def generate_tab(gr, models=None) -> None:
     with gr.Row():
         with gr.Column():
-            model = model_field(gr, models, "Model", "the teacher (a diffusers folder or a .safetensors file) or a "
-                                                     "merged student", elem_id="wadi_model")
+            model = model_field(gr, models, "Model", "the teacher (a diffusers folder, a .safetensors file or a "
+                                                     "Hub id) or a merged student", elem_id="wadi_model")
             unet = backbone_field(gr)
             adapters = gr.Textbox(label="Students / LoRaD adapters, one per line (path or path:strength)", lines=3,
                                   elem_id="wadi_adapters")

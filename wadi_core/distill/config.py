@@ -33,6 +33,14 @@ def setting(default: Any = None, resume: str = MATCH, factory=None):
     return field(default=default, metadata={"resume": resume})
 
 
+def absolute(path: str) -> str:
+    """An absolute path, so that a resumed run finds its files from any folder; a name on the Hugging Face Hub
+    stays the name (the Hub's cache finds it on every machine)."""
+    from ..models.hub import is_hub_name
+
+    return path if is_hub_name(path) else str(Path(path).expanduser().resolve())
+
+
 @dataclass
 class Network:
     """One trained network (the student or the fake score model): adapter kind, rank, layers, learning rate."""
@@ -153,18 +161,13 @@ class DistillConfig:
     # ----- defaults and checks
 
     def resolved(self, recipe: Recipe | str | None = None, processes: int = 1) -> "DistillConfig":
-        """A copy with the teacher's path made absolute (a Hub id stays the id) and every None filled from
+        """A copy with the teacher's path made absolute (a Hub name stays the name) and every None filled from
         ``recipe`` (a name or a recipe; default: this config's ``recipe``, else the recipe of the teacher's family).
         A recipe's batch is the whole batch: each of ``processes`` processes takes its share."""
         from ..models.components import is_dit_folder
-        from ..models.hub import is_hub_id, resolve_model
+        from ..models.hub import local_path
 
-        if not self.model:
-            model = str(default_model())
-        elif is_hub_id(self.model):
-            model = self.model  # kept as the id: the Hub's cache finds it on every machine
-        else:
-            model = str(Path(self.model).expanduser().resolve())
+        model = absolute(self.model) if self.model else str(default_model())
         if isinstance(recipe, str) or recipe is None:
             recipe = recipe_for_model(model, recipe or self.recipe)
         options = self.options()
@@ -175,7 +178,7 @@ class DistillConfig:
                 options[f"lr_{role}"] = recipe.learning_rate(role, kind)
             if options[f"{role}_rank"] is None:
                 options[f"{role}_rank"] = getattr(recipe, f"{role}_rank")
-            if is_dit_folder(resolve_model(model)) and options[f"{role}_preset"].startswith("unet-"):
+            if is_dit_folder(local_path(model)) and options[f"{role}_preset"].startswith("unet-"):
                 options[f"{role}_preset"] = options[f"{role}_preset"].replace("unet-", "dit-", 1)  # DiT presets
         if options["batch_size"] is None:  # the recipe's whole batch, split over processes and micro-batches
             parts = processes * options["grad_accum"]
@@ -199,7 +202,7 @@ class DistillConfig:
             options["late_t_max"] = None
         for name in ("prompts", "gan_images", "backbone"):
             if options[name]:
-                options[name] = str(Path(options[name]).expanduser().resolve())
+                options[name] = absolute(options[name])
         return DistillConfig.from_options(**options)
 
     def check(self) -> None:

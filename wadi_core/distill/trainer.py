@@ -39,7 +39,7 @@ from .. import fileio, students
 from ..ema import EMA
 from ..images import side_by_side
 from ..models import NonFiniteError, decode, family_of_model, family_of_path, load_components
-from ..models.hub import resolve_model
+from ..models.hub import local_path
 from ..plots import loss_curves
 from ..prompts import read_prompts
 from ..sampling import MultiStep, initial_latents, latent_shape, prediction_type
@@ -99,7 +99,7 @@ def every(step: int, interval: int) -> bool:
 
 def check_teacher(model: str | None) -> None:
     """The teacher path is named before anything that depends on it (its prompts, its recipe) is asked for."""
-    if model and not Path(resolve_model(model)).expanduser().exists():
+    if model and not Path(local_path(model)).expanduser().exists():
         raise FileNotFoundError(f"the teacher {model} does not exist; give a diffusers SD folder, a single-file "
                                 "SD checkpoint, a PixArt-style DiT folder or a Hugging Face Hub id (or leave out "
                                 "--model for the embedded model)")

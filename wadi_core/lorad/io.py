@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import fileio
 from ..models.families import family_of_model, model_kind
+from ..models.hub import local_path
 from . import functional as LF
 from .module import DEFAULT_ADAPTER, adapter_tensors, attach_weights
 from .presets import ADAPTABLE
@@ -82,7 +83,7 @@ def read_adapter_safetensors(path: str | os.PathLike, tensors: bool = True) -> t
     """``(metadata, tensors)`` of an adapter file (tensors empty unless asked), or one clear AdapterError."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = Path(local_path(path))  # a file on the Hugging Face Hub is read from the Hub's cache
     if not path.is_file():
         raise AdapterError(f"adapter file {path} does not exist (or is not a file); check the path")
     fileio.refuse_pickle(path, "adapters")

@@ -19,7 +19,7 @@ import torch
 from .. import fileio
 from . import keys
 from .families import family_from_weight_shapes
-from .hub import resolve_model
+from .hub import local_path
 
 WEIGHTS = "diffusion_pytorch_model"
 
@@ -204,14 +204,14 @@ def open_checkpoint(path: str | os.PathLike, backbone: str | os.PathLike | None 
     """Recognise a base model path and index its backbone weights (no tensors are loaded); with ``backbone``, the
     backbone's weights come from that file instead (:func:`replace_backbone`). A Hub id is read from the Hub's
     cache (:mod:`.hub`)."""
-    ckpt = _open(Path(resolve_model(path)).expanduser())
+    ckpt = _open(Path(local_path(path)).expanduser())
     return replace_backbone(ckpt, backbone) if backbone else ckpt
 
 
 def backbone_file(path: str | os.PathLike) -> Checkpoint:
     """A state dict of a whole UNet or DiT (diffusers names, as the authors release their one-step models), or
-    a single-file checkpoint's UNet, indexed like a checkpoint."""
-    path = Path(path).expanduser()
+    a single-file checkpoint's UNet, indexed like a checkpoint; a file on the Hub is read from the Hub's cache."""
+    path = Path(local_path(path)).expanduser()
     if not path.is_file():
         raise CheckpointError(f"the backbone file {path} does not exist; give the .safetensors of a whole UNet or "
                               "transformer (e.g. rotated_unet-sdv1-5.safetensors)")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .components import Components, is_dit_folder, is_sdxl_folder, load_sd_folder
-from .hub import resolve_model
+from .hub import local_path
 
 
 def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,
@@ -24,7 +24,7 @@ def load_components(path: str | os.PathLike | None = None, dtype: torch.dtype = 
     if path is None:
         from ..shapes.components import MODEL_DIR
         path = MODEL_DIR
-    path = resolve_model(path)
+    path = local_path(path)
     if Path(path).expanduser().is_file():
         from .single_file import load_single_file_components
         components = load_single_file_components(path, dtype, unet_dtype)
