@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 from torch import nn
+
+# No test reaches the Hugging Face Hub (nor waits for a connection that never comes): the Hub's cache answers, or the
+# error says it could not. Subprocesses the tests start inherit it.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def tiny_unet_config(cross_attention_dim: int = 32) -> dict:

@@ -4,6 +4,7 @@ of links to them, ``refs/main`` naming the commit), offline; what a download tak
 huggingface_hub's own file filter."""
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -11,9 +12,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from conftest import randomize, tiny_unet, write_sd_folder
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from wadi_cli.cli import main
 from wadi_core import lorad
@@ -25,10 +27,11 @@ REPO = "wadi-test/tiny-sd"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def write_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
-    """``folder`` as the Hub's cache holds a downloaded repository; returns its snapshot folder."""
+def write_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT, ref: str = "main") -> Path:
+    """``folder`` as the Hub's cache holds a downloaded repository at ``commit``, which the branch or tag ``ref``
+    names; returns its snapshot folder."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / COMMIT
+    snapshot = repo / "snapshots" / commit
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = file.read_bytes()
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
@@ -37,8 +40,8 @@ def write_hub_cache(cache: Path, repo_id: str, folder: Path) -> Path:
         link = snapshot / file.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
     return snapshot
 
 
@@ -65,6 +68,7 @@ def offline(model, monkeypatch):
 def forget() -> None:
     hub._snapshot.cache_clear()
     hub._download.cache_clear()
+    hub.tokenizer_folder.cache_clear()
 
 
 def pixels(folder: Path) -> list[np.ndarray]:
@@ -140,6 +144,23 @@ def test_files_of_a_hub_repository_are_replacement_unets_and_adapters(offline, t
     assert read_adapter_safetensors(tmp_path / "extracted.safetensors", tensors=False)[0]["wadi.rank"] == "2"
 
 
+def test_a_revision_after_at_names_a_branch_tag_or_commit(offline, tmp_path):
+    """``owner/name@REVISION`` as huggingface_hub's file system writes it: the main branch without one."""
+    old, new = "1" * 40, "2" * 40
+    for commit, ref, value in ((old, "v1.0", 1.0), (new, "main", 2.0)):
+        files = tmp_path / ref
+        files.mkdir()
+        save_file({"w": torch.full((2,), value)}, str(files / "unet.safetensors"))
+        write_hub_cache(offline[1], "wadi-test/revisions", files, commit, ref)
+    for revision, value in (("", 2.0), ("@main", 2.0), ("@v1.0", 1.0), (f"@{old}", 1.0)):
+        name = f"wadi-test/revisions{revision}/unet.safetensors"
+        assert load_file(hub.local_path(name))["w"].tolist() == [value, value], name
+    assert Path(hub.local_path(f"{REPO}@main")) == offline[2]
+    with pytest.raises(hub.HubError, match=re.escape(f"{REPO}@v9 is not a file or folder here, and the Hugging Face "
+                                                     "Hub could not give it")):
+        hub.local_path(f"{REPO}@v9")
+
+
 @pytest.mark.parametrize("words, missing", [
     (["generate", "--model", "nobody/no-model", "--prompt", "x"], "nobody/no-model is not a file or folder here"),
     (["distill", "--model", "nobody/no-model", "--steps", "1"], "nobody/no-model is not a file or folder here"),
@@ -166,7 +187,10 @@ def test_a_hub_name_that_is_not_cached_offline_is_one_message_and_nothing_writte
     ("RemoteEntryNotFoundError", "owner/name/unet.safetensors", (
         "owner/name/unet.safetensors is not a file here, and owner/name on the Hugging Face Hub has no file "
         "unet.safetensors; check the file's path in the repository")),
-], ids=["not-found", "gated", "no-such-file"])
+    ("RevisionNotFoundError", "owner/name@v2", ("owner/name@v2 is not a file or folder here, and owner/name on the "
+                                                "Hugging Face Hub has no revision v2; check the branch, tag or commit "
+                                                "after @")),
+], ids=["not-found", "gated", "no-such-file", "no-such-revision"])
 def test_what_the_hub_refuses_is_said_with_its_fix(monkeypatch, error, name, message):
     import huggingface_hub
     from huggingface_hub import errors
@@ -193,9 +217,14 @@ def test_a_hub_model_that_is_not_a_pipeline_is_refused(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("text, name", [
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", ("stable-diffusion-v1-5/stable-diffusion-v1-5", None)),
-    ("gudaochangsheng/WaDi/rotated_unet-sdv1-5.safetensors", ("gudaochangsheng/WaDi", "rotated_unet-sdv1-5.safetensors")),
-    ("owner/name/unet/diffusion_pytorch_model.safetensors", ("owner/name", "unet/diffusion_pytorch_model.safetensors")),
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", ("stable-diffusion-v1-5/stable-diffusion-v1-5", None, None)),
+    ("gudaochangsheng/WaDi/rotated_unet-sdv1-5.safetensors",
+     ("gudaochangsheng/WaDi", "rotated_unet-sdv1-5.safetensors", None)),
+    ("owner/name/unet/diffusion_pytorch_model.safetensors",
+     ("owner/name", "unet/diffusion_pytorch_model.safetensors", None)),
+    ("owner/name@v1.0", ("owner/name", None, "v1.0")),
+    ("owner/name@0a1b/x.safetensors", ("owner/name", "x.safetensors", "0a1b")),
+    ("owner/name@/x.safetensors", None), ("owner@v1/name", None), ("owner/name@a@b", None),
     ("owner/model.safetensors", None), ("owner/name/model.ckpt", None), ("/abs/folder", None), ("./owner/name", None),
     ("owner/..", None), ("owner/name/../x.safetensors", None), ("C:/models/sd", None), ("no-slash", None),
 ])
@@ -245,3 +274,83 @@ def test_a_download_takes_the_files_the_loaders_read_and_no_others():
         {f"tokenizer_2/{f}" for f in TOKENIZER}
     assert downloaded(PIXART) == {f for f in PIXART if f.endswith((".json", ".model")) or
                                   (f.endswith(".safetensors") and "fp16" not in f)}
+
+
+# openai/clip-vit-large-patch14's files: the model in three frameworks, and its tokenizer
+CLIP_REPOSITORY = [".gitattributes", "README.md", "config.json", "flax_model.msgpack", "merges.txt",
+                   "model.safetensors", "preprocessor_config.json", "pytorch_model.bin", "special_tokens_map.json", "tf_model.h5",
+                   "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+
+
+@pytest.fixture
+def no_tokenizer_here(monkeypatch, tmp_path):
+    """A single file with no tokenizer/ beside it, no host's copy, CLIP's repository named ``wadi-test/clip``, and
+    the Hub's cache empty."""
+    from huggingface_hub import constants
+
+    from wadi_core.models import single_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(single_file, "CLIP_REPO", "wadi-test/clip")
+    monkeypatch.setattr(single_file, "TOKENIZER_FOLDERS", [])
+    forget()
+    yield tmp_path / "models" / "sd15.safetensors"
+    forget()
+
+
+def test_a_single_file_takes_clips_tokenizer_from_the_hub_cache(no_tokenizer_here, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from wadi_core.models.single_file import find_tokenizer
+    from wadi_core.shapes.components import write_tokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    vocabulary = write_tokenizer(tmp_path / "clip")
+    write_hub_cache(tmp_path / "cache", "wadi-test/clip", vocabulary)
+    for pad in ("<|endoftext|>", "!"):  # CLIP's padding, and OpenCLIP's (SD2.x, SDXL's second encoder)
+        tokenizer = find_tokenizer(no_tokenizer_here, pad)
+        assert tokenizer.get_vocab() == json.loads((vocabulary / "vocab.json").read_text())
+        assert tokenizer.pad_token == pad and tokenizer.model_max_length == 77
+
+
+def test_a_single_file_downloads_only_clips_tokenizer_files_when_they_are_not_cached(no_tokenizer_here, tmp_path,
+                                                                                    monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
+    from wadi_core.models.single_file import find_tokenizer
+    from wadi_core.shapes.components import write_tokenizer
+
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, local_files_only=False, **_):
+        calls.append((repo_id, local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        fetched = set(filter_repo_objects(CLIP_REPOSITORY, allow_patterns=allow_patterns))
+        assert fetched == {"merges.txt", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+                           "vocab.json"}
+        return str(write_tokenizer(tmp_path / "fetched"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert len(find_tokenizer(no_tokenizer_here)) == len(find_tokenizer(no_tokenizer_here, "!"))
+    assert calls == [("wadi-test/clip", True), ("wadi-test/clip", False)]  # the cache first; the Hub once
+
+
+def test_a_single_file_without_any_tokenizer_offline_says_both_fixes(no_tokenizer_here, monkeypatch):
+    from huggingface_hub import constants
+
+    from wadi_core.models import CheckpointError
+    from wadi_core.models.single_file import find_tokenizer
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError) as err:
+        find_tokenizer(no_tokenizer_here)
+    beside = no_tokenizer_here.parent / "tokenizer"
+    assert str(err.value).startswith(f"{no_tokenizer_here} has no tokenizer (single files never do), and CLIP's "
+                                     "(wadi-test/clip) is neither in the Hugging Face cache nor could it be fetched ("
+                                     ) and "LocalEntryNotFoundError" in str(err.value)
+    assert str(err.value).endswith(f"put a CLIP tokenizer folder (the tokenizer/ of any diffusers SD1.x, SD2.x or SDXL "
+                                   f"copy) at {beside}, or run once where the Hugging Face Hub can be reached (a few "
+                                   "MB)")

@@ -47,8 +47,8 @@ open_fraction = ranged(float, "more than 0 and at most 1", low=0.0, high=1.0, lo
 
 
 # what --model takes, in every command's help (wadi_core.models.load_components reads them all)
-MODEL_PATHS = ("a diffusers folder, a single-file SD1.x, SD2.x or SDXL .safetensors (tokenizer/ beside it) or a Hugging "
-               "Face Hub id (owner/name)")
+MODEL_PATHS = ("a diffusers folder, a single-file SD1.x, SD2.x or SDXL .safetensors or a Hugging Face Hub id "
+               "(owner/name)")
 
 
 def hidden_alias(parser: argparse.ArgumentParser, flag: str, dest: str, **kwargs) -> None:

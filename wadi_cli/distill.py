@@ -16,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DistillConfig().options()
     p.add_argument("--out", required=True, help="output folder (checkpoint, samples, student.safetensors)")
     p.add_argument("--model", help="the teacher: a diffusers SD folder, a single-file SD1.x, SD2.x or SDXL "
-                                   "checkpoint (tokenizer/ beside it), a PixArt-style DiT folder or a Hugging Face "
-                                   "Hub id (owner/name) (default: the embedded shapes model)")
+                                   "checkpoint, a PixArt-style DiT folder or a Hugging Face Hub id (owner/name) "
+                                   "(default: the embedded shapes model)")
     A.hidden_alias(p, "--teacher", "model")
     A.backbone_option(p, "the teacher (--model)")
     p.add_argument("--recipe", choices=tuple(RECIPES),

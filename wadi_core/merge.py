@@ -312,7 +312,7 @@ def export_merged(teacher: str, adapter: str | Path, out: str | Path, overwrite:
     the teacher's) has the student baked in; of a single-file teacher, a single file (``out`` ending in
     ``.safetensors``) or a diffusers pipeline folder."""
     fileio.refuse_same_path(out, [("--model", teacher), ("--unet", backbone), ("--student", adapter)])
-    if Path(local_path(teacher)).is_file():  # a single-file teacher: as wadi merge, a single file or a whole pipeline folder
+    if Path(local_path(teacher)).is_file():  # a single-file teacher: as wadi merge, a single file or a pipeline folder
         if students.read_spec(adapter).kind != "lorad":
             raise ValueError("--export-merged of a single-file teacher needs a LoRaD student; merge others into a "
                              "diffusers folder of the teacher")

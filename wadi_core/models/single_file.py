@@ -3,10 +3,10 @@
 UNet, VAE and text encoders are read from the original LDM key layout into diffusers models with the family's fixed
 configuration, without downloading anything: SD1.x's CLIP ViT-L; SD2.x's OpenCLIP ViT-H in 23 of its 24 layers (SD2
 reads the 23rd layer's output, and diffusers' SD2 text encoder holds just those); SDXL's CLIP ViT-L and OpenCLIP
-ViT-bigG. The tokenizer is not in such a file: it is taken from a ``tokenizer/`` folder next to the checkpoint, else from a
-host's copy (:func:`add_tokenizer_folder`; ComfyUI's), else from the Hugging Face cache
-(``openai/clip-vit-large-patch14``); without any the error names the two fixes. All three
-families tokenize with CLIP's vocabulary; OpenCLIP's encoders pad with "!" where CLIP pads with its end token, and
+ViT-bigG. The tokenizer is not in such a file: it is taken from a ``tokenizer/`` folder next to the checkpoint, else
+from a host's copy (:func:`add_tokenizer_folder`; ComfyUI's), else CLIP's own (``openai/clip-vit-large-patch14``'s
+tokenizer files, a few MB, from the Hugging Face cache or downloaded into it); without any the error names the fixes.
+All three families tokenize with CLIP's vocabulary; OpenCLIP's encoders pad with "!" where CLIP pads with its end token, and
 each tokenizer is given its encoder's padding here.
 
 Nor does a file say whether its UNet predicts the noise (epsilon) or the velocity (v); as A1111 and ComfyUI do, it is
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import keys
+from . import hub, keys
 from .families import SD15_UNET, SD21_UNET, SDXL_UNET
 from .checkpoint import (WEIGHTS, Checkpoint, CheckpointError, StoredTensors, load_weights, open_checkpoint,
                          read_tensor)
@@ -93,19 +93,17 @@ def find_tokenizer(checkpoint: Path, pad_token: str = END_TOKEN, length: int = 7
     from transformers import CLIPTokenizer
 
     beside = checkpoint.parent / "tokenizer"
-    settings = dict(pad_token=pad_token, model_max_length=length)
     folder = next((f for f in (beside, *TOKENIZER_FOLDERS) if f.is_dir()), None)
-    if folder is not None:
-        return CLIPTokenizer.from_pretrained(str(folder), **settings)
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(CLIP_REPO, local_files_only=True, **settings)
-    except OSError:
-        tokenizer = None
-    if tokenizer is None or len(tokenizer) < 1000:  # transformers 5 returns an empty tokenizer for a missing repo
-        raise CheckpointError(f"{checkpoint} has no tokenizer (single files never do): put a CLIP tokenizer folder "
-                              f"(the tokenizer/ of any diffusers SD1.x, SD2.x or SDXL copy) at {beside}, or have "
-                              f"{CLIP_REPO} in the Hugging Face cache")
-    return tokenizer
+    if folder is None:
+        try:
+            folder = hub.tokenizer_folder(CLIP_REPO)
+        except hub.HubError as err:
+            raise CheckpointError(f"{checkpoint} has no tokenizer (single files never do), and CLIP's ({CLIP_REPO}) "
+                                  f"is neither in the Hugging Face cache nor could it be fetched "
+                                  f"({hub.reason(err.__cause__ or err)}): put a CLIP tokenizer folder (the "
+                                  f"tokenizer/ of any diffusers SD1.x, SD2.x or SDXL copy) at {beside}, or run once "
+                                  "where the Hugging Face Hub can be reached (a few MB)") from err
+    return CLIPTokenizer.from_pretrained(str(folder), pad_token=pad_token, model_max_length=length)
 
 
 def fill_position_ids(model: torch.nn.Module) -> None:
