@@ -22,6 +22,7 @@ from .families import family_from_weight_shapes
 from .hub import local_path
 
 WEIGHTS = "diffusion_pytorch_model"
+VARIANTS = (None, "fp16", "bf16")  # diffusers' and transformers' weights variants (model.fp16.safetensors)
 
 
 class CheckpointError(ValueError):
@@ -139,23 +140,43 @@ def _header(path: Path) -> dict[str, tuple[int, ...]]:
                               "download or convert it again") from None
 
 
+def with_variant(name: str, variant: str | None) -> str:
+    """The name diffusers and transformers give a weights file saved in ``variant``: the variant before the last
+    suffix (``model.safetensors`` -> ``model.fp16.safetensors``, ``model.safetensors.index.json`` ->
+    ``model.safetensors.index.fp16.json``)."""
+    if not variant:
+        return name
+    stem, suffix = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{suffix}"
+
+
+def weights_file(folder: Path, weights: str) -> tuple[Path, str | None] | None:
+    """Where ``folder`` keeps ``weights`` (e.g. ``model.safetensors``), and in which variant: the file itself or its
+    shards' index, in the first of :data:`VARIANTS` it holds (the plain name first, as ``from_pretrained`` without a
+    variant reads); None when it holds none."""
+    for variant in VARIANTS:
+        for name in (weights, f"{weights}.index.json"):
+            if (folder / with_variant(name, variant)).is_file():
+                return folder / with_variant(name, variant), variant
+    return None
+
+
 def _model_weight_files(folder: Path) -> list[Path]:
-    for variant in ("", ".fp16", ".bf16"):
-        single = folder / f"{WEIGHTS}{variant}.safetensors"
-        if single.is_file():
-            return [single]
-        index = folder / f"{WEIGHTS}{variant}.safetensors.index.json"
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            missing = [s for s in shards if not (folder / s).is_file()]
-            if missing:
-                raise CheckpointError(f"{index} lists the shard {folder / missing[0]}, which is missing; "
-                                      "download the whole model folder again")
-            return [folder / s for s in shards]
+    found = weights_file(folder, f"{WEIGHTS}.safetensors")
+    if found and found[0].suffix == ".safetensors":
+        return [found[0]]
+    if found:  # a sharded model's index
+        index = found[0]
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists the shard {folder / missing[0]}, which is missing; "
+                                  "download the whole model folder again")
+        return [folder / s for s in shards]
     if any(folder.glob(f"{WEIGHTS}*.bin")):
         fileio.refuse_pickle(next(folder.glob(f"{WEIGHTS}*.bin")), "model weights")
-    raise CheckpointError(f"{folder} has no {WEIGHTS}.safetensors (nor a sharded index); "
-                          "the model folder is incomplete")
+    raise CheckpointError(f"{folder} has no {WEIGHTS}.safetensors (nor its fp16 or bf16 variant, nor a sharded "
+                          "index); the model folder is incomplete")
 
 
 def _open_model_dir(path: Path, folder: Path, kind: str) -> Checkpoint:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_model_folder
+from .checkpoint import WEIGHTS, read_model_folder, weights_file
 
 DIT_FOLDER = "transformer"
 
@@ -59,18 +59,35 @@ REQUIRED_FILES = ("model_index.json", "text_encoder/config.json",
                   "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
 
 
+def holds(folder: Path, name: str) -> bool:
+    """Whether ``folder`` holds ``name`` (a path in it); weights count in a variant (``model.fp16.safetensors``) or
+    sharded too."""
+    if name.endswith(".safetensors"):
+        return weights_file(folder / Path(name).parent, Path(name).name) is not None
+    return (folder / name).exists()
+
+
 def check_model_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist")
     for name in REQUIRED_FILES:
-        if not (folder / name).is_file():
+        if not holds(folder, name):
             raise ModelFolderError(f"model folder {folder} is incomplete: {folder / name} is missing")
     tokenizer = folder / "tokenizer"
     if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "vocab.json").is_file():
         raise ModelFolderError(f"model folder {folder} is incomplete: {tokenizer / 'vocab.json'} (or tokenizer.json) "
                                "is missing")
     return folder
+
+
+def read_part(cls, folder: Path, dtype: torch.dtype):
+    """A part of a pipeline folder (a text encoder, a VAE) by ``cls.from_pretrained``, its weights in the variant the
+    folder holds them in (``model.safetensors``, else ``model.fp16.safetensors`` as a download with
+    ``variant="fp16"`` leaves them)."""
+    weights = "model.safetensors" if cls.__module__.startswith("transformers") else f"{WEIGHTS}.safetensors"
+    found = weights_file(folder, weights)
+    return cls.from_pretrained(str(folder), torch_dtype=dtype, variant=found[1] if found else None)
 
 
 def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
@@ -82,8 +99,8 @@ def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32
 
     folder = check_model_folder(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-    text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
+    text_encoder = read_part(CLIPTextModel, folder / "text_encoder", dtype)
+    vae = read_part(AutoencoderKL, folder / "vae", dtype)
     unet = read_model_folder(UNet2DConditionModel, folder / "unet", unet_dtype or dtype)
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, unet):

@@ -18,7 +18,7 @@ import torch
 from diffusers import PixArtTransformer2DModel
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from .components import DIT_FOLDER, Components, ModelFolderError
+from .components import DIT_FOLDER, Components, ModelFolderError, read_part
 
 class EpsPixArtTransformer2DModel(PixArtTransformer2DModel):
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
@@ -53,10 +53,9 @@ def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.fl
         if not (folder / part).is_dir():
             raise ModelFolderError(f"DiT folder {folder} is incomplete: {folder / part} is missing")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    text_encoder = T5EncoderModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
-    transformer = EpsPixArtTransformer2DModel.from_pretrained(str(folder / DIT_FOLDER),
-                                                              torch_dtype=unet_dtype or dtype)
+    text_encoder = read_part(T5EncoderModel, folder / "text_encoder", dtype)
+    vae = read_part(AutoencoderKL, folder / "vae", dtype)
+    transformer = read_part(EpsPixArtTransformer2DModel, folder / DIT_FOLDER, unet_dtype or dtype)
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, transformer):
         module.eval().requires_grad_(False)

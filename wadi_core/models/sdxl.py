@@ -25,7 +25,13 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from .checkpoint import read_model_folder
-from .components import Components, ModelFolderError, check_model_folder
+from .components import (
+    Components,
+    ModelFolderError,
+    check_model_folder,
+    holds,
+    read_part,
+)
 
 
 def pooled_width(config) -> int:
@@ -109,16 +115,16 @@ def load_sdxl_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
 
     folder = check_model_folder(folder)
     for name in ("text_encoder_2/config.json", "text_encoder_2/model.safetensors", "tokenizer_2"):
-        if not (folder / name).exists():
+        if not holds(folder, name):
             raise ModelFolderError(f"SDXL folder {folder} is incomplete: {folder / name} is missing")
     config = json.loads((folder / "unet" / "config.json").read_text())
     if config.get("addition_embed_type") != "text_time":
         raise ModelFolderError(f"{folder} has two text encoders but its UNet takes no pooled text embedding and time "
                                "ids (addition_embed_type is not 'text_time'); it is not an SDXL model")
     text_encoder = SDXLTextEncoders(
-        CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=dtype),
-        CLIPTextModelWithProjection.from_pretrained(str(folder / "text_encoder_2"), torch_dtype=dtype))
-    vae = AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=dtype)
+        read_part(CLIPTextModel, folder / "text_encoder", dtype),
+        read_part(CLIPTextModelWithProjection, folder / "text_encoder_2", dtype))
+    vae = read_part(AutoencoderKL, folder / "vae", dtype)
     unet = read_model_folder(SDXLUNet2DConditionModel, folder / "unet", unet_dtype or dtype)
     unet.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # as diffusers' SDXL pipeline computes it
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
