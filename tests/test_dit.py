@@ -171,3 +171,27 @@ def test_extract_recovers_a_rotated_pixart_transformer(tmp_path):
     for name, want in state.items():
         got = fresh.state_dict()[name]
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), name
+
+
+def test_a_released_transformer_needs_only_the_configuration_of_the_bases(tmp_path):
+    """With a replacement transformer file, a PixArt folder's own transformer weights are not read (a download for
+    --unet leaves them out): the same model as from the whole folder, its position table built from the config."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from wadi_core.models import load_components
+
+    whole = tiny_pixart_folder(tmp_path / "pixart")
+    lean = tmp_path / "lean"
+    shutil.copytree(whole, lean)
+    for file in (lean / "transformer").glob("diffusion_pytorch_model*"):
+        file.unlink()
+    released = tmp_path / "rotated_transformer.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_pixart(seed=1).state_dict().items()}, str(released))
+    for dtype in (torch.float32, torch.bfloat16):
+        want = load_components(whole, backbone=released, unet_dtype=dtype).unet
+        got = load_components(lean, backbone=released, unet_dtype=dtype).unet
+        assert {k: v.dtype for k, v in got.state_dict().items()} == {k: v.dtype for k, v in want.state_dict().items()}
+        assert all(torch.equal(v, want.state_dict()[k]) for k, v in got.state_dict().items())
+        assert torch.equal(run(got.float()), run(want.float()))  # the buffers the file does not hold agree too

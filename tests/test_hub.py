@@ -161,6 +161,39 @@ def test_a_revision_after_at_names_a_branch_tag_or_commit(offline, tmp_path):
         hub.local_path(f"{REPO}@v9")
 
 
+def test_with_a_replacement_unet_a_hub_pipelines_own_unet_weights_are_not_downloaded(model, tmp_path, monkeypatch):
+    """The README's command for the authors' weights (``--model ID --unet FILE``): the download of the pipeline
+    (through huggingface_hub's own file filter, here over the tiny model's files) leaves out the UNet's weights
+    and keeps its configuration, and the model draws from what came."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    folder = model[0]
+    listing = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, **_):
+        files = list(filter_repo_objects(listing, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        fetched.append(set(files))
+        snapshot = tmp_path / "snapshot" / str(len(fetched))
+        for name in files:
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / name, snapshot / name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    forget()
+    unet = tmp_path / "rotated_unet.safetensors"
+    save_file({k: v.contiguous() for k, v in load_components(folder).unet.state_dict().items()}, str(unet))
+    assert main(["generate", "--model", REPO, "--unet", str(unet), "--one-step", "--prompt", "a red circle",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert fetched == [set(listing) - {"unet/diffusion_pytorch_model.safetensors"}]
+    assert "unet/config.json" in fetched[0]
+    forget()
+
+
 @pytest.mark.parametrize("words, missing", [
     (["generate", "--model", "nobody/no-model", "--prompt", "x"], "nobody/no-model is not a file or folder here"),
     (["distill", "--model", "nobody/no-model", "--steps", "1"], "nobody/no-model is not a file or folder here"),

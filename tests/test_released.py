@@ -161,6 +161,30 @@ def test_generate_with_the_released_unet_equals_the_merged_folder(released, tmp_
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))), a.name
 
 
+def test_with_a_released_unet_the_bases_own_unet_weights_are_neither_read_nor_needed(released, tmp_path):
+    """What a download of the base for --unet holds: everything but the UNet's weights (its config stays). The
+    model is the same as with the whole base; without --unet the folder is incomplete, and says what it lacks."""
+    from PIL import Image
+
+    from wadi_core.models.components import ModelFolderError
+
+    lean = tmp_path / "base-without-unet-weights"
+    shutil.copytree(released["base"], lean, ignore=shutil.ignore_patterns("diffusion_pytorch_model*"))
+    shutil.copytree(released["base"] / "vae", lean / "vae", dirs_exist_ok=True)
+    assert not list((lean / "unet").glob("*.safetensors")) and (lean / "unet" / "config.json").is_file()
+    for dtype in (torch.float32, torch.bfloat16):
+        want = load_components(released["base"], backbone=released["file"], unet_dtype=dtype).unet.state_dict()
+        got = load_components(lean, backbone=released["file"], unet_dtype=dtype).unet.state_dict()
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    for name, model in (("lean", lean), ("whole", released["base"])):
+        assert main(["generate", "--model", str(model), "--unet", str(released["file"]), "--one-step", "--prompt",
+                     "a red circle", "--out", str(tmp_path / name), "--quiet"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "lean" / "grid.png")),
+                          np.asarray(Image.open(tmp_path / "whole" / "grid.png")))
+    with pytest.raises(ModelFolderError, match="unet/diffusion_pytorch_model.safetensors is missing"):
+        load_components(lean)
+
+
 def test_merge_writes_the_released_unet_into_the_bases_layout(released, tmp_path):
     out = tmp_path / "checkpoint"
     assert main(["merge", "--model", str(released["base"]), "--unet", str(released["file"]), "--out", str(out),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,16 +118,49 @@ def load_weights(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], w
         raise CheckpointError(f"{source}: the {what} weight '{left}' is missing")
 
 
-def read_model_folder(cls, folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.Module:
+def read_model_folder(cls, folder: str | os.PathLike, dtype: torch.dtype,
+                      backbone: str | os.PathLike | None = None) -> torch.nn.Module:
     """A diffusers model (``cls``: a UNet class) from its folder: built from config.json on the meta device, its
     weights read tensor by tensor in ``dtype``. (diffusers' ``from_pretrained`` reads the whole file first, then
-    casts: for SD1.5's float32 UNet read as bf16 that is 3.4 GB more at once.)"""
-    ckpt = open_checkpoint(folder)
+    casts: for SD1.5's float32 UNet read as bf16 that is 3.4 GB more at once.)
+
+    With ``backbone`` (a state dict of the whole network: the authors' released one-step UNets) the weights are that
+    file's, checked strictly (the same names and shapes, no NaN/Inf); the folder's own are not read, nor need they be
+    there."""
     with torch.device("meta"):
         model = cls.from_config(cls.load_config(str(folder)))
-    load_weights(model, ckpt.tensors(), type(model).__name__,
-                 f"{folder} is not a complete diffusers model folder", dtype)
+    if backbone is None:
+        load_weights(model, open_checkpoint(folder).tensors(), type(model).__name__,
+                     f"{folder} is not a complete diffusers model folder", dtype)
+        return model
+    source = backbone_file(backbone)
+    check_same_tensors({k: tuple(v.shape) for k, v in model.state_dict().items()}, source.shapes,
+                       f"the backbone file {backbone}", f"the {type(model).__name__} of {Path(folder).parent}")
+    load_weights(model, source.tensors(), type(model).__name__, f"the backbone file {backbone}", dtype)
+    check_finite(model.state_dict().items(), backbone)
     return model
+
+
+def load_backbone(model: torch.nn.Module, file: str | os.PathLike, label: str) -> None:
+    """Replace every weight of ``model`` with ``file``'s (same names and shapes, else one error naming the first
+    difference; NaN/Inf refused), one tensor at a time, each cast to the model's type. A damaged tensor stops it
+    part-way: the model is then not to be used (``load_components`` never returns it)."""
+    source = backbone_file(file)
+    own = model.state_dict()
+    check_same_tensors({k: tuple(v.shape) for k, v in own.items()}, source.shapes, f"the backbone file {file}", label)
+    with torch.no_grad():
+        for name, target in own.items():
+            tensor = source.read(name)
+            check_finite([(name, tensor)], file)
+            target.copy_(tensor)
+
+
+def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], backbone: str | os.PathLike) -> None:
+    """Refuse a backbone file one of whose ``(name, tensor)`` holds NaN or Inf."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"the backbone file {backbone}: '{name}' holds NaN or Inf values; the file is "
+                                  "damaged")
 
 
 def _header(path: Path) -> dict[str, tuple[int, ...]]:

@@ -67,12 +67,14 @@ def holds(folder: Path, name: str) -> bool:
     return (folder / name).exists()
 
 
-def check_model_folder(folder: str | os.PathLike) -> Path:
+def check_model_folder(folder: str | os.PathLike, backbone: bool = False) -> Path:
+    """``folder`` when it is a complete SD pipeline folder, else one error naming what is missing. With ``backbone``
+    (a replacement UNet file is given) the UNet's weights need not be there."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist")
     for name in REQUIRED_FILES:
-        if not holds(folder, name):
+        if not (backbone and name.startswith("unet/") and name.endswith(".safetensors")) and not holds(folder, name):
             raise ModelFolderError(f"model folder {folder} is incomplete: {folder / name} is missing")
     tokenizer = folder / "tokenizer"
     if not (tokenizer / "tokenizer.json").is_file() and not (tokenizer / "vocab.json").is_file():
@@ -91,17 +93,17 @@ def read_part(cls, folder: Path, dtype: torch.dtype):
 
 
 def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                   unet_dtype: torch.dtype | None = None) -> Components:
+                   unet_dtype: torch.dtype | None = None, backbone: str | os.PathLike | None = None) -> Components:
     """A diffusers ``StableDiffusionPipeline`` folder (the embedded default or a real SD1.x/2.x model); SDXL folders
     are read by :func:`wadi_core.models.sdxl.load_sdxl_folder`."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    folder = check_model_folder(folder)
+    folder = check_model_folder(folder, backbone=bool(backbone))
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = read_part(CLIPTextModel, folder / "text_encoder", dtype)
     vae = read_part(AutoencoderKL, folder / "vae", dtype)
-    unet = read_model_folder(UNet2DConditionModel, folder / "unet", unet_dtype or dtype)
+    unet = read_model_folder(UNet2DConditionModel, folder / "unet", unet_dtype or dtype, backbone)
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, unet):
         module.eval().requires_grad_(False)

@@ -18,6 +18,7 @@ import torch
 from diffusers import PixArtTransformer2DModel
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
+from .checkpoint import load_backbone
 from .components import DIT_FOLDER, Components, ModelFolderError, read_part
 
 class EpsPixArtTransformer2DModel(PixArtTransformer2DModel):
@@ -41,7 +42,7 @@ class EpsPixArtTransformer2DModel(PixArtTransformer2DModel):
 
 
 def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                        unet_dtype: torch.dtype | None = None):
+                        unet_dtype: torch.dtype | None = None, backbone: str | os.PathLike | None = None):
     """A diffusers PixArt folder (transformer/, text_encoder/ (T5), tokenizer/, vae/, scheduler/) as
     :class:`~wadi_core.shapes.components.Components`."""
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -55,7 +56,12 @@ def load_dit_components(folder: str | os.PathLike, dtype: torch.dtype = torch.fl
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = read_part(T5EncoderModel, folder / "text_encoder", dtype)
     vae = read_part(AutoencoderKL, folder / "vae", dtype)
-    transformer = read_part(EpsPixArtTransformer2DModel, folder / DIT_FOLDER, unet_dtype or dtype)
+    if backbone:  # built from its configuration (its position table is not in a file), then the file's weights
+        config = EpsPixArtTransformer2DModel.load_config(str(folder / DIT_FOLDER))
+        transformer = EpsPixArtTransformer2DModel.from_config(config).to(unet_dtype or dtype)
+        load_backbone(transformer, backbone, f"the {type(transformer).__name__} of {folder}")
+    else:
+        transformer = read_part(EpsPixArtTransformer2DModel, folder / DIT_FOLDER, unet_dtype or dtype)
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, transformer):
         module.eval().requires_grad_(False)

@@ -31,6 +31,8 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # the folders of a diffusers pipeline that wadi reads (SD1.x/2.x, SDXL, PixArt-alpha)
 PARTS = ("unet", "transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 ALLOW_PATTERNS = ["model_index.json", *(f"{part}/*" for part in PARTS)]
+# a pipeline's backbone weights, not fetched when a replacement file is given (--unet)
+BACKBONE_WEIGHTS = ["unet/diffusion_pytorch_model*", "transformer/diffusion_pytorch_model*"]
 # a tokenizer's files in a repository (CLIP's for single files, which carry none)
 TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 IGNORE_PATTERNS = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb",
@@ -74,21 +76,23 @@ def is_hub_name(path: str | os.PathLike | None) -> bool:
     return hub_name(path) is not None
 
 
-def local_path(path: str | os.PathLike | None) -> str | os.PathLike | None:
+def local_path(path: str | os.PathLike | None, backbone_weights: bool = True) -> str | os.PathLike | None:
     """``path`` itself, or for a Hub name the folder or file in the Hub's cache (downloading what is missing
-    first, with progress bars)."""
+    first, with progress bars). ``backbone_weights=False``: a pipeline's UNet or transformer weights are not
+    downloaded (a replacement file takes their place; the configuration still is)."""
     name = hub_name(path)
     if name is None:
         return path
-    return _download(name) if name.file else _snapshot(name)
+    return _download(name) if name.file else _snapshot(name, backbone_weights)
 
 
 @functools.cache
-def _snapshot(name: HubName) -> str:
+def _snapshot(name: HubName, backbone_weights: bool = True) -> str:
     from huggingface_hub import snapshot_download
 
+    ignore = IGNORE_PATTERNS if backbone_weights else [*IGNORE_PATTERNS, *BACKBONE_WEIGHTS]
     folder = _fetched(name, lambda progress: snapshot_download(
-        name.repo, revision=name.revision, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS,
+        name.repo, revision=name.revision, allow_patterns=ALLOW_PATTERNS, ignore_patterns=ignore,
         tqdm_class=progress))
     if not (Path(folder) / "model_index.json").is_file():
         raise HubError(f"{name.repo} on the Hugging Face Hub is not a diffusers pipeline (no model_index.json); give "

@@ -108,12 +108,13 @@ class SDXLComponents(Components):
 
 
 def load_sdxl_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                     unet_dtype: torch.dtype | None = None) -> SDXLComponents:
+                     unet_dtype: torch.dtype | None = None, backbone: str | os.PathLike | None = None
+                     ) -> SDXLComponents:
     """A diffusers ``StableDiffusionXLPipeline`` folder (SDXL base, or any model of its layout)."""
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    folder = check_model_folder(folder)
+    folder = check_model_folder(folder, backbone=bool(backbone))
     for name in ("text_encoder_2/config.json", "text_encoder_2/model.safetensors", "tokenizer_2"):
         if not holds(folder, name):
             raise ModelFolderError(f"SDXL folder {folder} is incomplete: {folder / name} is missing")
@@ -125,7 +126,7 @@ def load_sdxl_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float
         read_part(CLIPTextModel, folder / "text_encoder", dtype),
         read_part(CLIPTextModelWithProjection, folder / "text_encoder_2", dtype))
     vae = read_part(AutoencoderKL, folder / "vae", dtype)
-    unet = read_model_folder(SDXLUNet2DConditionModel, folder / "unet", unet_dtype or dtype)
+    unet = read_model_folder(SDXLUNet2DConditionModel, folder / "unet", unet_dtype or dtype, backbone)
     unet.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # as diffusers' SDXL pipeline computes it
     scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
     for module in (text_encoder, vae, unet):
