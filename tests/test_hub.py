@@ -311,8 +311,8 @@ def test_a_download_takes_the_files_the_loaders_read_and_no_others():
 
 # openai/clip-vit-large-patch14's files: the model in three frameworks, and its tokenizer
 CLIP_REPOSITORY = [".gitattributes", "README.md", "config.json", "flax_model.msgpack", "merges.txt",
-                   "model.safetensors", "preprocessor_config.json", "pytorch_model.bin", "special_tokens_map.json", "tf_model.h5",
-                   "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+                   "model.safetensors", "preprocessor_config.json", "pytorch_model.bin", "special_tokens_map.json",
+                   "tf_model.h5", "tokenizer.json", "tokenizer_config.json", "vocab.json"]
 
 
 @pytest.fixture

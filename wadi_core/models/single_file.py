@@ -6,8 +6,8 @@ reads the 23rd layer's output, and diffusers' SD2 text encoder holds just those)
 ViT-bigG. The tokenizer is not in such a file: it is taken from a ``tokenizer/`` folder next to the checkpoint, else
 from a host's copy (:func:`add_tokenizer_folder`; ComfyUI's), else CLIP's own (``openai/clip-vit-large-patch14``'s
 tokenizer files, a few MB, from the Hugging Face cache or downloaded into it); without any the error names the fixes.
-All three families tokenize with CLIP's vocabulary; OpenCLIP's encoders pad with "!" where CLIP pads with its end token, and
-each tokenizer is given its encoder's padding here.
+All three families tokenize with CLIP's vocabulary; OpenCLIP's encoders pad with "!" where CLIP pads with its end
+token, and each tokenizer is given its encoder's padding here.
 
 Nor does a file say whether its UNet predicts the noise (epsilon) or the velocity (v); as A1111 and ComfyUI do, it is
 read from a ``.yaml`` of the same name beside the file (A1111's convention, ``parameterization: "v"``), else from a
