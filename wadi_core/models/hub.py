@@ -34,7 +34,8 @@ ALLOW_PATTERNS = ["model_index.json", *(f"{part}/*" for part in PARTS)]
 # a pipeline's backbone weights, not fetched when a replacement file is given (--unet)
 BACKBONE_WEIGHTS = ["unet/diffusion_pytorch_model*", "transformer/diffusion_pytorch_model*"]
 # a tokenizer's files in a repository (CLIP's for single files, which carry none)
-TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+VOCABULARY_FILES = ["vocab.json", "merges.txt", "tokenizer.json"]  # one of them makes a tokenizer folder
+TOKENIZER_FILES = [*VOCABULARY_FILES, "tokenizer_config.json", "special_tokens_map.json"]
 IGNORE_PATTERNS = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb",
                    "*.ot", "*.xml", "*fp16*", "*non_ema*", "*.md"]
 
@@ -123,7 +124,7 @@ def tokenizer_folder(repo_id: str) -> str:
         folder = fetch(local=True)
     except LocalEntryNotFoundError:  # not in the cache: ask the Hub
         folder = None
-    if folder and any((Path(folder) / name).is_file() for name in TOKENIZER_FILES[:3]):
+    if folder and any((Path(folder) / name).is_file() for name in VOCABULARY_FILES):
         return folder
     return _fetched(HubName(repo_id), fetch)
 
